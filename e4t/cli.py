@@ -1,0 +1,135 @@
+"""The ``e4t`` command line: one sub-command per stage, plus samples and benchmarks.
+
+Runs without Prefect (the library never imports it); the Prefect flows in ``flows/`` call
+the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from e4t import __version__
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help="YAML preset: a path or a name under configs/<stage>/")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config value, e.g. --set align.resolution_px=256 (repeatable)",
+    )
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from e4t.config import CurateConfig, load_config
+    from e4t.data.curation import curate
+
+    config = load_config(CurateConfig, "curate", args.preset, args.overrides)
+    with tqdm(desc="curate", unit="img", disable=not sys.stderr.isatty() and not args.progress) as bar:
+        def on_partition(record: dict[str, Any]) -> None:
+            bar.update(record["num_inputs"])
+            bar.set_postfix(samples=record["num_samples"])
+
+        stats = curate(args.source, args.output, config, num_workers=args.workers,
+                       on_partition=on_partition)
+    run_id = None
+    if args.track:
+        from e4t.tracking import log_dataset_run, ui_command
+
+        run_id = log_dataset_run(args.output, stats, config.model_dump(mode="json"),
+                                 experiment=args.experiment)
+    print(f"curated {stats['num_inputs']} inputs → {stats['num_samples']} samples in "
+          f"{len(stats['shards'])} shard(s) at {args.output}")
+    print(f"accepted inputs: {stats['num_accepted_inputs']}, rejected: "
+          f"{stats['num_rejected_inputs']} {json.dumps(stats['rejection_reasons'])}")
+    print(f"manifest: {args.output.rstrip('/')}/manifest.jsonl")
+    if run_id:
+        print(f"MLflow dataset run: {run_id}  (UI: {ui_command()})")
+    return 0
+
+
+def _cmd_samples(args: argparse.Namespace) -> int:
+    from e4t.samples import fetch_sample_photos
+
+    dest = fetch_sample_photos(args.dest, negatives=args.negatives)
+    print(f"sample photos in {dest}: {', '.join(sorted(p.name for p in dest.iterdir()))}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from e4t.bench import bench_curate
+
+    if args.what == "curate":
+        result = bench_curate(num_images=args.num_images, size_px=args.size_px,
+                              num_workers=args.workers, backend=args.backend)
+        print(result.report())
+        return 0
+    raise SystemExit(f"unknown benchmark {args.what!r}")  # argparse's choices stop this first
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="e4t",
+        description="E4T domain tuning. Stages: curate (photos → aligned WebDataset shards). "
+        "Helpers: samples (fetch the sample photos), bench (speed figures).",
+    )
+    parser.add_argument("--version", action="version", version=f"e4t {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    p = sub.add_parser("curate", help="stage 1: detect, align and filter faces into shards",
+                       description="Curate a folder or s3:// prefix of photos into WebDataset "
+                       "shards + manifest.jsonl + stats.json. Reruns skip finished partitions.")
+    p.add_argument("source", help="folder or URL of photos (local, file://, s3://)")
+    p.add_argument("output", help="folder or URL for shards, manifest and stats")
+    _add_config_args(p)
+    p.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                   help="worker processes (default: up to 2)")
+    p.add_argument("--no-track", dest="track", action="store_false",
+                   help="do not log the dataset run to MLflow")
+    p.add_argument("--experiment", default="e4t-datasets", help="MLflow experiment")
+    p.add_argument("--progress", action="store_true", help="show the progress bar without a TTY")
+    p.set_defaults(func=_cmd_curate)
+
+    p = sub.add_parser("samples", help="fetch the real sample photos (registry + scikit-image)")
+    p.add_argument("dest", help="folder to copy them into")
+    p.add_argument("--negatives", action="store_true", help="also the no-face photos")
+    p.set_defaults(func=_cmd_samples)
+
+    p = sub.add_parser("bench", help="print speed figures", description="Benchmarks that print figures.")
+    p.add_argument("what", choices=["curate"])
+    p.add_argument("--num-images", type=int, default=48)
+    p.add_argument("--size-px", type=int, default=1024, help="long side of the test photos")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--backend", default="dlib", choices=["dlib", "face-alignment"])
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("alembic", "mlflow", "botocore", "s3fs", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from e4t.config import ConfigError
+    from e4t.data.curation import CurationError
+    from e4t.faces.landmarker import LandmarkerUnavailable
+
+    try:
+        return int(args.func(args))
+    except (ConfigError, CurationError, LandmarkerUnavailable, FileNotFoundError) as err:
+        print(f"e4t: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

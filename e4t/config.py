@@ -1,0 +1,193 @@
+"""Typed configuration: one pydantic model per stage, YAML presets, ``--set a.b=v`` overrides.
+
+A preset is a YAML file holding only what differs from the defaults; it is named either by
+a path or by its name under ``configs/<stage>/``. Overrides are applied last. The resolved
+config is saved beside every output (:func:`dump_config`).
+
+Infrastructure settings come from ``E4T_*`` environment variables (:func:`data_dir`),
+secrets only from the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- curation
+
+
+class DecodeConfig(StrictModel):
+    max_pixels: int = Field(
+        89_478_485, gt=0, description="refuse images with more pixels (decompression bombs)"
+    )
+    max_bytes: int = Field(200 * 2**20, gt=0, description="refuse files larger than this")
+
+
+class DetectConfig(StrictModel):
+    backend: Literal["dlib", "face-alignment"] = "dlib"
+    dlib_detector: Literal["hog", "mmod"] = Field(
+        "hog", description="HOG: ~0.1 s per 1024-px image on a CPU; MMOD (CNN): ~9 s"
+    )
+    min_detection_score: float = Field(
+        0.5, description="drop detections scoring lower (HOG fires at ~0.07 on textures)"
+    )
+    detect_max_side_px: int = Field(
+        1024, gt=0, description="detect on a copy downscaled to this long side (speed)"
+    )
+    upsample_below_px: int = Field(
+        800, ge=0, description="upsample once for detection when the long side is smaller"
+    )
+    device: str = Field("cpu", description="face-alignment only: torch device")
+    batch_size: int = Field(8, gt=0, description="images per backend call where it batches")
+
+
+class AlignConfig(StrictModel):
+    resolution_px: int = Field(512, ge=32, le=4096)
+    transform_oversample: int = Field(
+        2, ge=1, le=4, description="quad-transform at this multiple, then Lanczos down"
+    )
+    enable_padding: bool = True
+
+
+class QualityConfig(StrictModel):
+    min_face_px: float = Field(
+        64.0, ge=0, description="minimum face size in source pixels (landmark box side)"
+    )
+    min_sharpness: float = Field(
+        10.0, ge=0, description="minimum variance of the Laplacian of the 256-px grey crop"
+    )
+    max_abs_yaw_deg: float = Field(45.0, ge=0, le=90)
+    multiple_faces: Literal["largest", "each", "reject"] = "largest"
+    dedup: bool = True
+    dedup_max_hamming: int = Field(
+        4, ge=0, le=15, description="64-bit perceptual hashes this close are near-duplicates"
+    )
+
+
+class ShardConfig(StrictModel):
+    name: str = Field("faces", pattern=r"^[A-Za-z0-9_-]+$")
+    num_images_per_partition: int = Field(
+        64, gt=0, description="inputs per partition; one partition writes one shard"
+    )
+    jpeg_quality: int = Field(95, ge=50, le=100)
+
+
+class CurateConfig(StrictModel):
+    decode: DecodeConfig = DecodeConfig()
+    detect: DetectConfig = DetectConfig()
+    align: AlignConfig = AlignConfig()
+    quality: QualityConfig = QualityConfig()
+    shards: ShardConfig = ShardConfig()
+
+
+# --------------------------------------------------------------------------- loading
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not fit the stage's config."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_preset_path(stage: str, preset: str) -> Path:
+    """A preset by path, or by name under ``configs/<stage>/<name>.yaml``."""
+    as_path = Path(preset)
+    if as_path.suffix in (".yaml", ".yml") and as_path.exists():
+        return as_path
+    named = REPO_CONFIGS / stage / f"{preset}.yaml"
+    if named.exists():
+        return named
+    known = sorted(p.stem for p in (REPO_CONFIGS / stage).glob("*.yaml"))
+    raise ConfigError(
+        f"preset {preset!r} for stage {stage!r} not found: give a YAML path or one of {known}"
+    )
+
+
+def load_config(
+    model: type[ConfigT],
+    stage: str,
+    preset: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> ConfigT:
+    """Defaults ← preset YAML ← ``a.b=v`` overrides (values parsed as YAML), validated."""
+    tree: dict[str, Any] = {}
+    if preset:
+        path = resolve_preset_path(stage, preset)
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a preset must be a YAML mapping")
+        tree = _merge(tree, loaded)
+    items = overrides.items() if isinstance(overrides, dict) else _parse_overrides(overrides)
+    for dotted, value in items:
+        _set_dotted(tree, dotted, value)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"invalid {stage} config: {err}") from err
+
+
+def _parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. align.resolution_px=256")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def config_hash(config: BaseModel) -> str:
+    """A short, stable hash of a resolved config (for cache keys and run tags)."""
+    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def data_dir() -> Path:
+    """Where local outputs, caches and the embedded MLflow database live (``E4T_DATA_DIR``)."""
+    return Path(os.environ.get("E4T_DATA_DIR", "data")).resolve()

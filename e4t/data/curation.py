@@ -1,0 +1,449 @@
+"""Curation: a folder of photos → aligned faces in WebDataset shards + a manifest of every input.
+
+The job is split into partitions of consecutive inputs (sorted by URL). Each partition is
+one retryable unit: it writes its shard ``{name}-{i:06d}.tar`` atomically, then its part
+file ``_work/part-{i:06d}.json`` (the partition's done marker, holding its manifest rows).
+:func:`finalize_curation` removes near-duplicates across partitions, writes
+``manifest.jsonl``, ``config.json`` and, last, ``stats.json`` (the job's done marker).
+A rerun skips done partitions and converges on the same bytes.
+
+Output layout::
+
+    OUT/faces-000000.tar ...   samples: jpg (aligned crop), json (metadata), mask.png
+    OUT/manifest.jsonl         one row per input (per face for multi-face photos)
+    OUT/config.json            the resolved config
+    OUT/stats.json             counts, reasons, shards, timings — written last
+    OUT/_work/plan.json, part-*.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from e4t import __version__
+from e4t import io as eio
+from e4t.config import CurateConfig, config_hash
+from e4t.data.decode import decode_image, is_image_name
+from e4t.data.shards import read_shard, shard_name, slugify, write_shard
+from e4t.faces.alignment import align_face, face_mask
+from e4t.faces.landmarker import Face, FaceLandmarker, create_landmarker
+from e4t.faces.quality import NearDuplicateIndex, estimate_yaw_deg, perceptual_hash, sharpness
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("read", "decode", "detect", "landmarks", "align", "write")
+
+
+class CurationError(RuntimeError):
+    """The job cannot go on (mismatched rerun, missing partitions); the message says the fix."""
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class CurationPlan:
+    source_url: str
+    output_url: str
+    inputs: list[str]
+    num_images_per_partition: int
+    config_hash: str
+
+    @property
+    def num_partitions(self) -> int:
+        return -(-len(self.inputs) // self.num_images_per_partition)
+
+    def partition_inputs(self, index: int) -> list[str]:
+        n = self.num_images_per_partition
+        return self.inputs[index * n : (index + 1) * n]
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1, sort_keys=True)
+
+
+def work_url(output_url: str, name: str) -> str:
+    return eio.join(output_url, "_work", name)
+
+
+def part_url(output_url: str, index: int) -> str:
+    return work_url(output_url, f"part-{index:06d}.json")
+
+
+def stats_url(output_url: str) -> str:
+    return eio.join(output_url, "stats.json")
+
+
+def load_stats(output_url: str) -> dict[str, Any] | None:
+    """The finished job's stats, or None when the job has not finished."""
+    url = stats_url(output_url)
+    return json.loads(eio.read_text(url)) if eio.exists(url) else None
+
+
+def plan_curation(source_url: str, output_url: str, config: CurateConfig) -> CurationPlan:
+    """List the inputs and fix the partitions; a rerun must see the same inputs and config."""
+    inputs = eio.list_files(source_url)
+    if not inputs:
+        raise CurationError(f"{source_url}: no files to curate — point at a folder of photos")
+    plan = CurationPlan(
+        source_url=source_url,
+        output_url=output_url,
+        inputs=inputs,
+        num_images_per_partition=config.shards.num_images_per_partition,
+        config_hash=config_hash(config),
+    )
+    url = work_url(output_url, "plan.json")
+    if eio.exists(url):
+        previous = json.loads(eio.read_text(url))
+        if previous["inputs"] != plan.inputs or previous["config_hash"] != plan.config_hash:
+            raise CurationError(
+                f"{output_url} already holds a curation of other inputs or another config "
+                f"(see {url}); write to a new output folder, or delete that one to start over"
+            )
+        return plan
+    eio.makedirs(eio.join(output_url, "_work"))
+    eio.write_text(url, plan.to_json())
+    return plan
+
+
+def load_plan(output_url: str) -> CurationPlan:
+    url = work_url(output_url, "plan.json")
+    if not eio.exists(url):
+        raise CurationError(f"{url} is missing: run plan_curation first")
+    return CurationPlan(**json.loads(eio.read_text(url)))
+
+
+# --------------------------------------------------------------------------- one partition
+
+_local = threading.local()
+
+
+def _landmarker(config: CurateConfig) -> FaceLandmarker:
+    """One backend per thread and config (model files load once, not per partition)."""
+    key = config.detect.model_dump_json()
+    cache: dict[str, FaceLandmarker] = _local.__dict__.setdefault("landmarkers", {})
+    if key not in cache:
+        cache[key] = create_landmarker(config.detect)
+    return cache[key]
+
+
+@dataclass
+class _Timer:
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def add(self, stage: str, start: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - start
+        return now
+
+
+def sample_key(relpath: str, face_rank: int) -> str:
+    """Deterministic, dot-free key: a readable slug of the path + a hash of the whole path."""
+    digest = hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:10]
+    stem = relpath.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return f"{slugify(stem, 40)}-{digest}-f{face_rank}"
+
+
+def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def _encode_png(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _rejected(source: str, partition: int, reason: str, detail: str | None, **extra: Any) -> dict:
+    row = {"source": source, "partition": partition, "status": "rejected", "reason": reason}
+    if detail:
+        row["detail"] = detail
+    row.update(extra)
+    return row
+
+
+def _judge_face(
+    face: Face, image: np.ndarray, config: CurateConfig, timer: _Timer
+) -> tuple[dict[str, Any], str | None, str | None, Any]:
+    """Align one face and gate it. Returns (quality, reason, detail, aligned-or-None)."""
+    q = config.quality
+    quality: dict[str, Any] = {
+        "face_size_px": round(face.size_px, 1),
+        "yaw_deg": round(estimate_yaw_deg(face.landmarks), 1),
+        "detection_score": round(face.score, 3),
+    }
+    if face.size_px < q.min_face_px:
+        return quality, "face_too_small", f"{face.size_px:.0f} px < quality.min_face_px={q.min_face_px}", None
+    if abs(quality["yaw_deg"]) > q.max_abs_yaw_deg:
+        return quality, "extreme_pose", f"|yaw| {abs(quality['yaw_deg']):.0f}° > quality.max_abs_yaw_deg={q.max_abs_yaw_deg}", None
+    start = time.perf_counter()
+    aligned = align_face(image, face.landmarks, config.align)
+    quality["sharpness"] = round(sharpness(aligned.image), 2)
+    quality["phash"] = f"{perceptual_hash(aligned.image):016x}"
+    timer.add("align", start)
+    if quality["sharpness"] < q.min_sharpness:
+        return quality, "blurry", f"sharpness {quality['sharpness']:.1f} < quality.min_sharpness={q.min_sharpness}", None
+    return quality, None, None, aligned
+
+
+def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[str, Any]:
+    """Process partition ``index`` of the plan in ``output_url``; skip it when already done.
+
+    Returns the part record: ``rows`` (manifest rows), ``num_samples``, ``shard`` (file
+    name or None) and ``timings`` (seconds per stage).
+    """
+    done = part_url(output_url, index)
+    if eio.exists(done):
+        return json.loads(eio.read_text(done))
+    plan = load_plan(output_url)
+    if plan.config_hash != config_hash(config):
+        raise CurationError(f"partition {index}: config differs from the plan in {output_url}")
+    sources = plan.partition_inputs(index)
+    timer = _Timer()
+    rows: list[dict[str, Any]] = []
+    samples: list[dict[str, bytes | str]] = []
+    dedup = NearDuplicateIndex(config.quality.dedup_max_hamming) if config.quality.dedup else None
+
+    decoded: list[tuple[str, np.ndarray]] = []
+    for source in sources:
+        if not is_image_name(source):
+            rows.append(_rejected(source, index, "unsupported_extension",
+                                  "not one of jpg/jpeg/png/webp/bmp/tif/tiff"))
+            continue
+        start = time.perf_counter()
+        try:
+            data = eio.read_bytes(source)
+        except OSError as err:
+            rows.append(_rejected(source, index, "unreadable", f"{type(err).__name__}: {err}"))
+            continue
+        start = timer.add("read", start)
+        result = decode_image(data, config.decode)
+        timer.add("decode", start)
+        if result.image is None:
+            rows.append(_rejected(source, index, result.reason or "undecodable", result.detail))
+            continue
+        decoded.append((source, result.image))
+
+    landmarker = _landmarker(config)
+    before = landmarker.timings
+    all_faces: list[list[Face]] = []
+    batch = config.detect.batch_size
+    for start_i in range(0, len(decoded), batch):
+        all_faces.extend(landmarker.detect_batch([img for _, img in decoded[start_i : start_i + batch]]))
+    after = landmarker.timings
+    timer.seconds["detect"] += after["detect"] - before["detect"]
+    timer.seconds["landmarks"] += after["landmarks"] - before["landmarks"]
+
+    for (source, image), faces in zip(decoded, all_faces, strict=True):
+        relpath = eio.relative_to(source, plan.source_url)
+        if relpath in (".", ""):  # the source was a single file
+            relpath = source.rsplit("/", 1)[-1]
+        if not faces:
+            rows.append(_rejected(source, index, "no_face", "no face detected"))
+            continue
+        ranked = sorted(faces, key=lambda f: f.size_px, reverse=True)
+        policy = config.quality.multiple_faces
+        if len(ranked) > 1 and policy == "reject":
+            rows.append(_rejected(source, index, "multiple_faces",
+                                  f"{len(ranked)} faces and quality.multiple_faces=reject",
+                                  num_faces=len(ranked)))
+            continue
+        chosen = ranked[:1] if policy == "largest" else ranked
+        for rank, face in enumerate(chosen):
+            key = sample_key(relpath, rank)
+            base = {"source": source, "partition": index, "face_rank": rank, "num_faces": len(ranked)}
+            quality, reason, detail, aligned = _judge_face(face, image, config, timer)
+            if reason is None and dedup is not None:
+                twin = dedup.find(int(quality["phash"], 16))
+                if twin is not None:
+                    reason, detail = "near_duplicate", f"of {twin}"
+            if reason is not None:
+                rows.append({**base, "status": "rejected", "reason": reason, "detail": detail,
+                             "quality": quality})
+                continue
+            if dedup is not None:
+                dedup.add(int(quality["phash"], 16), key)
+            start = time.perf_counter()
+            meta = {
+                "key": key, "source": source, "face_rank": rank, "num_faces": len(ranked),
+                "bbox": [round(v, 2) for v in face.bbox],
+                "quad": np.round(aligned.quad, 2).tolist(),
+                "landmarks": np.round(aligned.landmarks, 2).tolist(),
+                "resolution_px": config.align.resolution_px,
+                "backend": landmarker.name, "quality": quality,
+            }
+            samples.append({
+                "__key__": key,
+                "jpg": _encode_jpeg(aligned.image, config.shards.jpeg_quality),
+                "json": json.dumps(meta, sort_keys=True),
+                "mask.png": _encode_png(face_mask(aligned.landmarks, config.align.resolution_px)),
+            })
+            timer.add("align", start)
+            rows.append({**base, "status": "accepted", "key": key, "quality": quality})
+
+    start = time.perf_counter()
+    shard = None
+    if samples:
+        shard = shard_name(config.shards.name, index)
+        write_shard(eio.join(output_url, shard), samples)
+    record = {"index": index, "rows": rows, "num_samples": len(samples), "shard": shard,
+              "num_inputs": len(sources)}
+    eio.write_text(done, json.dumps(record, sort_keys=True))
+    timer.add("write", start)
+    record["timings"] = timer.seconds
+    # timings are reported but kept out of the part file, so that reruns write the same bytes
+    return record
+
+
+# --------------------------------------------------------------------------- finalize
+
+
+def _cross_partition_duplicates(parts: list[dict[str, Any]], max_distance: int) -> dict[str, str]:
+    """key → key of the earlier twin, for accepted samples repeated across partitions."""
+    index = NearDuplicateIndex(max_distance)
+    twins: dict[str, str] = {}
+    for part in parts:
+        for row in part["rows"]:
+            if row["status"] != "accepted":
+                continue
+            value = int(row["quality"]["phash"], 16)
+            twin = index.find(value)
+            if twin is not None:
+                twins[row["key"]] = twin
+            else:
+                index.add(value, row["key"])
+    return twins
+
+
+def finalize_curation(output_url: str, config: CurateConfig) -> dict[str, Any]:
+    """Merge the partitions: global near-duplicates, manifest, config and stats (last)."""
+    existing = load_stats(output_url)
+    if existing is not None:
+        return existing
+    plan = load_plan(output_url)
+    parts = []
+    for i in range(plan.num_partitions):
+        url = part_url(output_url, i)
+        if not eio.exists(url):
+            raise CurationError(f"partition {i} is not done ({url} missing): rerun the job")
+        parts.append(json.loads(eio.read_text(url)))
+
+    twins = _cross_partition_duplicates(parts, config.quality.dedup_max_hamming) if config.quality.dedup else {}
+    shards: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for part in parts:
+        dropped = set()
+        for row in part["rows"]:
+            key = row.get("key")
+            if key in twins:
+                row = {k: v for k, v in row.items() if k != "key"}
+                row.update(status="rejected", reason="near_duplicate", detail=f"of {twins[key]}")
+                dropped.add(key)
+            rows.append(row)
+        if part["shard"] is None:
+            continue
+        url = eio.join(output_url, part["shard"])
+        if dropped:
+            kept = [s for s in read_shard(url) if s["__key__"] not in dropped]
+            for sample in kept:
+                sample.pop("__url__", None)
+            if kept:
+                write_shard(url, kept)  # idempotent: filtering twice gives the same file
+            else:
+                eio.remove(url)
+                continue
+        shards.append(part["shard"])
+
+    manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    eio.write_text(eio.join(output_url, "manifest.jsonl"), manifest)
+    eio.write_text(eio.join(output_url, "config.json"),
+                   json.dumps(config.model_dump(mode="json"), indent=1, sort_keys=True))
+
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_source.setdefault(row["source"], []).append(row)
+    accepted_sources = sum(any(r["status"] == "accepted" for r in rs) for rs in by_source.values())
+    stats = {
+        "name": config.shards.name,
+        "source_url": plan.source_url,
+        "output_url": output_url,
+        "num_inputs": len(plan.inputs),
+        "num_accepted_inputs": accepted_sources,
+        "num_rejected_inputs": len(by_source) - accepted_sources,
+        "num_samples": sum(r["status"] == "accepted" for r in rows),
+        "rejection_reasons": dict(sorted(Counter(r["reason"] for r in rows if r["status"] == "rejected").items())),
+        "shards": shards,
+        "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest(),
+        "config_hash": plan.config_hash,
+        "e4t_version": __version__,
+    }
+    if stats["num_accepted_inputs"] + stats["num_rejected_inputs"] != stats["num_inputs"]:
+        raise CurationError(f"{output_url}: manifest does not account for every input")  # a bug
+    eio.write_text(stats_url(output_url), json.dumps(stats, indent=1, sort_keys=True))
+    return stats
+
+
+# --------------------------------------------------------------------------- whole job
+
+
+def _run_partition(args: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
+    output_url, index, config_dict = args
+    return curate_partition(output_url, index, CurateConfig.model_validate(config_dict))
+
+
+def iter_partition_results(
+    output_url: str, plan: CurationPlan, config: CurateConfig, num_workers: int
+) -> Iterator[dict[str, Any]]:
+    """Run every partition (in worker processes when ``num_workers > 1``), as they finish."""
+    indices = list(range(plan.num_partitions))
+    if num_workers <= 1:
+        for i in indices:
+            yield curate_partition(output_url, i, config)
+        return
+    payload = config.model_dump(mode="json")
+    with ProcessPoolExecutor(max_workers=num_workers) as pool:
+        futures = [pool.submit(_run_partition, (output_url, i, payload)) for i in indices]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def curate(
+    source_url: str,
+    output_url: str,
+    config: CurateConfig,
+    num_workers: int = 1,
+    on_partition: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The whole job without Prefect (the CLI's path): plan, partitions, finalize.
+
+    Returns ``stats.json``'s content plus ``timings`` (seconds per stage, summed over the
+    partitions run now) and ``wall_seconds``.
+    """
+    start = time.perf_counter()
+    done = load_stats(output_url)
+    if done is not None:
+        logger.info("%s is already curated (stats.json present); nothing to do", output_url)
+        return {**done, "timings": dict.fromkeys(STAGES, 0.0), "wall_seconds": 0.0}
+    plan = plan_curation(source_url, output_url, config)
+    timings = dict.fromkeys(STAGES, 0.0)
+    for record in iter_partition_results(output_url, plan, config, num_workers):
+        for stage, seconds in record.get("timings", {}).items():
+            timings[stage] += seconds
+        if on_partition is not None:
+            on_partition(record)
+    stats = finalize_curation(output_url, config)
+    return {**stats, "timings": timings, "wall_seconds": time.perf_counter() - start}

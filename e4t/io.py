@@ -1,0 +1,178 @@
+"""Every location is an fsspec URL: a local path, ``file://``, ``s3://`` or ``memory://``.
+
+S3 settings come from the standard AWS environment variables (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``) or from
+``E4T_S3_ENDPOINT_URL``, which wins over ``AWS_ENDPOINT_URL``. Credentials are never
+taken from arguments, so they never reach logs, MLflow params or Prefect parameters.
+
+Writers are atomic: :func:`atomic_open` writes to a temporary name and commits it in one
+step, so a reader never sees half a file and a crash leaves nothing under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+logger = logging.getLogger(__name__)
+
+S3_ENDPOINT_ENV = "E4T_S3_ENDPOINT_URL"
+
+
+def s3_storage_options() -> dict[str, Any]:
+    """Options for s3fs from the environment (endpoint only; credentials via botocore)."""
+    endpoint = os.environ.get(S3_ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {}
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
+
+
+def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem behind ``url`` and the path inside it."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    options = s3_storage_options() if protocol in ("s3", "s3a") else {}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    fs, _ = get_fs(url)
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL parts with ``/`` (keeps the scheme; local paths stay local paths)."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = posixpath.join(out, part.strip("/"))
+    return out
+
+
+def exists(url: str) -> bool:
+    fs, path = get_fs(url)
+    return bool(fs.exists(path))
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = get_fs(url)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{url}: no such file") from err
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def list_files(url: str) -> list[str]:
+    """Every file under ``url`` (recursive), as URLs of the same scheme, sorted.
+
+    Raises FileNotFoundError naming the URL when it does not exist.
+    """
+    fs, path = get_fs(url)
+    if not fs.exists(path):
+        raise FileNotFoundError(
+            f"{url}: no such folder or prefix — check the path (and, for s3://, "
+            f"{S3_ENDPOINT_ENV} / the AWS_* credentials)"
+        )
+    if fs.isfile(path):
+        return [url]
+    found = fs.find(path)
+    return sorted(_to_url(url, path, p) for p in found)
+
+
+def _to_url(base_url: str, base_path: str, found_path: str) -> str:
+    """Rebuild a URL for ``found_path`` that keeps the scheme of ``base_url``."""
+    rel = posixpath.relpath(found_path, base_path.rstrip("/") or "/")
+    return join(base_url, rel)
+
+
+def relative_to(url: str, base_url: str) -> str:
+    """``url`` relative to ``base_url`` (both URLs of the same filesystem)."""
+    _, path = get_fs(url)
+    _, base = get_fs(base_url)
+    return posixpath.relpath(path, base.rstrip("/") or "/")
+
+
+def makedirs(url: str) -> None:
+    fs, path = get_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(path, exist_ok=True)
+    # object stores have no folders; a bucket must exist already
+
+
+def remove(url: str) -> None:
+    fs, path = get_fs(url)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+@contextlib.contextmanager
+def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open ``url`` for writing; the file appears under its name only on success.
+
+    Local: a temporary file in the same folder, then ``os.replace``. Object stores and
+    other filesystems: a local temporary file, then one upload (an S3 PUT is atomic).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes only ('wb' or 'w'), got mode={mode!r}")
+    fs, path = get_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    with tempfile.NamedTemporaryFile(suffix=".part", delete=False) as handle:
+        tmp = handle.name
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+        fs.put_file(tmp, path)
+    finally:
+        os.remove(tmp)
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    with atomic_open(url, "wb") as f:
+        f.write(data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def open_for_webdataset(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> IO[Any]:
+    """A WebDataset ``gopen`` handler that opens any fsspec URL (``s3://``, ``memory://``)."""
+    if "r" not in mode:
+        raise ValueError(f"{url}: WebDataset shards are written with e4t.data.shards, not gopen")
+    fs, path = get_fs(url)
+    return fs.open(path, "rb")
+
+
+def register_webdataset_openers() -> None:
+    """Teach WebDataset to read ``s3://`` and ``memory://`` shards through fsspec."""
+    from webdataset import gopen
+
+    for scheme in ("s3", "s3a", "memory"):
+        gopen.gopen_schemes[scheme] = open_for_webdataset

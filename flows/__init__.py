@@ -1,0 +1,1 @@
+"""Prefect flows: composition only (map over partitions, call subflows, no torch)."""

