@@ -172,7 +172,8 @@ def open_for_webdataset(url: str, mode: str = "rb", bufsize: int = 8192, **_: An
 
 def register_webdataset_openers() -> None:
     """Teach WebDataset to read ``s3://`` and ``memory://`` shards through fsspec."""
-    from webdataset import gopen
+    import importlib
 
+    gopen_module = importlib.import_module("webdataset.gopen")  # the package re-exports a function
     for scheme in ("s3", "s3a", "memory"):
-        gopen.gopen_schemes[scheme] = open_for_webdataset
+        gopen_module.gopen_schemes[scheme] = open_for_webdataset

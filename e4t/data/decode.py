@@ -80,7 +80,8 @@ def _decode(data: bytes, config: DecodeConfig) -> Decoded:
         try:
             pil = Image.open(io.BytesIO(data))
         except UnidentifiedImageError as err:
-            raise DecodeRejection("undecodable", f"not an image Pillow can read ({err})") from err
+            # (the message would hold an object address; keep the manifest deterministic)
+            raise DecodeRejection("undecodable", "not an image format Pillow can read") from err
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise DecodeRejection("decompression_bomb", str(err)) from err
         except (OSError, SyntaxError, ValueError) as err:

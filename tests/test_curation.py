@@ -1,0 +1,172 @@
+"""Curation end to end on real photos and the bad-input set (local files, no Prefect)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from conftest import BAD_INPUT_EXPECTED
+from PIL import Image
+
+from e4t.config import CurateConfig, load_config
+from e4t.data.curation import CurationError, curate, part_url
+from e4t.data.shards import read_shard
+
+
+def _config(**overrides: object) -> CurateConfig:
+    base = {"align.resolution_px": 128, "shards.num_images_per_partition": 4}
+    return load_config(CurateConfig, "curate", None, {**base, **overrides})
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.glob("*")) if p.is_file() and p.name != "stats.json"}
+
+
+@pytest.fixture(scope="module")
+def bad_run(bad_inputs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("curated-bad")
+    stats = curate(str(bad_inputs_dir), str(out), _config())
+    return out, stats
+
+
+def test_every_input_is_accounted_for(bad_run: tuple[Path, dict], bad_inputs_dir: Path) -> None:
+    out, stats = bad_run
+    rows = _manifest(out)
+    inputs = sorted(str(p) for p in bad_inputs_dir.rglob("*") if p.is_file())
+    assert sorted({r["source"] for r in rows}) == inputs
+    assert stats["num_inputs"] == len(inputs) == len(BAD_INPUT_EXPECTED)
+    assert stats["num_accepted_inputs"] + stats["num_rejected_inputs"] == stats["num_inputs"]
+    by_name = {r["source"][len(str(bad_inputs_dir)) + 1 :]: r for r in rows}
+    for name, reason in BAD_INPUT_EXPECTED.items():
+        row = by_name[name]
+        if reason is None:
+            assert row["status"] == "accepted", f"{name}: {row}"
+            assert row["key"] and "." not in row["key"]
+        else:
+            assert row["status"] == "rejected" and row["reason"] == reason, f"{name}: {row}"
+    assert stats["num_samples"] == sum(r["status"] == "accepted" for r in rows)
+
+
+def test_shards_hold_aligned_samples(bad_run: tuple[Path, dict]) -> None:
+    out, stats = bad_run
+    accepted = {r["key"] for r in _manifest(out) if r["status"] == "accepted"}
+    seen = set()
+    for shard in stats["shards"]:
+        assert shard.startswith("faces-") and shard.endswith(".tar")
+        dataset = wds.WebDataset(str(out / shard), shardshuffle=False).decode("pil")
+        for sample in dataset:
+            assert set(sample) >= {"__key__", "jpg", "json", "mask.png"}
+            assert sample["jpg"].size == (128, 128)
+            assert sample["mask.png"].size == (128, 128)
+            meta = sample["json"]
+            assert meta["key"] == sample["__key__"]
+            assert np.asarray(meta["landmarks"]).shape == (68, 2)
+            assert {"face_size_px", "sharpness", "yaw_deg", "phash"} <= set(meta["quality"])
+            seen.add(sample["__key__"])
+    assert seen == accepted
+
+
+def test_rerun_skips_done_work_and_converges(bad_inputs_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = curate(str(bad_inputs_dir), str(out), _config())
+    before = _digests(out)
+    again = curate(str(bad_inputs_dir), str(out), _config())
+    assert again["wall_seconds"] == 0.0 and _digests(out) == before
+
+    # a crash after partition 0 but before the end: its later parts and the stats are gone
+    (out / "stats.json").unlink()
+    (out / "manifest.jsonl").unlink()
+    for i in range(1, 3):
+        Path(part_url(str(out), i)).unlink()
+    for shard in first["shards"][1:]:
+        (out / shard).unlink()
+    part0 = Path(part_url(str(out), 0)).stat().st_mtime_ns
+    resumed = curate(str(bad_inputs_dir), str(out), _config())
+    assert Path(part_url(str(out), 0)).stat().st_mtime_ns == part0  # partition 0 was skipped
+    assert _digests(out) == before
+    assert resumed["manifest_sha256"] == first["manifest_sha256"]
+
+
+def test_rerun_with_other_inputs_is_refused(bad_inputs_dir: Path, photos_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    src = tmp_path / "src"
+    shutil.copytree(photos_dir, src)
+    config = _config()
+    from e4t.data.curation import plan_curation
+
+    plan_curation(str(src), str(out), config)
+    (src / "extra.jpg").write_bytes((photos_dir / "obama.jpg").read_bytes())
+    with pytest.raises(CurationError, match="other inputs"):
+        plan_curation(str(src), str(out), config)
+
+
+@pytest.mark.parametrize(("policy", "num_samples", "reason"),
+                         [("largest", 1, None), ("each", 2, None), ("reject", 0, "multiple_faces")])
+def test_multiple_faces_policy(bad_inputs_dir: Path, tmp_path: Path, policy: str,
+                               num_samples: int, reason: str | None) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(bad_inputs_dir / "nested" / "two_faces.jpg", src / "two.jpg")
+    stats = curate(str(src), str(tmp_path / "out"), _config(**{"quality.multiple_faces": policy}))
+    assert stats["num_samples"] == num_samples
+    rows = _manifest(tmp_path / "out")
+    if reason:
+        assert [r["reason"] for r in rows] == [reason]
+    else:
+        assert all(r["num_faces"] == 2 for r in rows)
+
+
+def test_quality_gates_reject_with_reasons(photos_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    obama = Image.open(photos_dir / "obama.jpg").convert("RGB")
+    obama.save(src / "sharp.jpg")
+    from PIL import ImageFilter
+
+    obama.filter(ImageFilter.GaussianBlur(6)).save(src / "blurred.jpg")
+    obama.resize((obama.width // 2, obama.height // 2)).save(src / "smaller_copy.jpg")
+    Image.open(photos_dir / "biden.jpg").convert("RGB").resize((180, 409)).save(src / "tiny.jpg")
+    stats = curate(str(src), str(tmp_path / "out"),
+                   _config(**{"quality.min_face_px": 60, "quality.min_sharpness": 10}))
+    reasons = {Path(r["source"]).name: r.get("reason") for r in _manifest(tmp_path / "out")}
+    assert reasons["sharp.jpg"] is None
+    assert reasons["blurred.jpg"] == "blurry"
+    assert reasons["smaller_copy.jpg"] == "near_duplicate"
+    assert reasons["tiny.jpg"] in ("face_too_small", "no_face")
+    assert stats["rejection_reasons"]["blurry"] == 1
+
+
+def test_near_duplicates_across_partitions_are_dropped(photos_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", src / "a.jpg")
+    shutil.copyfile(photos_dir / "biden.jpg", src / "b.jpg")
+    Image.open(photos_dir / "obama.jpg").save(src / "c.jpg", quality=70)  # recompressed twin
+    stats = curate(str(src), str(tmp_path / "out"), _config(**{"shards.num_images_per_partition": 1}))
+    reasons = {Path(r["source"]).name: r.get("reason") for r in _manifest(tmp_path / "out")}
+    assert reasons == {"a.jpg": None, "b.jpg": None, "c.jpg": "near_duplicate"}
+    assert stats["shards"] == ["faces-000000.tar", "faces-000001.tar"]  # c's shard removed
+    assert not (tmp_path / "out" / "faces-000002.tar").exists()
+
+
+def test_tar_members_with_unsafe_paths_are_refused(tmp_path: Path) -> None:
+    import tarfile
+
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("../escape.jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(ValueError, match="unsafe path"):
+        list(read_shard(str(path)))
