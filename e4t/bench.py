@@ -1,4 +1,4 @@
-"""Benchmarks that print figures (``e4t bench ...``). Never timed tests: these machines are noisy."""
+"""Benchmarks that print figures (``e4t bench ...``); never timed tests: machines are noisy."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ class CurateBench:
         for stage in STAGES:
             seconds = self.stage_seconds.get(stage, 0.0)
             share = 100 * seconds / busy if busy else 0.0
-            lines.append(f"  {stage:<10} {seconds:7.2f} s  {share:5.1f} %  "
-                         f"{1000 * seconds / self.num_images:7.1f} ms/image")
+            lines.append(
+                f"  {stage:<10} {seconds:7.2f} s  {share:5.1f} %  "
+                f"{1000 * seconds / self.num_images:7.1f} ms/image"
+            )
         return "\n".join(lines)
 
 
@@ -61,35 +63,53 @@ def make_bench_photos(dest: Path, num_images: int, size_px: int, seed: int = 0) 
         photo = photos[i % len(photos)]
         w, h = photo.size
         margin = rng.uniform(0.0, 0.08)
-        box = (round(w * margin * rng.random()), round(h * margin * rng.random()),
-               round(w * (1 - margin * rng.random())), round(h * (1 - margin * rng.random())))
+        box = (
+            round(w * margin * rng.random()),
+            round(h * margin * rng.random()),
+            round(w * (1 - margin * rng.random())),
+            round(h * (1 - margin * rng.random())),
+        )
         img = photo.crop(box)
         if (i // len(photos)) % 2:
             img = ImageOps.mirror(img)
         scale = size_px / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.LANCZOS)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+            Image.Resampling.LANCZOS,
+        )
         path = dest / f"bench_{i:05d}.jpg"
         img.save(path, quality=90)
         out.append(path)
     return out
 
 
-def bench_curate(num_images: int = 48, size_px: int = 1024, num_workers: int = 2,
-                 backend: str = "dlib") -> CurateBench:
+def bench_curate(
+    num_images: int = 48, size_px: int = 1024, num_workers: int = 2, backend: str = "dlib"
+) -> CurateBench:
     """Curate a fresh folder of photos end to end; time it and split the time by stage."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "photos"
         make_bench_photos(src, num_images, size_px)
         per_partition = max(1, math.ceil(num_images / (2 * num_workers)))
-        config = load_config(CurateConfig, "curate", None, {
-            "detect.backend": backend,
-            "shards.num_images_per_partition": per_partition,
-            "quality.dedup": False,  # the bench photos are variations of a few photos
-        })
+        config = load_config(
+            CurateConfig,
+            "curate",
+            None,
+            {
+                "detect.backend": backend,
+                "shards.num_images_per_partition": per_partition,
+                "quality.dedup": False,  # the bench photos are variations of a few photos
+            },
+        )
         start = time.perf_counter()
         stats = curate(str(src), str(Path(tmp) / "out"), config, num_workers=num_workers)
         wall = time.perf_counter() - start
-    return CurateBench(num_images=num_images, size_px=size_px, num_workers=num_workers,
-                       backend=backend, wall_seconds=wall, stage_seconds=stats["timings"],
-                       num_samples=stats["num_samples"])
+    return CurateBench(
+        num_images=num_images,
+        size_px=size_px,
+        num_workers=num_workers,
+        backend=backend,
+        wall_seconds=wall,
+        stage_seconds=stats["timings"],
+        num_samples=stats["num_samples"],
+    )

@@ -19,7 +19,11 @@ from e4t import __version__
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="YAML preset: a path or a name under configs/<stage>/")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one config value, e.g. --set align.resolution_px=256 (repeatable)",
     )
 
@@ -31,23 +35,32 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     from e4t.data.curation import curate
 
     config = load_config(CurateConfig, "curate", args.preset, args.overrides)
-    with tqdm(desc="curate", unit="img", disable=not sys.stderr.isatty() and not args.progress) as bar:
+    with tqdm(
+        desc="curate", unit="img", disable=not sys.stderr.isatty() and not args.progress
+    ) as bar:
+
         def on_partition(record: dict[str, Any]) -> None:
             bar.update(record["num_inputs"])
             bar.set_postfix(samples=record["num_samples"])
 
-        stats = curate(args.source, args.output, config, num_workers=args.workers,
-                       on_partition=on_partition)
+        stats = curate(
+            args.source, args.output, config, num_workers=args.workers, on_partition=on_partition
+        )
     run_id = None
     if args.track:
         from e4t.tracking import log_dataset_run, ui_command
 
-        run_id = log_dataset_run(args.output, stats, config.model_dump(mode="json"),
-                                 experiment=args.experiment)
-    print(f"curated {stats['num_inputs']} inputs → {stats['num_samples']} samples in "
-          f"{len(stats['shards'])} shard(s) at {args.output}")
-    print(f"accepted inputs: {stats['num_accepted_inputs']}, rejected: "
-          f"{stats['num_rejected_inputs']} {json.dumps(stats['rejection_reasons'])}")
+        run_id = log_dataset_run(
+            args.output, stats, config.model_dump(mode="json"), experiment=args.experiment
+        )
+    print(
+        f"curated {stats['num_inputs']} inputs → {stats['num_samples']} samples in "
+        f"{len(stats['shards'])} shard(s) at {args.output}"
+    )
+    print(
+        f"accepted inputs: {stats['num_accepted_inputs']}, rejected: "
+        f"{stats['num_rejected_inputs']} {json.dumps(stats['rejection_reasons'])}"
+    )
     print(f"manifest: {args.output.rstrip('/')}/manifest.jsonl")
     if run_id:
         print(f"MLflow dataset run: {run_id}  (UI: {ui_command()})")
@@ -66,8 +79,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from e4t.bench import bench_curate
 
     if args.what == "curate":
-        result = bench_curate(num_images=args.num_images, size_px=args.size_px,
-                              num_workers=args.workers, backend=args.backend)
+        result = bench_curate(
+            num_images=args.num_images,
+            size_px=args.size_px,
+            num_workers=args.workers,
+            backend=args.backend,
+        )
         print(result.report())
         return 0
     raise SystemExit(f"unknown benchmark {args.what!r}")  # argparse's choices stop this first
@@ -83,16 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
 
-    p = sub.add_parser("curate", help="stage 1: detect, align and filter faces into shards",
-                       description="Curate a folder or s3:// prefix of photos into WebDataset "
-                       "shards + manifest.jsonl + stats.json. Reruns skip finished partitions.")
+    p = sub.add_parser(
+        "curate",
+        help="stage 1: detect, align and filter faces into shards",
+        description="Curate a folder or s3:// prefix of photos into WebDataset "
+        "shards + manifest.jsonl + stats.json. Reruns skip finished partitions.",
+    )
     p.add_argument("source", help="folder or URL of photos (local, file://, s3://)")
     p.add_argument("output", help="folder or URL for shards, manifest and stats")
     _add_config_args(p)
-    p.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)),
-                   help="worker processes (default: up to 2)")
-    p.add_argument("--no-track", dest="track", action="store_false",
-                   help="do not log the dataset run to MLflow")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, min(2, os.cpu_count() or 1)),
+        help="worker processes (default: up to 2)",
+    )
+    p.add_argument(
+        "--no-track",
+        dest="track",
+        action="store_false",
+        help="do not log the dataset run to MLflow",
+    )
     p.add_argument("--experiment", default="e4t-datasets", help="MLflow experiment")
     p.add_argument("--progress", action="store_true", help="show the progress bar without a TTY")
     p.set_defaults(func=_cmd_curate)
@@ -102,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", action="store_true", help="also the no-face photos")
     p.set_defaults(func=_cmd_samples)
 
-    p = sub.add_parser("bench", help="print speed figures", description="Benchmarks that print figures.")
+    p = sub.add_parser(
+        "bench", help="print speed figures", description="Benchmarks that print figures."
+    )
     p.add_argument("what", choices=["curate"])
     p.add_argument("--num-images", type=int, default=48)
     p.add_argument("--size-px", type=int, default=1024, help="long side of the test photos")

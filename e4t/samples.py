@@ -22,8 +22,15 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 FACE_RECOGNITION_SDIST = "face_recognition==1.3.0"
-PORTRAITS = ("biden.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg", "32bit.png",
-             "obama_partial_face.jpg", "obama_partial_face2.jpg")
+PORTRAITS = (
+    "biden.jpg",
+    "obama.jpg",
+    "obama2.jpg",
+    "obama3.jpg",
+    "32bit.png",
+    "obama_partial_face.jpg",
+    "obama_partial_face2.jpg",
+)
 
 
 def cache_dir() -> Path:
@@ -38,8 +45,20 @@ def _download_sdist(dest: Path) -> Path:
     if found:
         return found[0]
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), FACE_RECOGNITION_SDIST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        FACE_RECOGNITION_SDIST,
+    ]
     logger.info("fetching the sample portraits: %s", " ".join(cmd))
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     found = sorted(dest.glob("face_recognition-1.3.0.tar.gz"))
@@ -81,7 +100,9 @@ def skimage_image(name: str) -> Image.Image:
     try:
         from skimage import data
     except ImportError as err:
-        raise RuntimeError("the sample photos need scikit-image: pip install 'e4t[samples]'") from err
+        raise RuntimeError(
+            "the sample photos need scikit-image: pip install 'e4t[samples]'"
+        ) from err
     return Image.fromarray(getattr(data, name)())
 
 

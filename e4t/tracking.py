@@ -62,7 +62,9 @@ def get_or_create_experiment(name: str) -> str:
     return str(mlflow.create_experiment(name, artifact_location=artifact_location))
 
 
-def find_dataset_run(output_url: str, manifest_sha256: str, experiment: str = DATASET_EXPERIMENT) -> str | None:
+def find_dataset_run(
+    output_url: str, manifest_sha256: str, experiment: str = DATASET_EXPERIMENT
+) -> str | None:
     """The id of the run that already logged this dataset, if any (reruns log nothing twice)."""
     mlflow = _mlflow()
     exp = mlflow.get_experiment_by_name(experiment)
@@ -97,18 +99,22 @@ def log_dataset_run(
     mlflow = _mlflow()
     experiment_id = get_or_create_experiment(experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"curate-{stats['name']}") as run:
-        mlflow.set_tags({
-            "e4t.stage": "curate",
-            "e4t.version": __version__,
-            "e4t.dataset.name": stats["name"],
-            "e4t.dataset.url": output_url,
-            "e4t.dataset.manifest_sha256": stats["manifest_sha256"],
-            "e4t.config_hash": stats["config_hash"],
-        })
+        mlflow.set_tags(
+            {
+                "e4t.stage": "curate",
+                "e4t.version": __version__,
+                "e4t.dataset.name": stats["name"],
+                "e4t.dataset.url": output_url,
+                "e4t.dataset.manifest_sha256": stats["manifest_sha256"],
+                "e4t.config_hash": stats["config_hash"],
+            }
+        )
         params = {"source_url": stats["source_url"], "output_url": output_url, **flatten(config)}
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        metrics = {k: float(stats[k]) for k in
-                   ("num_inputs", "num_accepted_inputs", "num_rejected_inputs", "num_samples")}
+        metrics = {
+            k: float(stats[k])
+            for k in ("num_inputs", "num_accepted_inputs", "num_rejected_inputs", "num_samples")
+        }
         metrics["num_shards"] = float(len(stats["shards"]))
         metrics.update({f"rejected.{r}": float(n) for r, n in stats["rejection_reasons"].items()})
         mlflow.log_metrics(metrics)
@@ -117,7 +123,7 @@ def log_dataset_run(
             from mlflow.data.dataset_source_registry import resolve_dataset_source
             from mlflow.data.meta_dataset import MetaDataset
 
-            dataset = MetaDataset(
+            dataset = MetaDataset(  # type: ignore[abstract]
                 source=resolve_dataset_source(output_url),
                 name=stats["name"],
                 digest=stats["manifest_sha256"][:32],

@@ -9,7 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed
 
 from flows.runners import RunnerKind, make_task_runner
@@ -19,15 +23,18 @@ ARTIFACT_KEY = "curate-domain-stats"
 
 
 @flow(name="curate-partitions")
-def curate_partitions(output_url: str, num_partitions: int, preset: str | None,
-                      overrides: list[str] | None) -> list[dict[str, Any]]:
+def curate_partitions(
+    output_url: str, num_partitions: int, preset: str | None, overrides: list[str] | None
+) -> list[dict[str, Any]]:
     """Map the partition task and report progress as partitions finish."""
     progress_id = create_progress_artifact(
-        progress=0.0, key="curate-domain-progress",
+        progress=0.0,
+        key="curate-domain-progress",
         description=f"curation of {output_url}: partitions done (%)",
     )
-    futures = [t.curate_partition.submit(output_url, i, preset, overrides)
-               for i in range(num_partitions)]
+    futures = [
+        t.curate_partition.submit(output_url, i, preset, overrides) for i in range(num_partitions)
+    ]
     results = []
     for done, future in enumerate(as_completed(futures), start=1):
         results.append(future.result())
@@ -62,12 +69,22 @@ def curate_domain(
     stats = t.finalize_curation(output_url, preset, overrides)
     run_id = t.log_dataset(output_url, stats, preset, overrides, experiment) if track else None
 
-    rows = [{"measure": k, "value": stats[k]} for k in
-            ("num_inputs", "num_accepted_inputs", "num_rejected_inputs", "num_samples")]
+    rows = [
+        {"measure": k, "value": stats[k]}
+        for k in ("num_inputs", "num_accepted_inputs", "num_rejected_inputs", "num_samples")
+    ]
     rows.append({"measure": "num_shards", "value": len(stats["shards"])})
-    rows += [{"measure": f"rejected: {r}", "value": n} for r, n in stats["rejection_reasons"].items()]
-    create_table_artifact(table=rows, key=ARTIFACT_KEY,
-                          description=f"Curation of {source_url} into {output_url}")
-    logger.info("curated %d inputs → %d samples in %d shards at %s", stats["num_inputs"],
-                stats["num_samples"], len(stats["shards"]), output_url)
+    rows += [
+        {"measure": f"rejected: {r}", "value": n} for r, n in stats["rejection_reasons"].items()
+    ]
+    create_table_artifact(
+        table=rows, key=ARTIFACT_KEY, description=f"Curation of {source_url} into {output_url}"
+    )
+    logger.info(
+        "curated %d inputs → %d samples in %d shards at %s",
+        stats["num_inputs"],
+        stats["num_samples"],
+        len(stats["shards"]),
+        output_url,
+    )
     return {"output_url": output_url, "stats": stats, "mlflow_run_id": run_id}

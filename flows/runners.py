@@ -9,8 +9,9 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 RunnerKind = Literal["threads", "processes", "dask"]
 
 
-def make_task_runner(kind: RunnerKind, max_workers: int = 2,
-                     dask_address: str | None = None) -> TaskRunner:
+def make_task_runner(
+    kind: RunnerKind, max_workers: int = 2, dask_address: str | None = None
+) -> TaskRunner:
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=max_workers)
     if kind == "processes":
@@ -20,6 +21,7 @@ def make_task_runner(kind: RunnerKind, max_workers: int = 2,
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers, "processes": True,
-                                              "threads_per_worker": 1})
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": max_workers, "processes": True, "threads_per_worker": 1}
+        )
     raise ValueError(f"task_runner={kind!r}: use 'threads', 'processes' or 'dask'")

@@ -54,14 +54,27 @@ class SeaweedS3:
     endpoint: str
 
     @classmethod
-    def start(cls, root: str | Path, access_key: str, secret_key: str,
-              buckets: tuple[str, ...] = (), timeout_s: float = 60.0) -> SeaweedS3:
+    def start(
+        cls,
+        root: str | Path,
+        access_key: str,
+        secret_key: str,
+        buckets: tuple[str, ...] = (),
+        timeout_s: float = 60.0,
+    ) -> SeaweedS3:
         root = Path(root).resolve()
         (root / "data").mkdir(parents=True, exist_ok=True)
         ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
         grpc = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
-        cmd = [weed_binary(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1",
-               "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false"]
+        cmd = [
+            weed_binary(),
+            "mini",
+            f"-dir={root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+        ]
         for name in PORT_NAMES:
             cmd += [f"-{name}.port={ports[name]}"]
             if name != "webdav":
@@ -69,35 +82,44 @@ class SeaweedS3:
         if buckets:
             cmd.append(f"-bucket={','.join(buckets)}")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-        log = open(root / "weed.log", "ab")  # noqa: SIM115 - handed to the child process
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=root, start_new_session=True)
+        log = open(root / "weed.log", "ab")
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
+        )
         (root / "weed.pid").write_text(str(proc.pid))
         server = cls(root=root, pid=proc.pid, endpoint=f"http://127.0.0.1:{ports['s3']}")
         (root / "endpoint.json").write_text(json.dumps({"endpoint": server.endpoint}))
-        server.wait_healthy(access_key, secret_key, timeout_s)
+        try:
+            server.wait_healthy(access_key, secret_key, timeout_s)
+        except BaseException:
+            server.stop()
+            raise
         return server
 
     def wait_healthy(self, access_key: str, secret_key: str, timeout_s: float) -> None:
-        import boto3
-        from botocore.config import Config
+        import s3fs
 
-        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=access_key,
-                              aws_secret_access_key=secret_key, region_name="us-east-1",
-                              config=Config(retries={"max_attempts": 1}, connect_timeout=2))
+        fs = s3fs.S3FileSystem(
+            key=access_key,
+            secret=secret_key,
+            skip_instance_cache=True,
+            client_kwargs={"endpoint_url": self.endpoint},
+            config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2},
+        )
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(f"SeaweedFS exited; see {self.root / 'weed.log'}")
             try:
-                client.list_buckets()
+                fs.ls("", refresh=True)
                 return
-            except Exception as err:  # noqa: BLE001 - any failure means "not up yet"
+            except Exception as err:
                 last = err
                 time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"SeaweedFS not healthy in {timeout_s} s ({last}); see {self.root / 'weed.log'}")
+        raise TimeoutError(
+            f"SeaweedFS not healthy in {timeout_s} s ({last}); see {self.root / 'weed.log'}"
+        )
 
     def alive(self) -> bool:
         try:
@@ -136,8 +158,9 @@ def _main(argv: list[str]) -> int:
         return 2
     action, root = argv[0], Path(argv[1])
     if action == "start":
-        server = SeaweedS3.start(root, os.environ["AWS_ACCESS_KEY_ID"],
-                                 os.environ["AWS_SECRET_ACCESS_KEY"])
+        server = SeaweedS3.start(
+            root, os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+        )
         print(server.endpoint)
         return 0
     pid_file = root / "weed.pid"

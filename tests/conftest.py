@@ -51,8 +51,11 @@ def load_rgb(path: Path) -> np.ndarray:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims ``width`` × ``height`` (no real pixel data)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
@@ -124,11 +127,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     from infra.seaweedfs import SeaweedS3
 
     key, secret = f"e4t-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    server = SeaweedS3.start(tmp_path_factory.mktemp("seaweedfs"), key, secret,
-                             buckets=("e4t-test",))
+    server = SeaweedS3.start(
+        tmp_path_factory.mktemp("seaweedfs"), key, secret, buckets=("e4t-test",)
+    )
     try:
-        yield {"endpoint": server.endpoint, "key": key, "secret": secret, "bucket": "e4t-test",
-               "pid": str(server.pid)}
+        yield {
+            "endpoint": server.endpoint,
+            "key": key,
+            "secret": secret,
+            "bucket": "e4t-test",
+            "pid": str(server.pid),
+        }
     finally:
         server.stop()
 

@@ -43,10 +43,14 @@ def test_quad_is_an_upright_square_for_level_eyes() -> None:
     assert quad[0][1] == pytest.approx(quad[3][1])  # top edge level
     # centre = eye midpoint + 0.1 · eye-to-mouth
     assert quad.mean(axis=0) == pytest.approx((50, 53))
-    assert source_to_crop(quad, quad, 100) == pytest.approx(np.array([[0, 0], [0, 100], [100, 100], [100, 0]]))
+    assert source_to_crop(quad, quad, 100) == pytest.approx(
+        np.array([[0, 0], [0, 100], [100, 100], [100, 0]])
+    )
 
 
-@pytest.mark.parametrize("name", ["obama.jpg", "biden.jpg", "astronaut.png", "obama_partial_face.jpg"])
+@pytest.mark.parametrize(
+    "name", ["obama.jpg", "biden.jpg", "astronaut.png", "obama_partial_face.jpg"]
+)
 def test_crop_has_level_eyes_where_expected(landmarker, photos_dir: Path, name: str) -> None:
     image = load_rgb(photos_dir / name)
     face = _only_face(landmarker, image)
@@ -69,13 +73,23 @@ def test_crop_has_level_eyes_where_expected(landmarker, photos_dir: Path, name: 
 
 
 @pytest.mark.parametrize("degrees", [25, -25])
-def test_rotated_photo_gives_nearly_the_same_crop(landmarker, photos_dir: Path, degrees: int) -> None:
+def test_rotated_photo_gives_nearly_the_same_crop(
+    landmarker, photos_dir: Path, degrees: int
+) -> None:
     photo = Image.open(photos_dir / "obama.jpg").convert("RGB")
-    turned = np.asarray(photo.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True,
-                                     fillcolor=(128, 128, 128)))
-    base = align_face(np.asarray(photo), _only_face(landmarker, np.asarray(photo)).landmarks,
-                      AlignConfig(resolution_px=SIZE))
-    other = align_face(turned, _only_face(landmarker, turned).landmarks, AlignConfig(resolution_px=SIZE))
+    turned = np.asarray(
+        photo.rotate(
+            degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(128, 128, 128)
+        )
+    )
+    base = align_face(
+        np.asarray(photo),
+        _only_face(landmarker, np.asarray(photo)).landmarks,
+        AlignConfig(resolution_px=SIZE),
+    )
+    other = align_face(
+        turned, _only_face(landmarker, turned).landmarks, AlignConfig(resolution_px=SIZE)
+    )
     diff = np.abs(base.image.astype(float) - other.image.astype(float))
     centre = diff[SIZE // 4 : 3 * SIZE // 4, SIZE // 4 : 3 * SIZE // 4]
     assert centre.mean() < 25, f"face region differs by {centre.mean():.1f} grey levels"
@@ -89,7 +103,9 @@ def test_exif_rotated_photo_is_aligned_upright(landmarker, bad_inputs_dir: Path)
 
     image = decode_image((bad_inputs_dir / "exif_rotated.jpg").read_bytes(), DecodeConfig()).image
     assert image is not None
-    aligned = align_face(image, _only_face(landmarker, image).landmarks, AlignConfig(resolution_px=SIZE))
+    aligned = align_face(
+        image, _only_face(landmarker, image).landmarks, AlignConfig(resolution_px=SIZE)
+    )
     left, right = _eyes(aligned.landmarks)
     assert left[0] < right[0] and abs(left[1] - right[1]) < 0.02 * SIZE
     nose_tip, chin = aligned.landmarks[30], aligned.landmarks[8]
@@ -98,7 +114,9 @@ def test_exif_rotated_photo_is_aligned_upright(landmarker, bad_inputs_dir: Path)
 
 def test_mask_covers_the_face_not_the_corners(landmarker, photos_dir: Path) -> None:
     image = load_rgb(photos_dir / "biden.jpg")
-    aligned = align_face(image, _only_face(landmarker, image).landmarks, AlignConfig(resolution_px=SIZE))
+    aligned = align_face(
+        image, _only_face(landmarker, image).landmarks, AlignConfig(resolution_px=SIZE)
+    )
     mask = face_mask(aligned.landmarks, SIZE)
     assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) == {0, 255}
     # every landmark lies in the hull: a point on its edge may round a pixel out, so look

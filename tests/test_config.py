@@ -24,8 +24,10 @@ def test_named_preset_from_configs_folder() -> None:
     assert config.align.resolution_px < 512
 
 
-@pytest.mark.parametrize("override", ["align.resolution=3", "quality.multiple_faces=some",
-                                      "nokey", "align.resolution_px=-1"])
+@pytest.mark.parametrize(
+    "override",
+    ["align.resolution=3", "quality.multiple_faces=some", "nokey", "align.resolution_px=-1"],
+)
 def test_bad_overrides_fail_with_a_clear_error(override: str) -> None:
     with pytest.raises(ConfigError):
         load_config(CurateConfig, "curate", None, [override])

@@ -29,8 +29,11 @@ def _manifest(out: Path) -> list[dict]:
 
 
 def _digests(out: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.glob("*")) if p.is_file() and p.name != "stats.json"}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.glob("*"))
+        if p.is_file() and p.name != "stats.json"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,9 @@ def test_rerun_skips_done_work_and_converges(bad_inputs_dir: Path, tmp_path: Pat
     assert resumed["manifest_sha256"] == first["manifest_sha256"]
 
 
-def test_rerun_with_other_inputs_is_refused(bad_inputs_dir: Path, photos_dir: Path, tmp_path: Path) -> None:
+def test_rerun_with_other_inputs_is_refused(
+    bad_inputs_dir: Path, photos_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     src = tmp_path / "src"
     shutil.copytree(photos_dir, src)
@@ -111,10 +116,13 @@ def test_rerun_with_other_inputs_is_refused(bad_inputs_dir: Path, photos_dir: Pa
         plan_curation(str(src), str(out), config)
 
 
-@pytest.mark.parametrize(("policy", "num_samples", "reason"),
-                         [("largest", 1, None), ("each", 2, None), ("reject", 0, "multiple_faces")])
-def test_multiple_faces_policy(bad_inputs_dir: Path, tmp_path: Path, policy: str,
-                               num_samples: int, reason: str | None) -> None:
+@pytest.mark.parametrize(
+    ("policy", "num_samples", "reason"),
+    [("largest", 1, None), ("each", 2, None), ("reject", 0, "multiple_faces")],
+)
+def test_multiple_faces_policy(
+    bad_inputs_dir: Path, tmp_path: Path, policy: str, num_samples: int, reason: str | None
+) -> None:
     src = tmp_path / "src"
     src.mkdir()
     shutil.copyfile(bad_inputs_dir / "nested" / "two_faces.jpg", src / "two.jpg")
@@ -137,8 +145,11 @@ def test_quality_gates_reject_with_reasons(photos_dir: Path, tmp_path: Path) -> 
     obama.filter(ImageFilter.GaussianBlur(6)).save(src / "blurred.jpg")
     obama.resize((obama.width // 2, obama.height // 2)).save(src / "smaller_copy.jpg")
     Image.open(photos_dir / "biden.jpg").convert("RGB").resize((180, 409)).save(src / "tiny.jpg")
-    stats = curate(str(src), str(tmp_path / "out"),
-                   _config(**{"quality.min_face_px": 60, "quality.min_sharpness": 10}))
+    stats = curate(
+        str(src),
+        str(tmp_path / "out"),
+        _config(**{"quality.min_face_px": 60, "quality.min_sharpness": 10}),
+    )
     reasons = {Path(r["source"]).name: r.get("reason") for r in _manifest(tmp_path / "out")}
     assert reasons["sharp.jpg"] is None
     assert reasons["blurred.jpg"] == "blurry"
@@ -153,7 +164,9 @@ def test_near_duplicates_across_partitions_are_dropped(photos_dir: Path, tmp_pat
     shutil.copyfile(photos_dir / "obama.jpg", src / "a.jpg")
     shutil.copyfile(photos_dir / "biden.jpg", src / "b.jpg")
     Image.open(photos_dir / "obama.jpg").save(src / "c.jpg", quality=70)  # recompressed twin
-    stats = curate(str(src), str(tmp_path / "out"), _config(**{"shards.num_images_per_partition": 1}))
+    stats = curate(
+        str(src), str(tmp_path / "out"), _config(**{"shards.num_images_per_partition": 1})
+    )
     reasons = {Path(r["source"]).name: r.get("reason") for r in _manifest(tmp_path / "out")}
     assert reasons == {"a.jpg": None, "b.jpg": None, "c.jpg": "near_duplicate"}
     assert stats["shards"] == ["faces-000000.tar", "faces-000001.tar"]  # c's shard removed

@@ -19,15 +19,19 @@ def test_decode_outcome_per_input(bad_inputs_dir: Path, name: str) -> None:
     if expected in (None, "no_face"):
         assert result.reason is None, result.detail
         assert result.image is not None
-        assert result.image.dtype == np.uint8 and result.image.ndim == 3 and result.image.shape[2] == 3
+        assert (
+            result.image.dtype == np.uint8 and result.image.ndim == 3 and result.image.shape[2] == 3
+        )
     else:
         assert result.image is None
         assert result.reason == expected, result.detail
 
 
 def test_source_modes_are_converted(bad_inputs_dir: Path) -> None:
-    modes = {n: decode_image((bad_inputs_dir / n).read_bytes(), DecodeConfig()).source_mode
-             for n in ("cmyk.jpg", "deep16.png", "rgba.png", "grey.jpg")}
+    modes = {
+        n: decode_image((bad_inputs_dir / n).read_bytes(), DecodeConfig()).source_mode
+        for n in ("cmyk.jpg", "deep16.png", "rgba.png", "grey.jpg")
+    }
     assert modes["cmyk.jpg"] == "CMYK"
     assert modes["deep16.png"].startswith("I")
     assert modes["rgba.png"] == "RGBA"

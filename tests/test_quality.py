@@ -12,7 +12,13 @@ from PIL import Image, ImageFilter
 
 from e4t.config import DetectConfig
 from e4t.faces import create_landmarker
-from e4t.faces.quality import NearDuplicateIndex, estimate_yaw_deg, hamming, perceptual_hash, sharpness
+from e4t.faces.quality import (
+    NearDuplicateIndex,
+    estimate_yaw_deg,
+    hamming,
+    perceptual_hash,
+    sharpness,
+)
 
 
 def test_blur_lowers_sharpness(photos_dir: Path) -> None:

@@ -187,16 +187,31 @@ def _judge_face(
         "detection_score": round(face.score, 3),
     }
     if face.size_px < q.min_face_px:
-        return quality, "face_too_small", f"{face.size_px:.0f} px < quality.min_face_px={q.min_face_px}", None
+        return (
+            quality,
+            "face_too_small",
+            f"{face.size_px:.0f} px < quality.min_face_px={q.min_face_px}",
+            None,
+        )
     if abs(quality["yaw_deg"]) > q.max_abs_yaw_deg:
-        return quality, "extreme_pose", f"|yaw| {abs(quality['yaw_deg']):.0f}° > quality.max_abs_yaw_deg={q.max_abs_yaw_deg}", None
+        return (
+            quality,
+            "extreme_pose",
+            f"|yaw| {abs(quality['yaw_deg']):.0f}° > quality.max_abs_yaw_deg={q.max_abs_yaw_deg}",
+            None,
+        )
     start = time.perf_counter()
     aligned = align_face(image, face.landmarks, config.align)
     quality["sharpness"] = round(sharpness(aligned.image), 2)
     quality["phash"] = f"{perceptual_hash(aligned.image):016x}"
     timer.add("align", start)
     if quality["sharpness"] < q.min_sharpness:
-        return quality, "blurry", f"sharpness {quality['sharpness']:.1f} < quality.min_sharpness={q.min_sharpness}", None
+        return (
+            quality,
+            "blurry",
+            f"sharpness {quality['sharpness']:.1f} < quality.min_sharpness={q.min_sharpness}",
+            None,
+        )
     return quality, None, None, aligned
 
 
@@ -221,8 +236,14 @@ def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[
     decoded: list[tuple[str, np.ndarray]] = []
     for source in sources:
         if not is_image_name(source):
-            rows.append(_rejected(source, index, "unsupported_extension",
-                                  "not one of jpg/jpeg/png/webp/bmp/tif/tiff"))
+            rows.append(
+                _rejected(
+                    source,
+                    index,
+                    "unsupported_extension",
+                    "not one of jpg/jpeg/png/webp/bmp/tif/tiff",
+                )
+            )
             continue
         start = time.perf_counter()
         try:
@@ -243,7 +264,9 @@ def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[
     all_faces: list[list[Face]] = []
     batch = config.detect.batch_size
     for start_i in range(0, len(decoded), batch):
-        all_faces.extend(landmarker.detect_batch([img for _, img in decoded[start_i : start_i + batch]]))
+        all_faces.extend(
+            landmarker.detect_batch([img for _, img in decoded[start_i : start_i + batch]])
+        )
     after = landmarker.timings
     timer.seconds["detect"] += after["detect"] - before["detect"]
     timer.seconds["landmarks"] += after["landmarks"] - before["landmarks"]
@@ -258,40 +281,66 @@ def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[
         ranked = sorted(faces, key=lambda f: f.size_px, reverse=True)
         policy = config.quality.multiple_faces
         if len(ranked) > 1 and policy == "reject":
-            rows.append(_rejected(source, index, "multiple_faces",
-                                  f"{len(ranked)} faces and quality.multiple_faces=reject",
-                                  num_faces=len(ranked)))
+            rows.append(
+                _rejected(
+                    source,
+                    index,
+                    "multiple_faces",
+                    f"{len(ranked)} faces and quality.multiple_faces=reject",
+                    num_faces=len(ranked),
+                )
+            )
             continue
         chosen = ranked[:1] if policy == "largest" else ranked
         for rank, face in enumerate(chosen):
             key = sample_key(relpath, rank)
-            base = {"source": source, "partition": index, "face_rank": rank, "num_faces": len(ranked)}
+            base = {
+                "source": source,
+                "partition": index,
+                "face_rank": rank,
+                "num_faces": len(ranked),
+            }
             quality, reason, detail, aligned = _judge_face(face, image, config, timer)
             if reason is None and dedup is not None:
                 twin = dedup.find(int(quality["phash"], 16))
                 if twin is not None:
                     reason, detail = "near_duplicate", f"of {twin}"
             if reason is not None:
-                rows.append({**base, "status": "rejected", "reason": reason, "detail": detail,
-                             "quality": quality})
+                rows.append(
+                    {
+                        **base,
+                        "status": "rejected",
+                        "reason": reason,
+                        "detail": detail,
+                        "quality": quality,
+                    }
+                )
                 continue
             if dedup is not None:
                 dedup.add(int(quality["phash"], 16), key)
             start = time.perf_counter()
             meta = {
-                "key": key, "source": source, "face_rank": rank, "num_faces": len(ranked),
+                "key": key,
+                "source": source,
+                "face_rank": rank,
+                "num_faces": len(ranked),
                 "bbox": [round(v, 2) for v in face.bbox],
                 "quad": np.round(aligned.quad, 2).tolist(),
                 "landmarks": np.round(aligned.landmarks, 2).tolist(),
                 "resolution_px": config.align.resolution_px,
-                "backend": landmarker.name, "quality": quality,
+                "backend": landmarker.name,
+                "quality": quality,
             }
-            samples.append({
-                "__key__": key,
-                "jpg": _encode_jpeg(aligned.image, config.shards.jpeg_quality),
-                "json": json.dumps(meta, sort_keys=True),
-                "mask.png": _encode_png(face_mask(aligned.landmarks, config.align.resolution_px)),
-            })
+            samples.append(
+                {
+                    "__key__": key,
+                    "jpg": _encode_jpeg(aligned.image, config.shards.jpeg_quality),
+                    "json": json.dumps(meta, sort_keys=True),
+                    "mask.png": _encode_png(
+                        face_mask(aligned.landmarks, config.align.resolution_px)
+                    ),
+                }
+            )
             timer.add("align", start)
             rows.append({**base, "status": "accepted", "key": key, "quality": quality})
 
@@ -300,8 +349,13 @@ def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[
     if samples:
         shard = shard_name(config.shards.name, index)
         write_shard(eio.join(output_url, shard), samples)
-    record = {"index": index, "rows": rows, "num_samples": len(samples), "shard": shard,
-              "num_inputs": len(sources)}
+    record = {
+        "index": index,
+        "rows": rows,
+        "num_samples": len(samples),
+        "shard": shard,
+        "num_inputs": len(sources),
+    }
     eio.write_text(done, json.dumps(record, sort_keys=True))
     timer.add("write", start)
     record["timings"] = timer.seconds
@@ -342,7 +396,11 @@ def finalize_curation(output_url: str, config: CurateConfig) -> dict[str, Any]:
             raise CurationError(f"partition {i} is not done ({url} missing): rerun the job")
         parts.append(json.loads(eio.read_text(url)))
 
-    twins = _cross_partition_duplicates(parts, config.quality.dedup_max_hamming) if config.quality.dedup else {}
+    twins = (
+        _cross_partition_duplicates(parts, config.quality.dedup_max_hamming)
+        if config.quality.dedup
+        else {}
+    )
     shards: list[str] = []
     rows: list[dict[str, Any]] = []
     for part in parts:
@@ -370,8 +428,10 @@ def finalize_curation(output_url: str, config: CurateConfig) -> dict[str, Any]:
 
     manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     eio.write_text(eio.join(output_url, "manifest.jsonl"), manifest)
-    eio.write_text(eio.join(output_url, "config.json"),
-                   json.dumps(config.model_dump(mode="json"), indent=1, sort_keys=True))
+    eio.write_text(
+        eio.join(output_url, "config.json"),
+        json.dumps(config.model_dump(mode="json"), indent=1, sort_keys=True),
+    )
 
     by_source: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -385,7 +445,9 @@ def finalize_curation(output_url: str, config: CurateConfig) -> dict[str, Any]:
         "num_accepted_inputs": accepted_sources,
         "num_rejected_inputs": len(by_source) - accepted_sources,
         "num_samples": sum(r["status"] == "accepted" for r in rows),
-        "rejection_reasons": dict(sorted(Counter(r["reason"] for r in rows if r["status"] == "rejected").items())),
+        "rejection_reasons": dict(
+            sorted(Counter(r["reason"] for r in rows if r["status"] == "rejected").items())
+        ),
         "shards": shards,
         "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest(),
         "config_hash": plan.config_hash,

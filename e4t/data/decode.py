@@ -96,8 +96,7 @@ def _decode(data: bytes, config: DecodeConfig) -> Decoded:
         source_mode = pil.mode
         try:
             pil.load()
-            pil = ImageOps.exif_transpose(pil)
-            rgb = _to_rgb(pil)
+            rgb = _to_rgb(ImageOps.exif_transpose(pil))
             array = np.asarray(rgb, dtype=np.uint8)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise DecodeRejection("decompression_bomb", str(err)) from err

@@ -32,7 +32,10 @@ def write_shard(url: str, samples: Iterable[dict[str, bytes | str]]) -> int:
     Returns the number of samples written.
     """
     count = 0
-    with eio.atomic_open(url, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with (
+        eio.atomic_open(url, "wb") as f,
+        tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
         for sample in samples:
             key = str(sample["__key__"])
             if not KEY_PATTERN.match(key):

@@ -53,8 +53,12 @@ def compute_quad(landmarks: np.ndarray) -> np.ndarray:
     y_axis = _rot90(x_axis)
     centre = eye_mid + eye_to_mouth * 0.1
     return np.stack(
-        [centre - x_axis - y_axis, centre - x_axis + y_axis,
-         centre + x_axis + y_axis, centre + x_axis - y_axis]
+        [
+            centre - x_axis - y_axis,
+            centre - x_axis + y_axis,
+            centre + x_axis + y_axis,
+            centre + x_axis - y_axis,
+        ]
     )
 
 
@@ -68,9 +72,7 @@ def source_to_crop(points: np.ndarray, quad: np.ndarray, size: int) -> np.ndarra
     return uv * size
 
 
-def _pad_with_fade(
-    img: np.ndarray, pad: tuple[int, int, int, int], qsize: float
-) -> np.ndarray:
+def _pad_with_fade(img: np.ndarray, pad: tuple[int, int, int, int], qsize: float) -> np.ndarray:
     """Reflect-pad (left, top, right, bottom) and fade the padding to blur and median colour.
 
     img: (H, W, 3) float32. The fade weight grows with the distance from the original
@@ -110,7 +112,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, config: AlignConfig) ->
     pil = Image.fromarray(image)
 
     # 1. shrink very large faces by an integer factor (cheap and alias-free enough)
-    shrink = int(math.floor(qsize / size * 0.5))
+    shrink = math.floor(qsize / size * 0.5)
     if shrink > 1:
         small = (round(pil.width / shrink), round(pil.height / shrink))
         pil = pil.resize(small, Image.Resampling.BOX)
@@ -134,10 +136,14 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, config: AlignConfig) ->
         min_pad = round(qsize * 0.3)
         pad = tuple(max(p, min_pad) for p in need)
         # reflect padding cannot exceed the image's own size minus one
-        pad = (min(pad[0], pil.width - 1), min(pad[1], pil.height - 1),
-               min(pad[2], pil.width - 1), min(pad[3], pil.height - 1))
+        pad = (
+            min(pad[0], pil.width - 1),
+            min(pad[1], pil.height - 1),
+            min(pad[2], pil.width - 1),
+            min(pad[3], pil.height - 1),
+        )
         if max(pad) > 0:
-            arr = _pad_with_fade(np.asarray(pil, dtype=np.float32), pad, qsize)  # type: ignore[arg-type]
+            arr = _pad_with_fade(np.asarray(pil, dtype=np.float32), pad, qsize)
             pil = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
             quad += np.array(pad[:2], dtype=np.float64)
 

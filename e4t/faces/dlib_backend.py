@@ -45,7 +45,9 @@ class DlibLandmarker:
         try:
             import dlib
         except ImportError as err:  # pragma: no cover - dlib-bin is a hard dependency
-            raise LandmarkerUnavailable("the dlib backend needs dlib: pip install dlib-bin") from err
+            raise LandmarkerUnavailable(
+                "the dlib backend needs dlib: pip install dlib-bin"
+            ) from err
         self.config = config
         self._dlib = dlib
         if config.dlib_detector == "hog":

@@ -101,8 +101,11 @@ class FanLandmarker:
                 continue
             points = self._fa.get_landmarks_from_image(image, detected_faces=list(boxes))
             faces = [
-                Face(bbox=tuple(float(v) for v in box[:4]), score=float(box[4]),  # type: ignore[arg-type]
-                     landmarks=np.asarray(lm, dtype=np.float64)[:, :2])
+                Face(
+                    bbox=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                    score=float(box[4]),
+                    landmarks=np.asarray(lm, dtype=np.float64)[:, :2],
+                )
                 for box, lm in zip(boxes, points or [], strict=True)
             ]
             results.append(faces)

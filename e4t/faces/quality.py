@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -75,7 +76,7 @@ class NearDuplicateIndex:
         self.max_distance = max_distance
         num_bands = max_distance + 1
         edges = np.linspace(0, 64, num_bands + 1).round().astype(int)
-        self._bands = [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        self._bands = [(int(lo), int(hi)) for lo, hi in itertools.pairwise(edges)]
         self._tables: list[dict[int, list[tuple[int, str]]]] = [{} for _ in self._bands]
 
     def _band_values(self, value: int) -> list[int]:

@@ -1,0 +1,1 @@
+"""Curation, shards and loaders: decoding, the WebDataset writer/reader, manifests."""
