@@ -87,14 +87,94 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         print(result.report())
         return 0
+    if args.what == "model":
+        from e4t.bench import bench_model
+
+        print(
+            bench_model(
+                preset=args.preset,
+                resolution_px=args.resolution_px,
+                batch_size=args.batch_size,
+                dtype=args.dtype,
+                device=args.device,
+                offsets_form=args.offsets,
+                num_steps=args.steps,
+                gradient_checkpointing=args.gradient_checkpointing,
+            ).report()
+        )
+        return 0
     raise SystemExit(f"unknown benchmark {args.what!r}")  # argparse's choices stop this first
+
+
+def _cmd_init_model(args: argparse.Namespace) -> int:
+    from e4t.models.presets import init_model
+
+    out = init_model(
+        args.dest, preset=args.preset, seed=args.seed, prediction_type=args.prediction_type
+    )
+    print(f"wrote the {args.preset} base model ({args.prediction_type}) to {out}")
+    return 0
+
+
+def _load_model_config(args: argparse.Namespace) -> Any:
+    from e4t.config import ModelConfig, load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "base_model", None):
+        overrides.append(f"base_model={args.base_model}")
+    return load_config(ModelConfig, "model", args.preset, overrides)
+
+
+def _cmd_init_domain(args: argparse.Namespace) -> int:
+    from e4t.models.e4t_model import E4TModel
+
+    model = E4TModel.from_config(_load_model_config(args), seed=args.seed)
+    out = model.save_pretrained(args.dest)
+    print(f"wrote an untrained domain model (fresh encoder, zero offsets) to {out}")
+    return 0
+
+
+def _cmd_encode_concept(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from e4t.generation import clip_pixels
+    from e4t.models.e4t_model import E4TModel
+
+    model = E4TModel.from_pretrained(args.model, overrides={"device": args.device})
+    cls = model.clip_cls(clip_pixels(model, Image.open(args.image)))
+    out = model.save_concept(args.dest, cls, tuned=[], extra={"source": args.image, "steps": 0})
+    size = sum(p.stat().st_size for p in out.iterdir())
+    print(f"wrote a 0-step concept of {args.image} to {out} ({size:,} bytes)")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from e4t.generation import GenerationConfig, generate, save_images
+    from e4t.models.e4t_model import E4TModel
+
+    model = E4TModel.from_pretrained(args.model, overrides={"device": args.device})
+    cls = model.load_concept(args.concept)
+    config = GenerationConfig(
+        num_steps=args.steps,
+        guidance_scale=args.cfg,
+        negative_prompt=args.negative_prompt,
+        scheduler=args.scheduler,
+        height=args.height,
+        width=args.width,
+        batch_size=args.batch_size,
+    )
+    images = generate(model, cls, args.prompt, args.num_images, args.seed, config)
+    for path in save_images(images, args.out, config):
+        print(path)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="e4t",
-        description="E4T domain tuning. Stages: curate (photos → aligned WebDataset shards). "
-        "Helpers: samples (fetch the sample photos), bench (speed figures).",
+        description="E4T domain tuning. Stages: curate (photos → aligned WebDataset shards); "
+        "model: init-model (base presets), init-domain, encode-concept, generate. "
+        "Helpers: samples (fetch the sample photos), bench (speed and memory figures).",
     )
     parser.add_argument("--version", action="version", version=f"e4t {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -125,6 +205,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show the progress bar without a TTY")
     p.set_defaults(func=_cmd_curate)
 
+    p = sub.add_parser(
+        "init-model",
+        help="write a base model preset (random weights)",
+        description="Write a complete diffusers Stable Diffusion folder + CLIP "
+        "vision tower with seeded random weights and the real CLIP tokenizer.",
+    )
+    p.add_argument("dest")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "sd15-random"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
+    p.set_defaults(func=_cmd_init_model)
+
+    p = sub.add_parser(
+        "init-domain", help="write an untrained domain model (encoder + zero offsets)"
+    )
+    p.add_argument("dest")
+    p.add_argument("--base-model", help="base model folder or hub id (default: model config)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_init_domain)
+
+    p = sub.add_parser("encode-concept", help="a 0-step concept: the encoder's prediction alone")
+    p.add_argument("image")
+    p.add_argument("dest")
+    p.add_argument("--model", required=True, help="domain model folder")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_encode_concept)
+
+    p = sub.add_parser("generate", help="images of a concept from prompts ({} = the concept)")
+    p.add_argument("--model", required=True, help="domain model folder")
+    p.add_argument("--concept", required=True, help="concept folder")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help='e.g. "a photo of {} as an astronaut" (repeatable)',
+    )
+    p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0, help="image k of a prompt uses seed + k")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument(
+        "--scheduler", default="ddim", choices=["ddim", "ddpm", "pndm", "euler", "euler-a", "dpm++"]
+    )
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="outputs", help="folder for the PNGs")
+    p.set_defaults(func=_cmd_generate)
+
     p = sub.add_parser("samples", help="fetch the real sample photos (registry + scikit-image)")
     p.add_argument("dest", help="folder to copy them into")
     p.add_argument("--negatives", action="store_true", help="also the no-face photos")
@@ -133,11 +265,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench", help="print speed figures", description="Benchmarks that print figures."
     )
-    p.add_argument("what", choices=["curate"])
+    p.add_argument("what", choices=["curate", "model"])
     p.add_argument("--num-images", type=int, default=48)
     p.add_argument("--size-px", type=int, default=1024, help="long side of the test photos")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--backend", default="dlib", choices=["dlib", "face-alignment"])
+    p.add_argument(
+        "--preset",
+        default="tiny",
+        choices=["tiny", "sd15-random"],
+        help="model: the architecture to measure",
+    )
+    p.add_argument("--resolution-px", type=int, default=64, help="model: image size")
+    p.add_argument("--batch-size", type=int, default=4, help="model: batch")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--offsets", default="multiplicative", choices=["multiplicative", "lowrank"])
+    p.add_argument("--steps", type=int, default=3, help="model: timed steps after a warm-up")
+    p.add_argument("--gradient-checkpointing", action="store_true")
     p.set_defaults(func=_cmd_bench)
     return parser
 
@@ -153,10 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     from e4t.config import ConfigError
     from e4t.data.curation import CurationError
     from e4t.faces.landmarker import LandmarkerUnavailable
+    from e4t.models.e4t_model import ArtifactError
 
     try:
         return int(args.func(args))
-    except (ConfigError, CurationError, LandmarkerUnavailable, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        CurationError,
+        LandmarkerUnavailable,
+        FileNotFoundError,
+        ArtifactError,
+    ) as err:
         print(f"e4t: error: {err}", file=sys.stderr)
         return 2
 

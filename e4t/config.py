@@ -93,6 +93,51 @@ class CurateConfig(StrictModel):
     shards: ShardConfig = ShardConfig()
 
 
+# --------------------------------------------------------------------------- model
+
+DEFAULT_IMAGE_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
+class EncoderConfig(StrictModel):
+    hidden_dim: int = Field(768, gt=0)
+    clip_layer_stride: int = Field(2, gt=0, description="read the [CLS] of every n-th layer")
+    leaky_relu_slope: float = 0.2
+
+
+class OffsetConfig(StrictModel):
+    form: Literal["multiplicative", "lowrank"] = "multiplicative"
+    rank: int = Field(4, gt=0, description="lowrank only")
+    targets: list[Literal["attn1", "attn2"]] = ["attn1", "attn2"]
+    projections: list[Literal["to_q", "to_k", "to_v", "to_out.0"]] = ["to_q", "to_k", "to_v"]
+
+
+class ModelConfig(StrictModel):
+    base_model: str = Field("data/models/tiny", description="diffusers SD 1.x/2.x folder or hub id")
+    image_encoder: str | None = Field(
+        None,
+        description="CLIP vision model; None: the base folder's image_encoder/, else "
+        + DEFAULT_IMAGE_ENCODER,
+    )
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: str = "cpu"
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    gradient_checkpointing: bool = False
+    class_word: str = "face"
+    placeholder_token: str = "<e4t>"
+    embedding_scale: float = Field(0.1, description="s in v* = e(class) + s·E")
+    encoder: EncoderConfig = EncoderConfig()
+    offsets: OffsetConfig = OffsetConfig()
+
+
+class LossConfig(StrictModel):
+    lambda_emb: float = Field(0.01, ge=0, description="weight of ‖s·E‖² (the offset only)")
+    lambda_w: float = Field(1e-4, ge=0, description="weight of Σ‖Δ‖² over the weight offsets")
+    use_mask: bool = Field(True, description="weight the diffusion loss by the face mask")
+    mask_floor: float = Field(
+        0.0, ge=0, le=1, description="weight outside the mask (0: face only, 1: no masking)"
+    )
+
+
 # --------------------------------------------------------------------------- loading
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

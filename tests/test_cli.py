@@ -40,3 +40,87 @@ def test_bench_curate_prints_throughput_and_stage_shares() -> None:
     assert re.search(r"→ \d+\.\d+ images/s", done.stdout)
     shares = [float(m) for m in re.findall(r"(\d+\.\d) %", done.stdout)]
     assert len(shares) == 6 and abs(sum(shares) - 100) < 1.0
+
+
+def test_bench_model_prints_counts_size_time_memory() -> None:
+    done = _e4t(
+        "bench",
+        "model",
+        "--preset",
+        "tiny",
+        "--resolution-px",
+        "64",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+    )
+    assert done.returncode == 0, done.stderr
+    for label in (
+        "base UNet",
+        "encoder",
+        "offsets",
+        "concept artifact",
+        "training step",
+        "peak memory",
+    ):
+        assert label in done.stdout
+    assert int(re.search(r"concept artifact: ([\d,]+) bytes", done.stdout)[1].replace(",", "")) > 0
+
+
+def test_model_commands_end_to_end(tmp_path: Path, photos_dir: Path) -> None:
+    from PIL import Image
+
+    steps = [
+        ("init-model", "--preset", "tiny", str(tmp_path / "base")),
+        (
+            "init-domain",
+            "--preset",
+            "tiny",
+            "--base-model",
+            str(tmp_path / "base"),
+            str(tmp_path / "domain"),
+        ),
+        (
+            "encode-concept",
+            str(photos_dir / "obama.jpg"),
+            str(tmp_path / "concept"),
+            "--model",
+            str(tmp_path / "domain"),
+        ),
+        (
+            "generate",
+            "--model",
+            str(tmp_path / "domain"),
+            "--concept",
+            str(tmp_path / "concept"),
+            "--prompt",
+            "a photo of {} as an astronaut",
+            "-n",
+            "2",
+            "--seed",
+            "3",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "images"),
+        ),
+    ]
+    for args in steps:
+        done = _e4t(*args)
+        assert done.returncode == 0, f"{args[0]}: {done.stderr[-2000:]}"
+    pngs = sorted((tmp_path / "images").glob("*.png"))
+    assert len(pngs) == 2
+    info = Image.open(pngs[1]).text
+    assert info["prompt"] == "a photo of {} as an astronaut" and info["seed"] == "4"
+
+    done = _e4t(
+        "generate",
+        "--model",
+        str(tmp_path / "base"),
+        "--concept",
+        str(tmp_path / "concept"),
+        "--prompt",
+        "{}",
+    )
+    assert done.returncode == 2 and "not an E4T domain model" in done.stderr

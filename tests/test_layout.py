@@ -92,6 +92,10 @@ def test_readme_starts_with_the_two_setup_commands() -> None:
 
 
 def test_ruff_is_clean() -> None:
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "e4t", "tasks", "flows", "infra",
-                           "tests"], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "e4t", "tasks", "flows", "infra", "tests"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout

@@ -1,0 +1,239 @@
+"""Generation with a concept: a stock diffusers ``StableDiffusionPipeline`` whose prompt
+embedding is re-predicted at every denoising step (v* depends on z_t and t, E4T §3.1).
+
+The pipeline runs unchanged; ``callback_on_step_end`` hands it the next step's prompt
+embeddings. Also: freezing a concept into a plain pipeline (a textual-inversion token +
+offsets merged into the UNet's weights), for tools that only know stock diffusers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+)
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from e4t.models.e4t_model import E4TModel
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS: dict[str, Any] = {
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "pndm": PNDMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+}
+
+
+@dataclass
+class GenerationConfig:
+    num_steps: int = 30
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    scheduler: str = "ddim"
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 4
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    prompt: str
+    seed: int
+    v_star_history: list[torch.Tensor] = field(default_factory=list, repr=False)
+
+
+def clip_pixels(model: E4TModel, image: Image.Image) -> torch.Tensor:
+    """One RGB image → CLIP pixel values (1, 3, S, S) with the vision tower's processor."""
+    pixels = model.base.image_processor(images=image.convert("RGB"), return_tensors="pt")
+    return pixels.pixel_values.to(model.base.device, model.image_encoder.dtype)
+
+
+def build_pipeline(model: E4TModel, scheduler: str = "ddim") -> StableDiffusionPipeline:
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+    sched = SCHEDULERS[scheduler].from_config(model.base.scheduler_config)
+    pipe = StableDiffusionPipeline(
+        vae=model.base.vae,
+        text_encoder=model.base.text_encoder,
+        tokenizer=model.base.tokenizer,
+        unet=model.base.unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate(
+    model: E4TModel,
+    cls: torch.Tensor,
+    prompts: list[str],
+    num_images: int = 1,
+    seed: int = 0,
+    config: GenerationConfig | None = None,
+    keep_v_star: bool = False,
+) -> list[GeneratedImage]:
+    """Images for each prompt (``{}`` = the concept), ``num_images`` seeds each.
+
+    cls: the concept's CLIP [CLS] tokens (1, L, C). Image k of a prompt uses seed + k, so
+    any batch size gives the same images.
+    """
+    config = config or GenerationConfig()
+    pipe = build_pipeline(model, config.scheduler)
+    unet = model.base.unet
+    height = config.height or unet.config.sample_size * pipe.vae_scale_factor
+    width = config.width or unet.config.sample_size * pipe.vae_scale_factor
+    jobs = [(p, seed + k) for p in prompts for k in range(num_images)]
+    results: list[GeneratedImage] = []
+    for start in range(0, len(jobs), config.batch_size):
+        chunk = jobs[start : start + config.batch_size]
+        results += _generate_chunk(model, pipe, cls, chunk, height, width, config, keep_v_star)
+    return results
+
+
+def _generate_chunk(
+    model: E4TModel,
+    pipe: StableDiffusionPipeline,
+    cls: torch.Tensor,
+    jobs: list[tuple[str, int]],
+    height: int,
+    width: int,
+    config: GenerationConfig,
+    keep_v_star: bool,
+) -> list[GeneratedImage]:
+    device, dtype = model.base.device, model.base.unet.dtype
+    shape = (
+        1,
+        model.base.unet.config.in_channels,
+        height // pipe.vae_scale_factor,
+        width // pipe.vae_scale_factor,
+    )
+    latents = torch.cat(
+        [
+            torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=torch.float32)
+            for _, s in jobs
+        ]
+    ).to(device, dtype)
+    batch = len(jobs)
+    prompts = [p for p, _ in jobs]
+    cls_b = cls.expand(batch, -1, -1)
+    history: list[torch.Tensor] = []
+
+    def prompt_embeds_at(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t_b = t.reshape(1).expand(batch).to(device)
+        z_in = pipe.scheduler.scale_model_input(z, t)
+        v_star = model.word_embedding(model.predict_offset(cls_b, z_in, t_b))
+        if keep_v_star:
+            history.append(v_star.detach().float().cpu())
+        return model.encode_prompt(prompts, v_star).to(dtype)
+
+    pipe.scheduler.set_timesteps(config.num_steps, device=device)
+    timesteps = pipe.scheduler.timesteps
+    negative = model.encode_prompt([config.negative_prompt] * batch).to(dtype)
+    first = prompt_embeds_at(latents * pipe.scheduler.init_noise_sigma, timesteps[0])
+    guided = config.guidance_scale > 1.0
+
+    def on_step_end(
+        pipeline: Any, i: int, t: Any, kwargs: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        if i + 1 >= len(pipeline.scheduler.timesteps):
+            return {}
+        nxt = prompt_embeds_at(kwargs["latents"], pipeline.scheduler.timesteps[i + 1])
+        return {"prompt_embeds": torch.cat([negative, nxt]) if guided else nxt}
+
+    out = pipe(
+        prompt_embeds=first,
+        negative_prompt_embeds=negative,
+        latents=latents,
+        num_inference_steps=config.num_steps,
+        guidance_scale=config.guidance_scale,
+        height=height,
+        width=width,
+        output_type="pil",
+        callback_on_step_end=on_step_end,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    return [
+        GeneratedImage(image=img, prompt=p, seed=s, v_star_history=[h[i] for h in history])
+        for i, (img, (p, s)) in enumerate(zip(out.images, jobs, strict=True))
+    ]
+
+
+def save_images(
+    images: list[GeneratedImage], out_dir: str | Path, config: GenerationConfig | None = None
+) -> list[Path]:
+    """PNG files with the prompt, seed and settings in their text chunks."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config or GenerationConfig()
+    paths = []
+    for i, item in enumerate(images):
+        info = PngInfo()
+        info.add_text("prompt", item.prompt)
+        info.add_text("seed", str(item.seed))
+        info.add_text("negative_prompt", config.negative_prompt)
+        info.add_text("steps", str(config.num_steps))
+        info.add_text("guidance_scale", str(config.guidance_scale))
+        info.add_text("scheduler", config.scheduler)
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", item.prompt.replace("{}", "S")).strip("_")[:60]
+        path = out / f"{i:03d}-{slug}-seed{item.seed}.png"
+        item.image.save(path, pnginfo=info)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------- stock pipelines
+
+
+@torch.no_grad()
+def frozen_word_embedding(
+    model: E4TModel, cls: torch.Tensor, num_steps: int = 20, seed: int = 0
+) -> torch.Tensor:
+    """One fixed v* (D,): the mean of v* along a sampling trajectory of "a photo of {}".
+
+    A stock pipeline cannot re-predict v* per step, so this is the closest fixed token.
+    """
+    config = GenerationConfig(num_steps=num_steps, batch_size=1)
+    (item,) = generate(model, cls, ["a photo of {}"], 1, seed, config, keep_v_star=True)
+    return torch.stack(item.v_star_history).mean(dim=0)
+
+
+@torch.no_grad()
+def apply_concept_to_pipeline(
+    pipe: StableDiffusionPipeline, model: E4TModel, cls: torch.Tensor, token: str | None = None
+) -> str:
+    """Freeze a loaded concept into a stock pipeline of the same base model.
+
+    Adds a textual-inversion token carrying :func:`frozen_word_embedding` and merges the
+    weight offsets into ``pipe.unet`` (W ← W0 + ΔW, in place). Returns the token to use in
+    prompts. ``model`` must hold the concept (:meth:`E4TModel.load_concept`).
+    """
+    token = token or model.config.placeholder_token
+    vector = frozen_word_embedding(model, cls)
+    pipe.load_textual_inversion({token: vector.to(pipe.text_encoder.dtype)}, token=token)
+    for path in model.offsets.paths:
+        linear = pipe.unet.get_submodule(path)
+        delta = model.offsets.delta_weight(path, linear.weight.detach().float())
+        linear.weight.add_(delta.to(linear.weight.device, linear.weight.dtype))
+    return token

@@ -1,0 +1,382 @@
+"""The composed E4T model: frozen base models + encoder + weight offsets + placeholder token.
+
+``v* = e(class_word) + s · E(x, z_t, t)`` is injected at the placeholder's positions in the
+text encoder's input embeddings through hooks on its token-embedding layer, so the text
+encoder, its vocabulary and its weights stay the base model's.
+
+Artifacts (safetensors + JSON, never pickle):
+
+- a domain model folder: ``e4t_config.json``, ``encoder/`` and ``offsets/``
+  (diffusers ``save_pretrained`` folders);
+- a concept folder: ``concept.json`` + ``concept.safetensors`` holding the image's CLIP
+  [CLS] tokens and only the tensors tuning changed (encoder and offsets), in fp16 by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from e4t.config import ModelConfig
+from e4t.models.base import DTYPES, BaseModels, load_base_models
+from e4t.models.encoder import E4TEncoder
+from e4t.models.offsets import WeightOffsets
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "e4t_config.json"
+CONCEPT_TENSORS = "concept.safetensors"
+CONCEPT_CONFIG = "concept.json"
+
+
+class ArtifactError(ValueError):
+    """A model or concept file that does not fit the model it is loaded into."""
+
+
+class _StopForward(Exception):
+    """Raised by the mid-block hook: the encoder needs no up path."""
+
+
+def check_tensors(
+    path: Path,
+    found: dict[str, torch.Tensor],
+    expected: dict[str, torch.Size],
+    allow_subset: bool = False,
+) -> None:
+    """Refuse unknown, missing or mis-shaped tensors, naming the file and the keys."""
+    unknown = sorted(set(found) - set(expected))
+    missing = [] if allow_subset else sorted(set(expected) - set(found))
+    shapes = sorted(
+        f"{k}: file {tuple(found[k].shape)} vs model {tuple(expected[k])}"
+        for k in set(found) & set(expected)
+        if found[k].shape != expected[k]
+    )
+    problems = []
+    if unknown:
+        problems.append(f"unknown tensors {unknown[:5]}{'…' if len(unknown) > 5 else ''}")
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{'…' if len(missing) > 5 else ''}")
+    if shapes:
+        problems.append(f"shape mismatches {shapes[:5]}")
+    if problems:
+        raise ArtifactError(
+            f"{path} does not fit this model: {'; '.join(problems)}. "
+            "Was it made from another base model or config?"
+        )
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ArtifactError(
+            f"{path} is not a readable safetensors file ({err}); "
+            "it may be truncated or corrupted — re-create it"
+        ) from err
+
+
+class E4TModel(nn.Module):
+    """Base models + encoder + offsets. Only ``encoder`` and ``offsets`` hold trainable weights."""
+
+    def __init__(
+        self, base: BaseModels, encoder: E4TEncoder, offsets: WeightOffsets, config: ModelConfig
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.config = config
+        self.encoder = encoder.to(base.device)
+        self.offsets = offsets.to(base.device).attach(base.unet)
+        # base modules are registered as children so .to()/.train() reach them
+        self.unet, self.vae = base.unet, base.vae
+        self.text_encoder, self.image_encoder = base.text_encoder, base.image_encoder
+        self.tokenizer = base.tokenizer
+        self.class_token_id = self._single_token_id(config.class_word)
+        self.placeholder_token_id = self._add_placeholder(config.placeholder_token)
+        self._injection: torch.Tensor | None = None
+        self._placeholder_mask: torch.Tensor | None = None
+        embedding = self.text_encoder.get_input_embeddings()
+        embedding.register_forward_pre_hook(self._swap_placeholder_ids)
+        embedding.register_forward_hook(self._inject_word_embedding)
+        self._empty_prompt: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(
+        cls, config: ModelConfig, base: BaseModels | None = None, seed: int | None = 0
+    ) -> E4TModel:
+        """A fresh domain model: new encoder, zero offsets."""
+        base = base or load_base_models(config)
+        if seed is not None:
+            torch.manual_seed(seed)
+        vision = base.image_encoder.config
+        blocks = [*base.unet.config.block_out_channels, base.unet.config.block_out_channels[-1]]
+        encoder = E4TEncoder(
+            clip_hidden_size=vision.hidden_size,
+            clip_num_layers=vision.num_hidden_layers,
+            unet_block_channels=blocks,
+            embed_dim=base.text_encoder.get_input_embeddings().embedding_dim,
+            hidden_dim=config.encoder.hidden_dim,
+            clip_layer_stride=config.encoder.clip_layer_stride,
+            leaky_relu_slope=config.encoder.leaky_relu_slope,
+        )
+        offsets = WeightOffsets.for_unet(
+            base.unet,
+            targets=tuple(config.offsets.targets),
+            projections=tuple(config.offsets.projections),
+            form=config.offsets.form,
+            rank=config.offsets.rank,
+        )
+        return cls(base, encoder, offsets, config)
+
+    def _single_token_id(self, word: str) -> int:
+        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            pieces = self.tokenizer.convert_ids_to_tokens(ids)
+            raise ValueError(
+                f"class word {word!r} is {len(ids)} tokens {pieces}; "
+                "choose a word that is one token, e.g. 'face', 'person', 'cat'"
+            )
+        return int(ids[0])
+
+    def _add_placeholder(self, token: str) -> int:
+        self.tokenizer.add_tokens([token], special_tokens=False)
+        ids = self.tokenizer(token, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise ValueError(f"placeholder {token!r} does not tokenize to one token: {ids}")
+        return int(ids[0])
+
+    # ------------------------------------------------------------------ text side
+
+    def _swap_placeholder_ids(
+        self, module: nn.Module, inputs: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        ids = inputs[0]
+        mask = ids == self.placeholder_token_id
+        self._placeholder_mask = mask
+        if mask.any():
+            # the placeholder is not in the embedding table: look up the class word instead,
+            # then overwrite those rows with v* in the forward hook
+            ids = torch.where(mask, torch.full_like(ids, self.class_token_id), ids)
+        return (ids, *inputs[1:])
+
+    def _inject_word_embedding(
+        self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> torch.Tensor:
+        mask = self._placeholder_mask
+        if mask is None or not mask.any():
+            return output
+        if self._injection is None:
+            raise RuntimeError("prompt holds the placeholder but no v* was given")
+        v_star = self._injection.to(output.dtype)  # (B, D)
+        if v_star.shape[0] != output.shape[0]:
+            raise ValueError(f"{v_star.shape[0]} embeddings for {output.shape[0]} prompts")
+        return torch.where(mask[..., None], v_star[:, None, :], output)
+
+    def format_prompts(self, prompts: list[str]) -> list[str]:
+        """``{}`` in a prompt stands for the placeholder token."""
+        return [p.replace("{}", self.config.placeholder_token) for p in prompts]
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            self.format_prompts(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.base.device)
+
+    def encode_prompt(self, prompts: list[str], v_star: torch.Tensor | None = None) -> torch.Tensor:
+        """Text-encoder hidden states (B, 77, D) with v* (B, D) at the placeholder."""
+        ids = self.tokenize(prompts)
+        self._injection = v_star
+        try:
+            return self.text_encoder(ids)[0]
+        finally:
+            self._injection = None
+            self._placeholder_mask = None
+
+    def class_embedding(self) -> torch.Tensor:
+        """e(class_word): (D,)"""
+        return self.text_encoder.get_input_embeddings().weight[self.class_token_id]
+
+    def empty_prompt_embedding(self, batch: int) -> torch.Tensor:
+        if self._empty_prompt is None:
+            with torch.no_grad():
+                self._empty_prompt = self.encode_prompt([""])
+        return self._empty_prompt.expand(batch, -1, -1)
+
+    # ------------------------------------------------------------------ image side
+
+    def clip_cls(self, clip_pixel_values: torch.Tensor) -> torch.Tensor:
+        """The [CLS] tokens the encoder reads: (B, 3, S, S) → (B, L, C)."""
+        out = self.image_encoder(
+            clip_pixel_values.to(self.base.device, self.image_encoder.dtype),
+            output_hidden_states=True,
+        )
+        return self.encoder.select_cls(out.hidden_states)
+
+    @torch.no_grad()
+    def unet_block_outputs(self, z_t: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """Down- and mid-block outputs of the base UNet on (z_t, t, empty prompt).
+
+        Captured by forward hooks; the forward stops after the mid block (no up path).
+        """
+        captured: list[torch.Tensor] = []
+        unet = self.base.unet
+
+        def grab(module: nn.Module, inputs: Any, output: Any) -> None:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+
+        def grab_and_stop(module: nn.Module, inputs: Any, output: Any) -> None:
+            grab(module, inputs, output)
+            raise _StopForward
+
+        handles = [b.register_forward_hook(grab) for b in unet.down_blocks]
+        handles.append(unet.mid_block.register_forward_hook(grab_and_stop))
+        stopped = False
+        try:
+            with self.offsets.disabled():
+                unet(
+                    z_t.to(unet.dtype), t, self.empty_prompt_embedding(z_t.shape[0]).to(unet.dtype)
+                )
+        except _StopForward:
+            stopped = True
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert stopped, "the UNet never reached its mid block"
+        return captured
+
+    def predict_offset(self, cls: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """E(x, z_t, t): CLIP [CLS] tokens (B, L, C), noisy latents, timesteps → (B, D)."""
+        return self.encoder(self.encoder.clip_features(cls), self.unet_block_outputs(z_t, t))
+
+    def word_embedding(self, offset: torch.Tensor) -> torch.Tensor:
+        """v* = e(class_word) + s · E, (B, D)."""
+        return self.class_embedding().to(offset.dtype) + self.config.embedding_scale * offset
+
+    # ------------------------------------------------------------------ parameters
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.encoder.parameters()
+        yield from self.offsets.parameters()
+
+    def fingerprint(self) -> str:
+        """A hash of the encoder + offsets weights (names a domain model version)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self._trained_state().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def _trained_state(self) -> dict[str, torch.Tensor]:
+        state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        state.update({f"offsets.{k}": v for k, v in self.offsets.state_dict().items()})
+        return state
+
+    # ------------------------------------------------------------------ domain model I/O
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(out / "encoder", safe_serialization=True)
+        self.offsets.save_pretrained(out / "offsets", safe_serialization=True)
+        meta = {"model": self.config.model_dump(mode="json"), "fingerprint": self.fingerprint()}
+        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        base: BaseModels | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> E4TModel:
+        """Load a domain model; ``overrides`` may move it (``device``, ``dtype``, base model)."""
+        folder = Path(folder)
+        meta_path = folder / CONFIG_NAME
+        if not meta_path.exists():
+            raise ArtifactError(f"{folder} is not an E4T domain model ({CONFIG_NAME} missing)")
+        meta = json.loads(meta_path.read_text())
+        config = ModelConfig.model_validate({**meta["model"], **(overrides or {})})
+        model = cls.from_config(config, base=base, seed=None)
+        for name, module in (("encoder", model.encoder), ("offsets", model.offsets)):
+            path = folder / name / "diffusion_pytorch_model.safetensors"
+            tensors = read_safetensors(path)
+            check_tensors(path, tensors, {k: v.shape for k, v in module.state_dict().items()})
+            module.load_state_dict(tensors)
+        return model
+
+    # ------------------------------------------------------------------ concepts
+
+    def save_concept(
+        self,
+        out_dir: str | Path,
+        cls: torch.Tensor,
+        tuned: list[str] | None = None,
+        dtype: str = "fp16",
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write a concept: the image's [CLS] tokens (L, C) and the tuned tensors only.
+
+        ``tuned``: names (``encoder.*``, ``offsets.*``) to store; default all trainable ones.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = self._trained_state()
+        names = sorted(tuned) if tuned is not None else sorted(state)
+        unknown = sorted(set(names) - set(state))
+        if unknown:
+            raise ValueError(f"cannot store unknown tensors {unknown[:5]}")
+        store = DTYPES[dtype]
+        tensors = {n: state[n].detach().to("cpu", store).contiguous() for n in names}
+        tensors["image.clip_cls"] = cls.detach().reshape(cls.shape[-2:]).to("cpu", store)
+        save_file(tensors, str(out / CONCEPT_TENSORS))
+        meta = {
+            "class_word": self.config.class_word,
+            "placeholder_token": self.config.placeholder_token,
+            "dtype": dtype,
+            "tensors": names,
+            **(extra or {}),
+        }
+        (out / CONCEPT_CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return out
+
+    def load_concept(self, folder: str | Path) -> torch.Tensor:
+        """Load a concept's tuned tensors into this model; returns its [CLS] tokens (1, L, C)."""
+        folder = Path(folder)
+        path = folder / CONCEPT_TENSORS
+        if not (folder / CONCEPT_CONFIG).exists():
+            raise ArtifactError(f"{folder} is not an E4T concept ({CONCEPT_CONFIG} missing)")
+        meta = json.loads((folder / CONCEPT_CONFIG).read_text())
+        if meta.get("class_word") != self.config.class_word:
+            raise ArtifactError(
+                f"{folder} was tuned for class word {meta.get('class_word')!r}, "
+                f"this model uses {self.config.class_word!r}"
+            )
+        tensors = read_safetensors(path)
+        cls = tensors.pop("image.clip_cls", None)
+        if cls is None:
+            raise ArtifactError(f"{path} holds no image.clip_cls tensor")
+        state = self._trained_state()
+        check_tensors(path, tensors, {k: v.shape for k, v in state.items()}, allow_subset=True)
+        expected_cls = (len(self.encoder.layer_indices), self.encoder.config.clip_hidden_size)
+        if tuple(cls.shape) != expected_cls:
+            raise ArtifactError(
+                f"{path}: image.clip_cls is {tuple(cls.shape)}, model reads {expected_cls}"
+            )
+        with torch.no_grad():
+            for name, value in tensors.items():
+                state[name].copy_(value.to(state[name].dtype))
+        return cls[None].to(self.base.device, self.image_encoder.dtype)

@@ -1,0 +1,1 @@
+"""Losses, the training step, and (later) the pretraining and tuning loops."""

@@ -1,0 +1,361 @@
+"""The E4T model on the tiny preset (CPU): presets, encoder, offsets, losses, artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image
+
+from e4t.config import LossConfig, ModelConfig
+from e4t.generation import GenerationConfig, apply_concept_to_pipeline, clip_pixels, generate
+from e4t.models.e4t_model import ArtifactError, E4TModel
+from e4t.models.encoder import E4TEncoder
+from e4t.models.offsets import find_projections
+from e4t.models.presets import init_model
+from e4t.models.tokenizer import write_clip_tokenizer
+from e4t.training.losses import diffusion_loss, diffusion_target, latent_mask
+from e4t.training.step import Batch, compute_loss
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_model(tmp_path_factory.mktemp("models") / "tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_v_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_model(
+        tmp_path_factory.mktemp("models") / "tiny-v",
+        preset="tiny",
+        seed=0,
+        prediction_type="v_prediction",
+    )
+
+
+def make_model(base: Path, **overrides: object) -> E4TModel:
+    config = ModelConfig.model_validate(
+        {"base_model": str(base), "encoder": {"hidden_dim": 32}, **overrides}
+    )
+    return E4TModel.from_config(config)
+
+
+def randomize(model: E4TModel, seed: int = 1) -> None:
+    """Nonzero offsets and encoder output (a 'trained' model)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def _batch(n: int = 2, size: int = 64, clip: int = 32, seed: int = 0) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    return Batch(
+        pixel_values=torch.rand(n, 3, size, size, generator=gen) * 2 - 1,
+        clip_pixel_values=torch.randn(n, 3, clip, clip, generator=gen),
+        prompts=["a photo of {}", "{} smiling"][:n] * (n // 2 or 1),
+        mask=(torch.rand(n, 1, size, size, generator=gen) > 0.5).float(),
+    )
+
+
+def _unet_inputs(model: E4TModel, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(2, 4, 32, 32, generator=gen)
+    t = torch.tensor([10, 700])
+    emb = model.encode_prompt(["a photo of a face", "a dog"])
+    return z, t, emb
+
+
+def test_real_clip_tokenizer(tmp_path: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path), model_max_length=77)
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert len(tok) == 49408
+
+
+def test_tiny_preset_is_a_normal_diffusers_folder(tiny_dir: Path) -> None:
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir)
+    assert pipe.image_encoder is not None and pipe.image_encoder.config.num_hidden_layers == 4
+    assert len(pipe.tokenizer) == 49408
+    assert (tiny_dir / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert not list(tiny_dir.rglob("*.bin"))  # no pickles
+
+
+def test_zero_offsets_equal_the_base_unet_exactly(tiny_dir: Path) -> None:
+    model = make_model(tiny_dir)
+    base = UNet2DConditionModel.from_pretrained(tiny_dir, subfolder="unet")
+    z, t, emb = _unet_inputs(model)
+    with torch.no_grad():
+        assert torch.equal(model.base.unet(z, t, emb).sample, base(z, t, emb).sample)
+
+
+@pytest.mark.parametrize("form", ["multiplicative", "lowrank"])
+def test_nonzero_offsets_change_only_the_chosen_projections(tiny_dir: Path, form: str) -> None:
+    model = make_model(
+        tiny_dir, offsets={"form": form, "targets": ["attn2"], "projections": ["to_k", "to_v"]}
+    )
+    randomize(model)
+    chosen = set(model.offsets.paths)
+    everything = find_projections(
+        model.base.unet, ("attn1", "attn2"), ("to_q", "to_k", "to_v", "to_out.0")
+    )
+    assert chosen and chosen < set(everything)
+    for path, linear in everything.items():
+        x = torch.randn(3, linear.in_features)
+        with torch.no_grad():
+            changed = not torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+        assert changed == (path in chosen), path
+    z, t, emb = _unet_inputs(model)
+    with torch.no_grad():
+        on = model.base.unet(z, t, emb).sample
+        with model.offsets.disabled():
+            off = model.base.unet(z, t, emb).sample
+    assert not torch.allclose(on, off)
+
+
+def test_encoder_shapes_sd15_like_and_tiny() -> None:
+    enc = E4TEncoder(
+        clip_hidden_size=1280,
+        clip_num_layers=32,
+        unet_block_channels=[320, 640, 1280, 1280, 1280],
+        embed_dim=768,
+    )
+    assert enc.layer_indices == list(range(2, 33, 2)) and len(enc.layer_indices) == 16
+    hidden = [torch.randn(2, 257, 1280) for _ in range(33)]
+    blocks = [
+        torch.randn(2, c, s, s) for c, s in [(320, 32), (640, 16), (1280, 8), (1280, 8), (1280, 8)]
+    ]
+    out = enc(enc.clip_features(enc.select_cls(hidden)), blocks)
+    assert out.shape == (2, 768)
+    tiny = E4TEncoder(
+        clip_hidden_size=32,
+        clip_num_layers=4,
+        unet_block_channels=[32, 64, 64],
+        embed_dim=32,
+        hidden_dim=16,
+    )
+    assert tiny.layer_indices == [2, 4]
+
+
+def test_encoder_reads_the_cls_of_every_second_layer(tiny_dir: Path, photos_dir: Path) -> None:
+    model = make_model(tiny_dir)
+    pixels = clip_pixels(model, Image.open(photos_dir / "obama.jpg"))
+    hidden = model.image_encoder(pixels, output_hidden_states=True).hidden_states
+    assert len(hidden) == 5  # embeddings + 4 layers
+    expected = torch.stack([hidden[2][:, 0], hidden[4][:, 0]], dim=1)
+    assert torch.equal(model.clip_cls(pixels), expected)
+
+
+def test_embedding_depends_on_t_and_z_t(tiny_dir: Path) -> None:
+    model = make_model(tiny_dir)
+    randomize(model)
+    cls = torch.randn(1, 2, 32)
+    z = torch.randn(1, 4, 32, 32)
+    with torch.no_grad():
+        a = model.predict_offset(cls, z, torch.tensor([100]))
+        b = model.predict_offset(cls, z, torch.tensor([800]))
+        c = model.predict_offset(cls, torch.randn(1, 4, 32, 32), torch.tensor([100]))
+        again = model.predict_offset(cls, z, torch.tensor([100]))
+    assert torch.equal(a, again)
+    assert not torch.allclose(a, b) and not torch.allclose(a, c)
+
+
+def test_fresh_model_starts_at_the_class_word(tiny_dir: Path) -> None:
+    model = make_model(tiny_dir)
+    with torch.no_grad():
+        offset = model.predict_offset(
+            torch.randn(1, 2, 32), torch.randn(1, 4, 32, 32), torch.tensor([500])
+        )
+        v_star = model.word_embedding(offset)
+        with_placeholder = model.encode_prompt(["a photo of {}"], v_star)
+    assert torch.equal(offset, torch.zeros_like(offset))
+    assert torch.equal(with_placeholder, model.encode_prompt(["a photo of face"]))
+
+
+@pytest.mark.parametrize("form", ["multiplicative", "lowrank"])
+def test_gradients_reach_exactly_encoder_and_offsets(tiny_dir: Path, form: str) -> None:
+    model = make_model(tiny_dir, offsets={"form": form})
+    out = compute_loss(model, _batch(), LossConfig(), torch.Generator().manual_seed(0))
+    assert out.weight_reg.item() == 0.0 and out.embedding_reg.item() == 0.0  # zero at init
+    out.loss.backward()
+    trainable = {id(p) for p in model.trainable_parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in trainable:
+            assert p.grad is not None, name
+        else:
+            assert p.grad is None and not p.requires_grad, name
+    # the output layer, and through it the offsets, get a signal at the first step
+    assert model.encoder.head[-1].weight.grad.abs().sum() > 0
+    grads = [p.grad.abs().sum() for p in model.offsets.parameters()]
+    assert sum(grads) > 0
+
+
+def test_loss_matches_a_hand_computation() -> None:
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    weights = torch.zeros(2, 1, 8, 8)
+    weights[0, :, :4] = 1.0
+    weights[1] = 1.0
+    by_hand = (((pred[0] - target[0]) ** 2)[:, :4].mean() + ((pred[1] - target[1]) ** 2).mean()) / 2
+    assert diffusion_loss(pred, target, weights).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert diffusion_loss(pred, target).item() == pytest.approx(
+        ((pred - target) ** 2).mean().item()
+    )
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., :32, :] = 1.0
+    assert latent_mask(mask, (8, 8), floor=0.1)[0, 0, :, 0].tolist() == pytest.approx(
+        [1.0] * 4 + [0.1] * 4
+    )
+
+
+def test_v_prediction_target(tiny_v_dir: Path) -> None:
+    model = make_model(tiny_v_dir)
+    sched = model.base.noise_scheduler
+    assert sched.config.prediction_type == "v_prediction"
+    x0, noise, t = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor([300])
+    abar = sched.alphas_cumprod[300]
+    expected = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    assert torch.allclose(diffusion_target(sched, x0, noise, t), expected, atol=1e-6)
+
+
+def test_total_loss_combines_the_terms(tiny_dir: Path) -> None:
+    model = make_model(tiny_dir)
+    randomize(model)
+    losses = LossConfig(lambda_emb=0.5, lambda_w=0.25)
+    out = compute_loss(model, _batch(), losses, torch.Generator().manual_seed(3))
+    expected = out.diffusion + 0.5 * out.embedding_reg + 0.25 * out.weight_reg
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    by_hand = sum((p**2).sum() for p in model.offsets.parameters())
+    assert out.weight_reg.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_lowrank_norm_equals_the_dense_product(tiny_dir: Path) -> None:
+    model = make_model(tiny_dir, offsets={"form": "lowrank", "rank": 3})
+    randomize(model)
+    dense = sum(
+        ((model.offsets.up[k] @ model.offsets.down[k]) ** 2).sum() for k in model.offsets.up
+    )
+    assert model.offsets.squared_norm().item() == pytest.approx(dense.item(), rel=1e-5)
+
+
+def test_class_word_must_be_one_token(tiny_dir: Path) -> None:
+    with pytest.raises(ValueError, match="one token"):
+        make_model(tiny_dir, class_word="photorealistic")
+
+
+def test_domain_model_round_trip(tiny_dir: Path, tmp_path: Path) -> None:
+    model = make_model(tiny_dir)
+    randomize(model)
+    model.save_pretrained(tmp_path / "domain")
+    loaded = E4TModel.from_pretrained(tmp_path / "domain")
+    assert loaded.fingerprint() == model.fingerprint()
+    cls, z, t = torch.randn(1, 2, 32), torch.randn(1, 4, 32, 32), torch.tensor([250])
+    with torch.no_grad():
+        assert torch.equal(model.predict_offset(cls, z, t), loaded.predict_offset(cls, z, t))
+        zz, tt, emb = _unet_inputs(model)
+        assert torch.equal(
+            model.base.unet(zz, tt, emb).sample, loaded.base.unet(zz, tt, emb).sample
+        )
+
+
+def test_concept_round_trip(tiny_dir: Path, tmp_path: Path) -> None:
+    model = make_model(tiny_dir)
+    model.save_pretrained(tmp_path / "domain")
+    randomize(model, seed=5)  # "tuned"
+    cls = torch.randn(1, 2, 32)
+    model.save_concept(tmp_path / "c32", cls, dtype="fp32")
+    model.save_concept(tmp_path / "c16", cls)
+    assert (tmp_path / "c16" / "concept.safetensors").stat().st_size < (
+        tmp_path / "c32" / "concept.safetensors"
+    ).stat().st_size
+    z, t = torch.randn(1, 4, 32, 32), torch.tensor([400])
+    for name, tol in (("c32", 0.0), ("c16", 1e-2)):
+        fresh = E4TModel.from_pretrained(tmp_path / "domain")
+        loaded_cls = fresh.load_concept(tmp_path / name)
+        with torch.no_grad():
+            want, got = model.predict_offset(cls, z, t), fresh.predict_offset(loaded_cls, z, t)
+        assert torch.allclose(want, got, atol=tol, rtol=tol), name
+    meta = json.loads((tmp_path / "c16" / "concept.json").read_text())
+    assert meta["class_word"] == "face" and meta["dtype"] == "fp16"
+
+
+def test_corrupted_and_mismatched_files_are_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    model = make_model(tiny_dir)
+    model.save_pretrained(tmp_path / "domain")
+    model.save_concept(tmp_path / "concept", torch.randn(1, 2, 32))
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tmp_path / "domain", broken)
+    weights = broken / "encoder" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match="corrupted"):
+        E4TModel.from_pretrained(broken)
+
+    lowrank = make_model(tiny_dir, offsets={"form": "lowrank"})
+    with pytest.raises(ArtifactError, match="unknown tensors"):
+        lowrank.load_concept(tmp_path / "concept")
+
+    wider = make_model(tiny_dir, encoder={"hidden_dim": 48})
+    with pytest.raises(ArtifactError, match="shape mismatches"):
+        wider.load_concept(tmp_path / "concept")
+
+    cat = make_model(tiny_dir, class_word="cat")
+    with pytest.raises(ArtifactError, match="class word"):
+        cat.load_concept(tmp_path / "concept")
+
+
+@pytest.mark.parametrize("which", ["epsilon", "v_prediction"])
+def test_generation_end_to_end(
+    tiny_dir: Path, tiny_v_dir: Path, photos_dir: Path, which: str
+) -> None:
+    model = make_model(tiny_dir if which == "epsilon" else tiny_v_dir)
+    randomize(model)
+    cls = model.clip_cls(clip_pixels(model, Image.open(photos_dir / "obama.jpg")))
+    config = GenerationConfig(
+        num_steps=4, batch_size=3, scheduler="euler" if which == "epsilon" else "ddim"
+    )
+    images = generate(
+        model, cls, ["a photo of {}", "{} as an astronaut"], 2, 7, config, keep_v_star=True
+    )
+    assert [(i.prompt, i.seed) for i in images] == [
+        ("a photo of {}", 7),
+        ("a photo of {}", 8),
+        ("{} as an astronaut", 7),
+        ("{} as an astronaut", 8),
+    ]
+    assert all(i.image.size == (64, 64) for i in images)
+    assert len(images[0].v_star_history) == 4
+    assert not torch.allclose(images[0].v_star_history[0], images[0].v_star_history[-1])
+    pixels = [np.asarray(i.image, dtype=float) for i in images]
+    assert np.abs(pixels[0] - pixels[1]).mean() > 1  # seeds differ
+    assert np.abs(pixels[0] - pixels[2]).mean() > 0  # prompts differ
+
+
+def test_concept_in_a_stock_pipeline(tiny_dir: Path, photos_dir: Path) -> None:
+    model = make_model(tiny_dir, offsets={"form": "lowrank"})
+    randomize(model)
+    cls = model.clip_cls(clip_pixels(model, Image.open(photos_dir / "biden.jpg")))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir)
+    pipe.set_progress_bar_config(disable=True)
+    z, t, emb = _unet_inputs(model)
+    with torch.no_grad():
+        before = pipe.unet(z, t, emb).sample
+        token = apply_concept_to_pipeline(pipe, model, cls)
+        # merged weights reproduce the hooked UNet
+        assert torch.allclose(
+            pipe.unet(z, t, emb).sample, model.base.unet(z, t, emb).sample, atol=1e-5
+        )
+        assert not torch.allclose(before, pipe.unet(z, t, emb).sample)
+    token_id = pipe.tokenizer.convert_tokens_to_ids(token)
+    assert token_id == len(pipe.tokenizer) - 1
+    image = pipe(
+        f"a photo of {token}", num_inference_steps=3, generator=torch.Generator().manual_seed(0)
+    ).images[0]
+    assert image.size == (64, 64)
