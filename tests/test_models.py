@@ -359,3 +359,17 @@ def test_concept_in_a_stock_pipeline(tiny_dir: Path, photos_dir: Path) -> None:
         f"a photo of {token}", num_inference_steps=3, generator=torch.Generator().manual_seed(0)
     ).images[0]
     assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize(("dtype", "which"), [("bf16", "epsilon"), ("fp32", "v_prediction")])
+def test_training_step_in_bf16_and_v_prediction(tiny_dir: Path, tiny_v_dir: Path, dtype: str,
+                                                 which: str) -> None:
+    model = make_model(tiny_dir if which == "epsilon" else tiny_v_dir, dtype=dtype)
+    assert model.base.unet.dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+    randomize(model)
+    out = compute_loss(model, _batch(), LossConfig(), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    # trainable weights stay fp32 (the optimiser's master copy) and get finite gradients
+    for p in model.trainable_parameters():
+        assert p.dtype == torch.float32 and p.grad is not None and torch.isfinite(p.grad).all()
