@@ -138,6 +138,60 @@ class LossConfig(StrictModel):
     )
 
 
+# --------------------------------------------------------------------------- pretraining
+
+DEFAULT_TEMPLATES = [
+    "a photo of {}", "a close-up photo of {}", "a portrait of {}", "a cropped photo of {}",
+    "a good photo of {}", "a photo of the face of {}", "a bright photo of {}",
+]
+
+
+class DataConfig(StrictModel):
+    shards: str = Field("data/demo/shards", description="curated folder, .tar URL or pattern")
+    resolution_px: int = Field(64, ge=16, description="training resolution (crops are resized)")
+    shuffle_buffer: int = Field(256, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader workers per rank")
+    hflip: bool = True
+    templates: list[str] = DEFAULT_TEMPLATES
+    num_preview: int = Field(2, ge=0, description="held-out faces for the preview grid")
+    fixed_batch: bool = Field(
+        False, description="repeat the first batch with the same noise (a convergence check)"
+    )
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1)
+
+
+class TrainConfig(StrictModel):
+    num_steps: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1, description="per rank, per micro-step")
+    seed: int = 0
+    trainable: list[Literal["encoder", "offsets", "clip"]] = ["encoder", "offsets"]
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast on GPU")
+    checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    preview_every: int = Field(0, ge=0, description="0: only at the end")
+    preview_steps: int = Field(10, ge=1, description="sampling steps of the preview images")
+
+
+class PretrainConfig(StrictModel):
+    domain: str = Field("faces", pattern=r"^[a-z0-9-]+$", description="model name e4t-<domain>")
+    experiment: str = "e4t-pretrain"
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+
 # --------------------------------------------------------------------------- loading
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

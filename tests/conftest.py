@@ -162,3 +162,22 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny base model preset, written once per session."""
+    from e4t.models.presets import init_model
+
+    return init_model(tmp_path_factory.mktemp("models") / "tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def curated_shards(prefect_server: None, photos_dir: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards written by the curate-domain flow from the real sample photos (128-px crops)."""
+    from flows.curate_domain import curate_domain
+
+    out = tmp_path_factory.mktemp("curated") / "shards"
+    curate_domain(source_url=str(photos_dir), output_url=str(out), preset="tiny")
+    return out

@@ -25,11 +25,6 @@ from e4t.training.step import Batch, compute_loss
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_model(tmp_path_factory.mktemp("models") / "tiny", preset="tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
 def tiny_v_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_model(
         tmp_path_factory.mktemp("models") / "tiny-v",

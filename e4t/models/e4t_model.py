@@ -272,6 +272,16 @@ class E4TModel(nn.Module):
         yield from self.encoder.parameters()
         yield from self.offsets.parameters()
 
+    def set_trainable(self, parts: list[str]) -> list[nn.Parameter]:
+        """Train ``parts`` (``encoder``, ``offsets``, ``clip``); freeze everything else."""
+        unknown = set(parts) - {"encoder", "offsets", "clip"}
+        if unknown:
+            raise ValueError(f"unknown trainable parts {sorted(unknown)}: encoder, offsets, clip")
+        self.encoder.requires_grad_("encoder" in parts)
+        self.offsets.requires_grad_("offsets" in parts)
+        self.image_encoder.requires_grad_("clip" in parts)
+        return [p for p in self.parameters() if p.requires_grad]
+
     def fingerprint(self) -> str:
         """A hash of the encoder + offsets weights (names a domain model version)."""
         digest = hashlib.sha256()

@@ -68,7 +68,8 @@ def compute_loss(
     )
     z_t = scheduler.add_noise(latents, noise, timesteps)
     if cls is None:
-        with torch.no_grad():
+        clip_trains = any(p.requires_grad for p in model.image_encoder.parameters())
+        with torch.set_grad_enabled(clip_trains and torch.is_grad_enabled()):
             cls = model.clip_cls(batch.clip_pixel_values)
     offset = model.predict_offset(cls, z_t, timesteps)
     v_star = model.word_embedding(offset)

@@ -1,0 +1,165 @@
+"""Streaming the curated shards for training, composed stage by stage with WebDataset.
+
+    shards (resampled per rank and worker, seeded) → tar samples → shuffle buffer
+    → skip (resume) → decode jpg + mask.png + json → augment → prompt → batch
+
+Every stage is seeded from (seed, rank, worker), so a run's data order is a function of
+its config: a resumed run replays the stream and skips what it consumed, before any pixel
+is decoded, and so sees exactly what an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from e4t import io as eio
+
+
+def shard_urls(shards_url: str) -> list[str]:
+    """The shard URLs of a curated folder (from its ``stats.json``), or a list/pattern given.
+
+    ``shards_url`` may be a curated output folder, one ``.tar``, or a brace pattern.
+    """
+    if shards_url.endswith(".tar") or "{" in shards_url:
+        return list(wds.shardlists.expand_urls(shards_url))
+    stats_url = eio.join(shards_url, "stats.json")
+    if not eio.exists(stats_url):
+        raise FileNotFoundError(
+            f"{shards_url}: no stats.json — is it the output folder of curate-domain? "
+            "(or pass one .tar URL or a brace pattern)"
+        )
+    stats = json.loads(eio.read_text(stats_url))
+    if not stats["shards"]:
+        raise ValueError(f"{shards_url}: the curation accepted no samples; nothing to train on")
+    return [eio.join(shards_url, name) for name in stats["shards"]]
+
+
+def dataset_identity(shards_url: str) -> dict[str, str]:
+    """The manifest hash of a curated folder (names the dataset in MLflow), if known."""
+    stats_url = eio.join(shards_url, "stats.json")
+    if not eio.exists(stats_url):
+        return {}
+    stats = json.loads(eio.read_text(stats_url))
+    return {"manifest_sha256": stats["manifest_sha256"], "num_samples": str(stats["num_samples"])}
+
+
+def _stream_seed(seed: int, rank: int) -> int:
+    info = torch.utils.data.get_worker_info()
+    worker = info.id if info is not None else 0
+    return seed * 1_000_003 + rank * 1009 + worker
+
+
+def resampled_shards(urls: list[str], seed: int, rank: int) -> Callable[[], Iterator[dict]]:
+    """An endless, seeded stream of shard picks, distinct per rank and DataLoader worker."""
+
+    def source() -> Iterator[dict]:
+        rng = random.Random(_stream_seed(seed, rank))
+        while True:
+            yield {"url": rng.choice(urls)}
+
+    return source
+
+
+def number(data: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Tag each sample with its position in this rank's stream (``__index__``)."""
+    for i, sample in enumerate(data):
+        sample["__index__"] = i
+        yield sample
+
+
+def skip(n: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    def stage(data: Iterator[Any]) -> Iterator[Any]:
+        for i, sample in enumerate(data):
+            if i >= n:
+                yield sample
+
+    return stage
+
+
+@dataclass
+class SampleTransform:
+    """Decoded sample → tensors: pixels in [−1, 1], CLIP pixels, mask in [0, 1], a prompt."""
+
+    resolution_px: int
+    clip_processor: Any
+    templates: list[str]
+    hflip: bool
+    seed: int
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        # one RNG per stream position: a replayed stream draws the same augmentations
+        rng = random.Random(self.seed * 1_000_003 + sample["__index__"])
+        image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+        mask = Image.open(io.BytesIO(sample["mask.png"])).convert("L")
+        size = (self.resolution_px, self.resolution_px)
+        image = image.resize(size, Image.Resampling.BICUBIC)
+        mask = mask.resize(size, Image.Resampling.NEAREST)
+        if self.hflip and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        clip = self.clip_processor(images=image, return_tensors="pt").pixel_values[0]
+        return {
+            "pixel_values": pixels,
+            "clip_pixel_values": clip,
+            "mask": torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None],
+            "prompt": rng.choice(self.templates),
+            "key": sample["__key__"],
+        }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "clip_pixel_values": torch.stack([s["clip_pixel_values"] for s in samples]),
+        "mask": torch.stack([s["mask"] for s in samples]),
+        "prompts": [s["prompt"] for s in samples],
+        "keys": [s["key"] for s in samples],
+    }
+
+
+def make_train_pipeline(
+    urls: list[str],
+    transform: SampleTransform,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    shuffle_buffer: int = 256,
+    skip_samples: int = 0,
+    exclude_keys: frozenset[str] = frozenset(),
+) -> wds.DataPipeline:
+    """The endless training stream of one rank, as batches (dicts, see :func:`collate`)."""
+    eio.register_webdataset_openers()
+    return wds.DataPipeline(
+        resampled_shards(urls, seed, rank),
+        wds.tarfile_to_samples(),
+        wds.select(lambda s: s["__key__"] not in exclude_keys),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 32),
+                    rng=random.Random(_stream_seed(seed, rank) + 1)),
+        number,
+        skip(skip_samples),
+        wds.map(transform),
+        wds.batched(batch_size, collation_fn=collate, partial=False),
+    )
+
+
+def held_out_samples(urls: list[str], count: int) -> list[dict[str, Any]]:
+    """The first ``count`` samples of the last shard: preview faces, kept out of training."""
+    from e4t.data.shards import read_shard
+
+    out: list[dict[str, Any]] = []
+    for sample in read_shard(urls[-1]):
+        if len(out) >= count:
+            break
+        out.append(sample)
+    return out

@@ -1,0 +1,153 @@
+"""Launch domain pretraining under torchrun and track it: one way to start training.
+
+The launcher validates inputs before any heavy work, opens the MLflow run, starts
+``torchrun ... -m e4t.training.pretrain``, streams every line of its output to the caller
+(the Prefect task turns them into its run log and a progress artifact), fails when
+training fails, and registers the final model as a new version of ``e4t-<domain>`` with
+the alias ``candidate``.
+
+One node: ``--standalone``. Several nodes: the usual c10d rendezvous (``rdzv_endpoint``
+``host:port`` reachable from every node, the same ``rdzv_id``); each node runs this
+launcher with its ``node_rank``, and node 0 tracks and registers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from e4t import io as eio
+from e4t.config import PretrainConfig
+from e4t.data.loader import dataset_identity, shard_urls
+from e4t.training.distributed import EXPECTED_WORLD_ENV
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+def validate_inputs(config: PretrainConfig) -> list[str]:
+    """Fail fast, naming the bad input: shards present, base model present."""
+    urls = shard_urls(config.data.shards)
+    base = config.model.base_model
+    looks_local = base.startswith((".", "/")) or "/" not in base or Path(base).exists()
+    if looks_local and not (Path(base) / "model_index.json").exists() and \
+            not (Path(base) / "unet").exists():
+        raise FileNotFoundError(
+            f"base model {base!r} not found: create it with `e4t init-model --preset tiny {base}` "
+            "or give a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+        )
+    return urls
+
+
+def torchrun_command(config_path: str, output_url: str, run_id: str | None,
+                     nproc_per_node: int, nnodes: int, node_rank: int,
+                     rdzv_endpoint: str | None, rdzv_id: str) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if nnodes == 1:
+        cmd += ["--standalone"]
+    else:
+        if not rdzv_endpoint:
+            raise ValueError("several nodes need rdzv_endpoint=HOST:PORT reachable by all nodes")
+        cmd += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", rdzv_id]
+    cmd += ["--nproc-per-node", str(nproc_per_node), "-m", "e4t.training.pretrain",
+            "--config", config_path, "--output", output_url]
+    if run_id:
+        cmd += ["--run-id", run_id]
+    return cmd
+
+
+def run_pretraining(
+    config: PretrainConfig,
+    output_url: str,
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+    track: bool = True,
+    on_line: Callable[[str], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train under torchrun; returns the result, the MLflow run and the model version."""
+    validate_inputs(config)
+    main_node = node_rank == 0
+    resolved = config.model_dump(mode="json")
+    run_id = None
+    state_url = eio.join(output_url, "launch.json")
+    previous = json.loads(eio.read_text(state_url)) if eio.exists(state_url) else {}
+    if previous.get("registered") and main_node:
+        logger.info("%s is already trained and registered; nothing to do", output_url)
+        return previous
+    if track and main_node:
+        from e4t.tracking import start_pretrain_run
+
+        run_id = previous.get("run_id") or start_pretrain_run(
+            resolved, output_url, dataset_identity(config.data.shards), config.experiment,
+            {"e4t.nproc_per_node": str(nproc_per_node), "e4t.nnodes": str(nnodes)})
+        eio.write_text(state_url, json.dumps({"run_id": run_id, "output_url": output_url}))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = str(Path(tmp) / "config.json")
+        Path(config_path).write_text(json.dumps(resolved))
+        cmd = torchrun_command(config_path, output_url, run_id, nproc_per_node, nnodes,
+                               node_rank, rdzv_endpoint, rdzv_id=previous.get("run_id") or
+                               uuid.uuid4().hex[:12])
+        env = {**os.environ, EXPECTED_WORLD_ENV: str(nproc_per_node * nnodes),
+               "PYTHONUNBUFFERED": "1"}
+        if config.model.device == "cpu":
+            # one BLAS thread pool per core, not per process
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+        tail: deque[str] = deque(maxlen=40)
+        result: dict[str, Any] = {}
+        logger.info("launching: %s", " ".join(cmd))
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env, bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                if on_line:
+                    on_line(line)
+                if line.startswith("{"):
+                    try:
+                        event = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if on_event:
+                        on_event(event)
+                    if event.get("event") == "done":
+                        result = event
+            code = proc.wait()
+    if code != 0:
+        raise TrainingFailed(f"torchrun exited with {code}; last output:\n" + "\n".join(tail))
+    out: dict[str, Any] = {"output_url": output_url, "run_id": run_id, "result": result}
+    if track and main_node and run_id:
+        out.update(register(output_url, run_id, config))
+        out["registered"] = True
+        eio.write_text(state_url, json.dumps(out))
+    return out
+
+
+def register(output_url: str, run_id: str, config: PretrainConfig) -> dict[str, str]:
+    from e4t.tracking import register_domain_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "domain_model"
+        prefix = eio.join(output_url, "model")
+        for url in eio.list_files(prefix):
+            target = local / eio.relative_to(url, prefix)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(eio.read_bytes(url))
+        return register_domain_model(run_id, local, config.domain, config.model.base_model)

@@ -1,0 +1,120 @@
+"""A real Prefect server and process worker on loopback, started in the background with PID
+files and logs under one folder, health-checked, stopped by PID.
+
+    python -m infra.prefect_server start DIR [PORT]
+    python -m infra.prefect_server stop DIR
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.seaweedfs import free_ports
+
+
+def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@dataclass
+class Background:
+    """A background process in its own session, stopped by signalling its group."""
+
+    pid: int
+    pid_file: Path
+
+    def alive(self) -> bool:
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().split()[2]
+        except OSError:
+            return False
+        return state != "Z"
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        # a Prefect worker needs a second SIGTERM to exit
+        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + timeout_s / 2
+            while time.monotonic() < deadline and self.alive():
+                try:
+                    os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                time.sleep(0.2)
+            if not self.alive():
+                break
+        self.pid_file.unlink(missing_ok=True)
+
+
+def start_background(cmd: list[str], env: dict[str, str], root: Path, name: str) -> Background:
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, cwd=env.get("E4T_PROJECT_DIR"))
+    pid_file = root / f"{name}.pid"
+    pid_file.write_text(str(proc.pid))
+    return Background(proc.pid, pid_file)
+
+
+def start_server(root: Path, port: int | None = None, timeout_s: float = 120.0
+                 ) -> tuple[Background, str]:
+    port = port or free_ports(1)[0]
+    api = f"http://127.0.0.1:{port}/api"
+    server = start_background([_bin("prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], prefect_env(root / "home"), root, "prefect-server")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"Prefect server exited; see {root / 'prefect-server.log'}")
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server, api
+        except OSError:
+            time.sleep(1)
+    server.stop()
+    raise TimeoutError(f"Prefect server not healthy in {timeout_s} s; see {root}")
+
+
+def start_worker(root: Path, api: str, pool: str, run_once: bool = False) -> Background:
+    cmd = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+    if run_once:
+        cmd.append("--run-once")
+    return start_background(cmd, prefect_env(root / "home", api), root, f"worker-{pool}")
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] not in ("start", "stop"):
+        print(__doc__)
+        return 2
+    root = Path(argv[1]).resolve()
+    if argv[0] == "start":
+        _, api = start_server(root, int(argv[2]) if len(argv) > 2 else 4200)
+        print(api)
+        return 0
+    for pid_file in root.glob("*.pid"):
+        Background(int(pid_file.read_text()), pid_file).stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
