@@ -103,6 +103,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             ).report()
         )
         return 0
+    if args.what == "pretrain":
+        from e4t.bench import bench_pretrain
+
+        print(
+            bench_pretrain(
+                global_batch=args.batch_size,
+                num_steps=max(3, args.steps),
+                resolution_px=args.resolution_px,
+            ).report()
+        )
+        return 0
     raise SystemExit(f"unknown benchmark {args.what!r}")  # argparse's choices stop this first
 
 
@@ -169,10 +180,48 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from e4t.config import PretrainConfig, load_config
+    from e4t.training.launch import run_pretraining
+
+    overrides = [f"data.shards={args.shards}", *args.overrides]
+    if args.steps:
+        overrides.append(f"train.num_steps={args.steps}")
+    config = load_config(PretrainConfig, "pretrain", args.preset, overrides)
+    with tqdm(total=config.train.num_steps, desc="pretrain", unit="step") as bar:
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "step":
+                bar.n = event["step"]
+                bar.set_postfix(
+                    loss=f"{event['loss']:.4f}", sps=f"{event['samples_per_second']:.1f}"
+                )
+                bar.refresh()
+
+        out = run_pretraining(
+            config,
+            args.output,
+            args.nproc_per_node,
+            args.nnodes,
+            args.node_rank,
+            args.rdzv_endpoint,
+            track=args.track,
+            on_line=(lambda line: None) if not args.verbose else print,
+            on_event=on_event,
+        )
+    print(f"domain model: {args.output.rstrip('/')}/model")
+    if out.get("alias_uri"):
+        print(f"MLflow run {out['run_id']}; registered {out['model_uri']} ({out['alias_uri']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="e4t",
         description="E4T domain tuning. Stages: curate (photos → aligned WebDataset shards); "
+        "pretrain (encoder + offsets, torchrun); "
         "model: init-model (base presets), init-domain, encode-concept, generate. "
         "Helpers: samples (fetch the sample photos), bench (speed and memory figures).",
     )
@@ -265,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench", help="print speed figures", description="Benchmarks that print figures."
     )
-    p.add_argument("what", choices=["curate", "model"])
+    p.add_argument("what", choices=["curate", "model", "pretrain"])
     p.add_argument("--num-images", type=int, default=48)
     p.add_argument("--size-px", type=int, default=1024, help="long side of the test photos")
     p.add_argument("--workers", type=int, default=2)

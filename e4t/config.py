@@ -141,8 +141,13 @@ class LossConfig(StrictModel):
 # --------------------------------------------------------------------------- pretraining
 
 DEFAULT_TEMPLATES = [
-    "a photo of {}", "a close-up photo of {}", "a portrait of {}", "a cropped photo of {}",
-    "a good photo of {}", "a photo of the face of {}", "a bright photo of {}",
+    "a photo of {}",
+    "a close-up photo of {}",
+    "a portrait of {}",
+    "a cropped photo of {}",
+    "a good photo of {}",
+    "a photo of the face of {}",
+    "a bright photo of {}",
 ]
 
 

@@ -33,10 +33,11 @@ class E4TPyfunc(PythonModel):
         overrides = {"device": os.environ.get("E4T_DEVICE", "cpu")}
         if "base_model" in context.artifacts:
             overrides["base_model"] = context.artifacts["base_model"]
-        self.model = E4TModel.from_pretrained(context.artifacts["domain_model"],
-                                              overrides=overrides)
+        self.model = E4TModel.from_pretrained(
+            context.artifacts["domain_model"], overrides=overrides
+        )
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, context, model_input, params=None):
         # (no type hints: MLflow would read them as a schema)
         import pandas as pd
         from PIL import Image
@@ -44,9 +45,11 @@ class E4TPyfunc(PythonModel):
         from e4t.generation import GenerationConfig, clip_pixels, generate
 
         params = params or {}
-        config = GenerationConfig(num_steps=int(params.get("num_steps", 30)),
-                                  guidance_scale=float(params.get("guidance_scale", 7.5)),
-                                  batch_size=1)
+        config = GenerationConfig(
+            num_steps=int(params.get("num_steps", 30)),
+            guidance_scale=float(params.get("guidance_scale", 7.5)),
+            batch_size=1,
+        )
         rows = []
         for record in model_input.to_dict(orient="records"):
             source = str(record["image"])
@@ -57,8 +60,13 @@ class E4TPyfunc(PythonModel):
             (item,) = generate(self.model, cls, [str(record["prompt"])], 1, seed, config)
             buf = io.BytesIO()
             item.image.save(buf, format="PNG")
-            rows.append({"prompt": item.prompt, "seed": seed,
-                         "image": base64.b64encode(buf.getvalue()).decode("ascii")})
+            rows.append(
+                {
+                    "prompt": item.prompt,
+                    "seed": seed,
+                    "image": base64.b64encode(buf.getvalue()).decode("ascii"),
+                }
+            )
         return pd.DataFrame(rows)
 
 

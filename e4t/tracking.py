@@ -143,8 +143,9 @@ def log_dataset_run(
 PRETRAIN_ALIAS = "candidate"
 
 
-def find_dataset_run_by_manifest(manifest_sha256: str, experiment: str = DATASET_EXPERIMENT
-                                 ) -> str | None:
+def find_dataset_run_by_manifest(
+    manifest_sha256: str, experiment: str = DATASET_EXPERIMENT
+) -> str | None:
     mlflow = _mlflow()
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
@@ -152,32 +153,45 @@ def find_dataset_run_by_manifest(manifest_sha256: str, experiment: str = DATASET
     runs = mlflow.search_runs(
         experiment_ids=[exp.experiment_id],
         filter_string=f"tags.`e4t.dataset.manifest_sha256` = '{manifest_sha256}'",
-        output_format="list", max_results=1,
+        output_format="list",
+        max_results=1,
     )
     return str(runs[0].info.run_id) if runs else None
 
 
-def start_pretrain_run(config: dict[str, Any], output_url: str, dataset: dict[str, str],
-                       experiment: str, tags: dict[str, str]) -> str:
+def start_pretrain_run(
+    config: dict[str, Any],
+    output_url: str,
+    dataset: dict[str, str],
+    experiment: str,
+    tags: dict[str, str],
+) -> str:
     """Create the job's run (params = the resolved config) and return its id; the ranks log
     into it, the launcher registers the model in it."""
     mlflow = _mlflow()
     experiment_id = get_or_create_experiment(experiment)
-    run_tags = {"e4t.stage": "pretrain", "e4t.version": __version__, "e4t.output_url": output_url,
-                **tags}
+    run_tags = {
+        "e4t.stage": "pretrain",
+        "e4t.version": __version__,
+        "e4t.output_url": output_url,
+        **tags,
+    }
     if dataset.get("manifest_sha256"):
         run_tags["e4t.dataset.manifest_sha256"] = dataset["manifest_sha256"]
         dataset_run = find_dataset_run_by_manifest(dataset["manifest_sha256"])
         if dataset_run:
             run_tags["e4t.dataset.run_id"] = dataset_run
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, tags=run_tags,
-                            run_name=f"pretrain-{config.get('domain', 'domain')}")
+    run = client.create_run(
+        experiment_id, tags=run_tags, run_name=f"pretrain-{config.get('domain', 'domain')}"
+    )
     params = flatten(config)
     for start in range(0, len(params), 100):
         chunk = dict(list(params.items())[start : start + 100])
-        client.log_batch(run.info.run_id, params=[
-            mlflow.entities.Param(k, str(v)[:6000]) for k, v in chunk.items()])
+        client.log_batch(
+            run.info.run_id,
+            params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in chunk.items()],
+        )
     return str(run.info.run_id)
 
 
@@ -188,9 +202,13 @@ def resume_run(run_id: str) -> Any:
     return mlflow
 
 
-def register_domain_model(run_id: str, model_dir: str | Path, domain: str,
-                          base_model: str | None = None, alias: str = PRETRAIN_ALIAS
-                          ) -> dict[str, str]:
+def register_domain_model(
+    run_id: str,
+    model_dir: str | Path,
+    domain: str,
+    base_model: str | None = None,
+    alias: str = PRETRAIN_ALIAS,
+) -> dict[str, str]:
     """Log the domain model as a pyfunc (models-from-code: nothing pickled) in ``run_id``,
     register it as a new version of ``e4t-<domain>`` and point ``alias`` at it."""
     mlflow = _mlflow()
@@ -211,32 +229,53 @@ def register_domain_model(run_id: str, model_dir: str | Path, domain: str,
     )
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(code), artifacts=artifacts, signature=signature,
-            pip_requirements=[f"e4t=={__version__}", "torch", "diffusers", "transformers",
-                              "safetensors", "pillow", "pandas"],
+            name="model",
+            python_model=str(code),
+            artifacts=artifacts,
+            signature=signature,
+            pip_requirements=[
+                f"e4t=={__version__}",
+                "torch",
+                "diffusers",
+                "transformers",
+                "safetensors",
+                "pillow",
+                "pandas",
+            ],
         )
     version = mlflow.register_model(info.model_uri, name)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(name, alias, version.version)
     client.set_tag(run_id, "e4t.model.version", str(version.version))
-    return {"name": name, "version": str(version.version),
-            "model_uri": f"models:/{name}/{version.version}", "alias_uri": f"models:/{name}@{alias}"}
+    return {
+        "name": name,
+        "version": str(version.version),
+        "model_uri": f"models:/{name}/{version.version}",
+        "alias_uri": f"models:/{name}@{alias}",
+    }
 
 
 def download_domain_model(model_uri: str, dest: str | Path | None = None) -> dict[str, Path]:
     """Local folders of a registered domain model: ``domain_model`` and maybe ``base_model``."""
     mlflow = _mlflow()
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                     dst_path=str(dest) if dest else None))
-    found = {name: local / "artifacts" / name for name in ("domain_model", "base_model")
-             if (local / "artifacts" / name).exists()}
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=str(dest) if dest else None
+        )
+    )
+    found = {
+        name: local / "artifacts" / name
+        for name in ("domain_model", "base_model")
+        if (local / "artifacts" / name).exists()
+    }
     if "domain_model" not in found:
         raise FileNotFoundError(f"{model_uri} holds no E4T domain model (artifacts/domain_model)")
     return found
 
 
 def load_domain_model(model_uri: str, device: str = "cpu") -> Any:
-    """An :class:`~e4t.models.e4t_model.E4TModel` from ``models:/e4t-faces@candidate`` or a folder."""
+    """An :class:`~e4t.models.e4t_model.E4TModel` from ``models:/e4t-faces@candidate``, or a
+    domain model folder."""
     from e4t.models.e4t_model import E4TModel
 
     if not model_uri.startswith(("models:/", "runs:/")):

@@ -1,5 +1,6 @@
-"""``make demo``: the pipeline on the embedded default (sample photos, ephemeral Prefect,
-local MLflow database). Today it runs ``curate-domain``; later stages extend it.
+"""``make demo``: the pipeline on the embedded default (sample photos, tiny preset,
+ephemeral Prefect, local MLflow database): ``curate-domain``, then ``pretrain-domain`` for
+a short schedule. Later stages extend it.
 
     python -m flows.demo [--out DIR]
 """
@@ -22,6 +23,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=None, help="output folder (default: <data dir>/demo)")
+    parser.add_argument("--steps", type=int, default=20, help="pretraining steps")
     args = parser.parse_args(argv)
 
     from e4t.config import data_dir
@@ -33,8 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     photos = fetch_sample_photos(out / "photos")
 
     from flows.curate_domain import curate_domain
+    from flows.pretrain_domain import pretrain_domain
 
-    result = curate_domain(source_url=str(photos), output_url=str(out / "shards"))
+    result = curate_domain(source_url=str(photos), output_url=str(out / "shards"), preset="tiny")
+    trained = pretrain_domain(
+        shards_url=str(out / "shards"),
+        output_url=str(out / "pretrain"),
+        base_model=str(data_dir() / "models" / "tiny"),
+        init_preset="tiny",
+        preset="tiny",
+        steps=args.steps,
+    )
     stats = result["stats"]
     print()
     print(f"curate-domain: {stats['num_inputs']} photos → {stats['num_samples']} aligned faces")
@@ -42,7 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  shard     {out / 'shards' / shard}")
     print(f"  manifest  {out / 'shards' / 'manifest.jsonl'}")
     print(f"  stats     {out / 'shards' / 'stats.json'}")
-    print(f"  MLflow dataset run {result['mlflow_run_id']}; open the UI with:")
+    print(f"  MLflow dataset run {result['mlflow_run_id']}")
+    print(
+        f"pretrain-domain: {trained['final'].get('step')} steps, final loss "
+        f"{trained['final'].get('loss', float('nan')):.4f}"
+    )
+    print(f"  domain model {out / 'pretrain' / 'model'}")
+    print(
+        f"  MLflow run {trained['run_id']}, registered {trained['model_uri']} "
+        f"({trained['alias_uri']})"
+    )
+    print("open the MLflow UI with:")
     print(f"    .venv/bin/{ui_command()}")
     return 0
 

@@ -20,9 +20,14 @@ from infra.seaweedfs import free_ports
 
 
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
@@ -67,20 +72,31 @@ class Background:
 
 def start_background(cmd: list[str], env: dict[str, str], root: Path, name: str) -> Background:
     root.mkdir(parents=True, exist_ok=True)
-    log = open(root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True, cwd=env.get("E4T_PROJECT_DIR"))
+    log = open(root / f"{name}.log", "ab")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        cwd=env.get("E4T_PROJECT_DIR"),
+    )
     pid_file = root / f"{name}.pid"
     pid_file.write_text(str(proc.pid))
     return Background(proc.pid, pid_file)
 
 
-def start_server(root: Path, port: int | None = None, timeout_s: float = 120.0
-                 ) -> tuple[Background, str]:
+def start_server(
+    root: Path, port: int | None = None, timeout_s: float = 120.0
+) -> tuple[Background, str]:
     port = port or free_ports(1)[0]
     api = f"http://127.0.0.1:{port}/api"
-    server = start_background([_bin("prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], prefect_env(root / "home"), root, "prefect-server")
+    server = start_background(
+        [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        prefect_env(root / "home"),
+        root,
+        "prefect-server",
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not server.alive():

@@ -36,21 +36,39 @@ def validate(preset: str | None, overrides: list[str] | None) -> int:
 
 
 @task(name="pretrain", retries=1, retry_delay_seconds=10, timeout_seconds=None)
-def pretrain(preset: str | None, overrides: list[str] | None, output_url: str,
-             nproc_per_node: int, nnodes: int, node_rank: int,
-             rdzv_endpoint: str | None) -> dict[str, Any]:
+def pretrain(
+    preset: str | None,
+    overrides: list[str] | None,
+    output_url: str,
+    nproc_per_node: int,
+    nnodes: int,
+    node_rank: int,
+    rdzv_endpoint: str | None,
+) -> dict[str, Any]:
     """torchrun the ranks; each output line goes to the run log. A retry resumes from the
     latest checkpoint in ``output_url``."""
     config = resolve_pretrain_config(preset, overrides)
     logger = get_run_logger()
-    progress = create_progress_artifact(0.0, description=f"pretraining steps done (%) → {output_url}")
+    progress = create_progress_artifact(
+        0.0, description=f"pretraining steps done (%) → {output_url}"
+    )
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("event") == "step":
             update_progress_artifact(progress, 100.0 * event["step"] / event["num_steps"])
 
-    result = run_pretraining(config, output_url, nproc_per_node, nnodes, node_rank,
-                             rdzv_endpoint, on_line=logger.info, on_event=on_event)
+    result = run_pretraining(
+        config,
+        output_url,
+        nproc_per_node,
+        nnodes,
+        node_rank,
+        rdzv_endpoint,
+        on_line=logger.info,
+        on_event=on_event,
+    )
     update_progress_artifact(progress, 100.0)
-    return {k: result.get(k) for k in ("output_url", "run_id", "name", "version", "model_uri",
-                                       "alias_uri")} | {"final": result.get("result", {})}
+    return {
+        k: result.get(k)
+        for k in ("output_url", "run_id", "name", "version", "model_uri", "alias_uri")
+    } | {"final": result.get("result", {})}

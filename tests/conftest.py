@@ -173,8 +173,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def curated_shards(prefect_server: None, photos_dir: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> Path:
+def curated_shards(
+    prefect_server: None, photos_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Shards written by the curate-domain flow from the real sample photos (128-px crops)."""
     from flows.curate_domain import curate_domain
 

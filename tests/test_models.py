@@ -357,8 +357,9 @@ def test_concept_in_a_stock_pipeline(tiny_dir: Path, photos_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("dtype", "which"), [("bf16", "epsilon"), ("fp32", "v_prediction")])
-def test_training_step_in_bf16_and_v_prediction(tiny_dir: Path, tiny_v_dir: Path, dtype: str,
-                                                 which: str) -> None:
+def test_training_step_in_bf16_and_v_prediction(
+    tiny_dir: Path, tiny_v_dir: Path, dtype: str, which: str
+) -> None:
     model = make_model(tiny_dir if which == "epsilon" else tiny_v_dir, dtype=dtype)
     assert model.base.unet.dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
     randomize(model)

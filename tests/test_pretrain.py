@@ -21,9 +21,14 @@ pytestmark = pytest.mark.slow
 
 
 def _config(shards: Path, base: Path, **overrides: object) -> PretrainConfig:
-    sets = {"data.shards": str(shards), "model.base_model": str(base),
-            "train.checkpoint_every": 0, "train.preview_every": 0, "data.num_preview": 0,
-            **overrides}
+    sets = {
+        "data.shards": str(shards),
+        "model.base_model": str(base),
+        "train.checkpoint_every": 0,
+        "train.preview_every": 0,
+        "data.num_preview": 0,
+        **overrides,
+    }
     return load_config(PretrainConfig, "pretrain", "tiny", sets)
 
 
@@ -35,14 +40,24 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_two_processes_stay_in_sync_and_loss_falls(curated_shards: Path, tiny_dir: Path,
-                                                    tmp_path: Path) -> None:
-    config = _config(curated_shards, tiny_dir, **{
-        "train.num_steps": 24, "data.fixed_batch": True, "optim.lr": 1e-2,
-        "optim.warmup_steps": 0, "optim.schedule": "constant"})
+def test_two_processes_stay_in_sync_and_loss_falls(
+    curated_shards: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(
+        curated_shards,
+        tiny_dir,
+        **{
+            "train.num_steps": 24,
+            "data.fixed_batch": True,
+            "optim.lr": 1e-2,
+            "optim.warmup_steps": 0,
+            "optim.schedule": "constant",
+        },
+    )
     events: list[dict] = []
-    result = run_pretraining(config, str(tmp_path / "out"), nproc_per_node=2, track=False,
-                             on_event=events.append)
+    result = run_pretraining(
+        config, str(tmp_path / "out"), nproc_per_node=2, track=False, on_event=events.append
+    )
     losses = [e["loss"] for e in events if e.get("event") == "step"]
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.02, losses
@@ -52,19 +67,25 @@ def test_two_processes_stay_in_sync_and_loss_falls(curated_shards: Path, tiny_di
     assert all(e["samples_per_second"] > 0 for e in events if e.get("event") == "step")
 
 
-def test_kill_and_resume_equals_uninterrupted(curated_shards: Path, tiny_dir: Path,
-                                              tmp_path: Path) -> None:
-    config = _config(curated_shards, tiny_dir, **{"train.num_steps": 12,
-                                                   "train.checkpoint_every": 4})
+def test_kill_and_resume_equals_uninterrupted(
+    curated_shards: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(
+        curated_shards, tiny_dir, **{"train.num_steps": 12, "train.checkpoint_every": 4}
+    )
     run_pretraining(config, str(tmp_path / "straight"), track=False)
 
     out = tmp_path / "killed"
     config_path = tmp_path / "config.json"
     config_path.write_text(config.model_dump_json())
     cmd = torchrun_command(str(config_path), str(out), None, 1, 1, 0, None, "kill-test")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True,
-                            env={**os.environ, "E4T_EXPECTED_WORLD_SIZE": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "E4T_EXPECTED_WORLD_SIZE": "1"},
+    )
     marker = out / "checkpoints" / "step-000004" / "state.json"
     deadline = time.monotonic() + 300
     while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -84,8 +105,9 @@ def test_kill_and_resume_equals_uninterrupted(curated_shards: Path, tiny_dir: Pa
         assert torch.allclose(straight[name], again[name], atol=1e-6), name
 
 
-def test_mlflow_run_previews_and_registered_alias(curated_shards: Path, tiny_dir: Path,
-                                                  tmp_path: Path, photos_dir: Path) -> None:
+def test_mlflow_run_previews_and_registered_alias(
+    curated_shards: Path, tiny_dir: Path, tmp_path: Path, photos_dir: Path
+) -> None:
     import base64
 
     import mlflow
@@ -93,8 +115,16 @@ def test_mlflow_run_previews_and_registered_alias(curated_shards: Path, tiny_dir
 
     from e4t.tracking import find_dataset_run_by_manifest, load_domain_model, tracking_uri
 
-    config = _config(curated_shards, tiny_dir, **{"train.num_steps": 4, "train.preview_every": 2,
-                                                  "data.num_preview": 2, "train.preview_steps": 2})
+    config = _config(
+        curated_shards,
+        tiny_dir,
+        **{
+            "train.num_steps": 4,
+            "train.preview_every": 2,
+            "data.num_preview": 2,
+            "train.preview_steps": 2,
+        },
+    )
     out = run_pretraining(config, str(tmp_path / "out"), track=True)
     mlflow.set_tracking_uri(tracking_uri())
     run = mlflow.get_run(out["run_id"])
@@ -102,7 +132,9 @@ def test_mlflow_run_previews_and_registered_alias(curated_shards: Path, tiny_dir
     assert run.data.params["train.num_steps"] == "4"
     stats = json.loads((curated_shards / "stats.json").read_text())
     assert run.data.tags["e4t.dataset.manifest_sha256"] == stats["manifest_sha256"]
-    assert run.data.tags["e4t.dataset.run_id"] == find_dataset_run_by_manifest(stats["manifest_sha256"])
+    assert run.data.tags["e4t.dataset.run_id"] == find_dataset_run_by_manifest(
+        stats["manifest_sha256"]
+    )
     client = mlflow.MlflowClient()
     history = client.get_metric_history(out["run_id"], "loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
@@ -117,8 +149,10 @@ def test_mlflow_run_previews_and_registered_alias(curated_shards: Path, tiny_dir
     assert model.fingerprint() == out["result"]["fingerprint"]
     pyfunc = mlflow.pyfunc.load_model("models:/e4t-faces@candidate")
     image = base64.b64encode((photos_dir / "biden.jpg").read_bytes()).decode()
-    result = pyfunc.predict(pd.DataFrame([{"image": image, "prompt": "a photo of {}", "seed": 1}]),
-                            params={"num_steps": 2})
+    result = pyfunc.predict(
+        pd.DataFrame([{"image": image, "prompt": "a photo of {}", "seed": 1}]),
+        params={"num_steps": 2},
+    )
     assert len(result) == 1 and base64.b64decode(result.image[0])[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a rerun of the same job finds it registered and does nothing
@@ -126,23 +160,35 @@ def test_mlflow_run_previews_and_registered_alias(curated_shards: Path, tiny_dir
     assert again["version"] == out["version"]
 
 
-def test_a_single_process_copy_of_a_distributed_launch_is_refused(curated_shards: Path,
-                                                                  tiny_dir: Path, tmp_path: Path) -> None:
+def test_a_single_process_copy_of_a_distributed_launch_is_refused(
+    curated_shards: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
     config_path = tmp_path / "config.json"
     config_path.write_text(_config(curated_shards, tiny_dir).model_dump_json())
-    done = subprocess.run([sys.executable, "-m", "e4t.training.pretrain", "--config",
-                           str(config_path), "--output", str(tmp_path / "o")],
-                          capture_output=True, text=True,
-                          env={**os.environ, "E4T_EXPECTED_WORLD_SIZE": "2"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "e4t.training.pretrain",
+            "--config",
+            str(config_path),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "E4T_EXPECTED_WORLD_SIZE": "2"},
+    )
     assert done.returncode != 0 and "launched for 2 processes but WORLD_SIZE=1" in done.stderr
 
 
 def test_missing_inputs_fail_fast(curated_shards: Path, tiny_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="stats.json"):
+    with pytest.raises(FileNotFoundError, match=r"stats\.json"):
         run_pretraining(_config(tmp_path / "nothing", tiny_dir), str(tmp_path / "o"), track=False)
     with pytest.raises(FileNotFoundError, match="init-model"):
-        run_pretraining(_config(curated_shards, tmp_path / "no-model"), str(tmp_path / "o"),
-                        track=False)
+        run_pretraining(
+            _config(curated_shards, tmp_path / "no-model"), str(tmp_path / "o"), track=False
+        )
     bad = _config(curated_shards, tiny_dir, **{"model.class_word": "photorealistic"})
     with pytest.raises(TrainingFailed, match="one token"):
         run_pretraining(bad, str(tmp_path / "o"), track=False)

@@ -21,6 +21,10 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from webdataset.filters import batched, select, shuffle
+from webdataset.filters import map as map_samples
+from webdataset.pipeline import DataPipeline
+from webdataset.tariterators import tarfile_to_samples
 
 from e4t import io as eio
 
@@ -107,7 +111,9 @@ class SampleTransform:
         if self.hflip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(
+            2, 0, 1
+        )
         clip = self.clip_processor(images=image, return_tensors="pt").pixel_values[0]
         return {
             "pixel_values": pixels,
@@ -137,19 +143,22 @@ def make_train_pipeline(
     shuffle_buffer: int = 256,
     skip_samples: int = 0,
     exclude_keys: frozenset[str] = frozenset(),
-) -> wds.DataPipeline:
+) -> DataPipeline:
     """The endless training stream of one rank, as batches (dicts, see :func:`collate`)."""
     eio.register_webdataset_openers()
-    return wds.DataPipeline(
+    return DataPipeline(
         resampled_shards(urls, seed, rank),
-        wds.tarfile_to_samples(),
-        wds.select(lambda s: s["__key__"] not in exclude_keys),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 32),
-                    rng=random.Random(_stream_seed(seed, rank) + 1)),
+        tarfile_to_samples(),
+        select(lambda s: s["__key__"] not in exclude_keys),
+        shuffle(
+            shuffle_buffer,
+            initial=min(shuffle_buffer, 32),
+            rng=random.Random(_stream_seed(seed, rank) + 1),
+        ),
         number,
         skip(skip_samples),
-        wds.map(transform),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
+        map_samples(transform),
+        batched(batch_size, collation_fn=collate, partial=False),
     )
 
 

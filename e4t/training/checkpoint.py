@@ -60,14 +60,23 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict[s
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(root: str, step: int, rank: int, trained: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
-                    config_hash: str) -> None:
+def save_checkpoint(
+    root: str,
+    step: int,
+    rank: int,
+    trained: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+    config_hash: str,
+) -> None:
     """Each rank writes its RNG; rank 0 writes the rest. Call :func:`commit_checkpoint` after
     a barrier, from rank 0, to mark it complete."""
     url = step_url(root, step)
-    _write_tensors(eio.join(url, f"rng-rank{rank}.safetensors"),
-                   {"generator": generator.get_state(), "torch": torch.get_rng_state()})
+    _write_tensors(
+        eio.join(url, f"rng-rank{rank}.safetensors"),
+        {"generator": generator.get_state(), "torch": torch.get_rng_state()},
+    )
     if rank != 0:
         return
     _write_tensors(eio.join(url, "trained.safetensors"), trained)
@@ -75,7 +84,9 @@ def save_checkpoint(root: str, step: int, rank: int, trained: dict[str, torch.Te
     _write_tensors(eio.join(url, "optimizer.safetensors"), tensors)
     eio.write_text(eio.join(url, "optimizer.json"), json.dumps(meta))
     eio.write_text(eio.join(url, "scheduler.json"), json.dumps(scheduler.state_dict()))
-    eio.write_text(eio.join(url, "pending.json"), json.dumps({"step": step, "config_hash": config_hash}))
+    eio.write_text(
+        eio.join(url, "pending.json"), json.dumps({"step": step, "config_hash": config_hash})
+    )
 
 
 def commit_checkpoint(root: str, step: int, keep: int) -> None:
@@ -103,14 +114,18 @@ def load_checkpoint(root: str, step: int, rank: int, config_hash: str) -> dict[s
     url = step_url(root, step)
     state = json.loads(eio.read_text(eio.join(url, "state.json")))
     if state["config_hash"] != config_hash:
-        raise ValueError(f"{url} was written with another config ({state['config_hash']} vs "
-                         f"{config_hash}); resume with the same config or a new output URL")
+        raise ValueError(
+            f"{url} was written with another config ({state['config_hash']} vs "
+            f"{config_hash}); resume with the same config or a new output URL"
+        )
     rng = _read_tensors(eio.join(url, f"rng-rank{rank}.safetensors"))
     return {
         "step": state["step"],
         "trained": _read_tensors(eio.join(url, "trained.safetensors")),
-        "optimizer": optimizer_from_files(_read_tensors(eio.join(url, "optimizer.safetensors")),
-                                          json.loads(eio.read_text(eio.join(url, "optimizer.json")))),
+        "optimizer": optimizer_from_files(
+            _read_tensors(eio.join(url, "optimizer.safetensors")),
+            json.loads(eio.read_text(eio.join(url, "optimizer.json"))),
+        ),
         "scheduler": json.loads(eio.read_text(eio.join(url, "scheduler.json"))),
         "generator": rng["generator"],
         "torch_rng": rng["torch"],

@@ -55,8 +55,10 @@ def init_world(device: str) -> World:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
         if dist.get_world_size() != env_size or dist.get_rank() != rank:
-            raise WorldMismatch(f"process group says rank {dist.get_rank()} of "
-                                f"{dist.get_world_size()}, torchrun said {rank} of {env_size}")
+            raise WorldMismatch(
+                f"process group says rank {dist.get_rank()} of "
+                f"{dist.get_world_size()}, torchrun said {rank} of {env_size}"
+            )
     return World(rank=rank, local_rank=local_rank, size=env_size, device=torch.device(device))
 
 

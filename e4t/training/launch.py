@@ -42,8 +42,11 @@ def validate_inputs(config: PretrainConfig) -> list[str]:
     urls = shard_urls(config.data.shards)
     base = config.model.base_model
     looks_local = base.startswith((".", "/")) or "/" not in base or Path(base).exists()
-    if looks_local and not (Path(base) / "model_index.json").exists() and \
-            not (Path(base) / "unet").exists():
+    if (
+        looks_local
+        and not (Path(base) / "model_index.json").exists()
+        and not (Path(base) / "unet").exists()
+    ):
         raise FileNotFoundError(
             f"base model {base!r} not found: create it with `e4t init-model --preset tiny {base}` "
             "or give a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -51,19 +54,44 @@ def validate_inputs(config: PretrainConfig) -> list[str]:
     return urls
 
 
-def torchrun_command(config_path: str, output_url: str, run_id: str | None,
-                     nproc_per_node: int, nnodes: int, node_rank: int,
-                     rdzv_endpoint: str | None, rdzv_id: str) -> list[str]:
+def torchrun_command(
+    config_path: str,
+    output_url: str,
+    run_id: str | None,
+    nproc_per_node: int,
+    nnodes: int,
+    node_rank: int,
+    rdzv_endpoint: str | None,
+    rdzv_id: str,
+) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if nnodes == 1:
         cmd += ["--standalone"]
     else:
         if not rdzv_endpoint:
             raise ValueError("several nodes need rdzv_endpoint=HOST:PORT reachable by all nodes")
-        cmd += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", rdzv_id]
-    cmd += ["--nproc-per-node", str(nproc_per_node), "-m", "e4t.training.pretrain",
-            "--config", config_path, "--output", output_url]
+        cmd += [
+            "--nnodes",
+            str(nnodes),
+            "--node-rank",
+            str(node_rank),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            rdzv_endpoint,
+            "--rdzv-id",
+            rdzv_id,
+        ]
+    cmd += [
+        "--nproc-per-node",
+        str(nproc_per_node),
+        "-m",
+        "e4t.training.pretrain",
+        "--config",
+        config_path,
+        "--output",
+        output_url,
+    ]
     if run_id:
         cmd += ["--run-id", run_id]
     return cmd
@@ -94,26 +122,41 @@ def run_pretraining(
         from e4t.tracking import start_pretrain_run
 
         run_id = previous.get("run_id") or start_pretrain_run(
-            resolved, output_url, dataset_identity(config.data.shards), config.experiment,
-            {"e4t.nproc_per_node": str(nproc_per_node), "e4t.nnodes": str(nnodes)})
+            resolved,
+            output_url,
+            dataset_identity(config.data.shards),
+            config.experiment,
+            {"e4t.nproc_per_node": str(nproc_per_node), "e4t.nnodes": str(nnodes)},
+        )
         eio.write_text(state_url, json.dumps({"run_id": run_id, "output_url": output_url}))
 
     with tempfile.TemporaryDirectory() as tmp:
         config_path = str(Path(tmp) / "config.json")
         Path(config_path).write_text(json.dumps(resolved))
-        cmd = torchrun_command(config_path, output_url, run_id, nproc_per_node, nnodes,
-                               node_rank, rdzv_endpoint, rdzv_id=previous.get("run_id") or
-                               uuid.uuid4().hex[:12])
-        env = {**os.environ, EXPECTED_WORLD_ENV: str(nproc_per_node * nnodes),
-               "PYTHONUNBUFFERED": "1"}
+        cmd = torchrun_command(
+            config_path,
+            output_url,
+            run_id,
+            nproc_per_node,
+            nnodes,
+            node_rank,
+            rdzv_endpoint,
+            rdzv_id=previous.get("run_id") or uuid.uuid4().hex[:12],
+        )
+        env = {
+            **os.environ,
+            EXPECTED_WORLD_ENV: str(nproc_per_node * nnodes),
+            "PYTHONUNBUFFERED": "1",
+        }
         if config.model.device == "cpu":
             # one BLAS thread pool per core, not per process
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
         tail: deque[str] = deque(maxlen=40)
         result: dict[str, Any] = {}
         logger.info("launching: %s", " ".join(cmd))
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, bufsize=1) as proc:
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        ) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
                 line = line.rstrip("\n")

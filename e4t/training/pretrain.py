@@ -16,14 +16,13 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,7 +35,6 @@ from e4t import io as eio
 from e4t.config import PretrainConfig, config_hash
 from e4t.data.loader import (
     SampleTransform,
-    collate,
     held_out_samples,
     make_train_pipeline,
     shard_urls,
@@ -75,9 +73,12 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def to_batch(raw: dict[str, Any], device: torch.device) -> Batch:
-    return Batch(pixel_values=raw["pixel_values"].to(device),
-                 clip_pixel_values=raw["clip_pixel_values"].to(device),
-                 prompts=raw["prompts"], mask=raw["mask"].to(device))
+    return Batch(
+        pixel_values=raw["pixel_values"].to(device),
+        clip_pixel_values=raw["clip_pixel_values"].to(device),
+        prompts=raw["prompts"],
+        mask=raw["mask"].to(device),
+    )
 
 
 def trained_state(model: E4TModel) -> dict[str, torch.Tensor]:
@@ -85,17 +86,22 @@ def trained_state(model: E4TModel) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def preview_grid(model: E4TModel, faces: list[dict[str, Any]], steps: int, seed: int) -> Image.Image:
+def preview_grid(
+    model: E4TModel, faces: list[dict[str, Any]], steps: int, seed: int
+) -> Image.Image:
     """Top row: held-out aligned faces; bottom row: "a photo of {}" from each (0-step)."""
     from e4t.generation import GenerationConfig, clip_pixels, generate
 
-    size = model.base.unet.config.sample_size * 2 ** (len(model.base.vae.config.block_out_channels) - 1)
+    size = model.base.unet.config.sample_size * 2 ** (
+        len(model.base.vae.config.block_out_channels) - 1
+    )
     tiles = []
     for face in faces:
         image = Image.open(__import__("io").BytesIO(face["jpg"])).convert("RGB")
         cls = model.clip_cls(clip_pixels(model, image))
-        (gen,) = generate(model, cls, ["a photo of {}"], 1, seed,
-                          GenerationConfig(num_steps=steps, batch_size=1))
+        (gen,) = generate(
+            model, cls, ["a photo of {}"], 1, seed, GenerationConfig(num_steps=steps, batch_size=1)
+        )
         tiles.append((image.resize((size, size)), gen.image.resize((size, size))))
     grid = Image.new("RGB", (size * max(1, len(tiles)), size * 2))
     for i, (top, bottom) in enumerate(tiles):
@@ -108,14 +114,19 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
     world = init_world(config.model.device)
     seed = config.train.seed
     torch.manual_seed(seed + world.rank)
-    model = E4TModel.from_config(config.model.model_copy(update={"device": str(world.device)}),
-                                 seed=seed)  # same initial weights on every rank
+    model = E4TModel.from_config(
+        config.model.model_copy(update={"device": str(world.device)}), seed=seed
+    )  # same initial weights on every rank
     params = model.set_trainable(list(config.train.trainable))
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas,
-                                  weight_decay=config.optim.weight_decay)
-    schedule = get_scheduler(config.optim.schedule, optimizer,
-                             num_warmup_steps=config.optim.warmup_steps,
-                             num_training_steps=config.train.num_steps)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay
+    )
+    schedule = get_scheduler(
+        config.optim.schedule,
+        optimizer,
+        num_warmup_steps=config.optim.warmup_steps,
+        num_training_steps=config.train.num_steps,
+    )
     generator = torch.Generator(world.device).manual_seed(seed * 7919 + world.rank)
     chash = config_hash(config)
     ckpt_root = eio.join(output_url, "checkpoints")
@@ -134,7 +145,9 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
         emit(world, event="resumed", step=start)
-    if start >= config.train.num_steps and eio.exists(eio.join(output_url, "model", "e4t_config.json")):
+    if start >= config.train.num_steps and eio.exists(
+        eio.join(output_url, "model", "e4t_config.json")
+    ):
         emit(world, event="already_done", step=start)
         shutdown(world)
         return {"step": start}
@@ -144,26 +157,46 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
     held_keys = frozenset(s["__key__"] for s in held_out_samples(urls, config.data.num_preview))
     micro = config.train.batch_size
     accum = config.optim.grad_accum
-    transform = SampleTransform(config.data.resolution_px, model.base.image_processor,
-                                list(config.data.templates), config.data.hflip, seed + world.rank)
-    pipeline = make_train_pipeline(urls, transform, micro, seed, world.rank,
-                                   config.data.shuffle_buffer,
-                                   skip_samples=0 if config.data.fixed_batch else start * micro * accum,
-                                   exclude_keys=held_keys)
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=None,
-                                         num_workers=config.data.num_workers)
+    transform = SampleTransform(
+        config.data.resolution_px,
+        model.base.image_processor,
+        list(config.data.templates),
+        config.data.hflip,
+        seed + world.rank,
+    )
+    pipeline = make_train_pipeline(
+        urls,
+        transform,
+        micro,
+        seed,
+        world.rank,
+        config.data.shuffle_buffer,
+        skip_samples=0 if config.data.fixed_batch else start * micro * accum,
+        exclude_keys=held_keys,
+    )
+    # a DataPipeline is an IterableDataset at run time; its stubs do not say so
+    loader: torch.utils.data.DataLoader[dict[str, Any]] = torch.utils.data.DataLoader(
+        cast(torch.utils.data.IterableDataset, pipeline),
+        batch_size=None,
+        num_workers=config.data.num_workers,
+    )
     stream = iter(loader)
     fixed = next(stream) if config.data.fixed_batch else None
 
     loss_module: nn.Module = LossModule(model, config)
     if world.distributed:
         loss_module = DistributedDataParallel(loss_module, find_unused_parameters=False)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if config.train.mixed_precision == "bf16"
-                               else torch.float16)
-                if world.device.type == "cuda" and config.train.mixed_precision != "no"
-                else contextlib.nullcontext())
-    scaler = torch.amp.GradScaler("cuda", enabled=config.train.mixed_precision == "fp16"
-                                  and world.device.type == "cuda")
+    autocast = (
+        torch.autocast(
+            "cuda",
+            dtype=torch.bfloat16 if config.train.mixed_precision == "bf16" else torch.float16,
+        )
+        if world.device.type == "cuda" and config.train.mixed_precision != "no"
+        else contextlib.nullcontext()
+    )
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=config.train.mixed_precision == "fp16" and world.device.type == "cuda"
+    )
 
     mlflow = None
     if world.is_main and run_id:
@@ -180,8 +213,13 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         totals = torch.zeros(4, device=world.device)
         for i in range(accum):
             raw = fixed if fixed is not None else next(stream)
-            sync = contextlib.nullcontext() if (i == accum - 1 or not world.distributed) \
-                else loss_module.no_sync()  # type: ignore[operator]
+            last_micro = i == accum - 1 or not isinstance(loss_module, DistributedDataParallel)
+            # DDP all-reduces gradients only on the last micro-batch of an accumulation
+            sync = (
+                contextlib.nullcontext()
+                if last_micro
+                else cast(DistributedDataParallel, loss_module).no_sync()
+            )
             with sync, autocast:
                 terms = loss_module(to_batch(raw, world.device), generator)
                 scaler.scale(terms[0] / accum).backward()
@@ -197,26 +235,42 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
             torch.cuda.synchronize(world.device)
         seconds = time.perf_counter() - t0
         number = step + 1
-        last = {"loss": totals[0].item(), "loss_diffusion": totals[1].item(),
-                "reg_embedding": totals[2].item(), "reg_weights": totals[3].item(),
-                "lr": schedule.get_last_lr()[0], "grad_norm": float(grad_norm),
-                "samples_per_second": micro * accum * world.size / seconds,
-                "peak_memory_gib": peak_memory_bytes(world.device) / 2**30}
+        last = {
+            "loss": totals[0].item(),
+            "loss_diffusion": totals[1].item(),
+            "reg_embedding": totals[2].item(),
+            "reg_weights": totals[3].item(),
+            "lr": schedule.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "samples_per_second": micro * accum * world.size / seconds,
+            "peak_memory_gib": peak_memory_bytes(world.device) / 2**30,
+        }
         if number % config.train.log_every == 0 or number == config.train.num_steps:
             emit(world, event="step", step=number, num_steps=config.train.num_steps, **last)
             if mlflow is not None:
                 mlflow.log_metrics(last, step=number)
         is_last = number == config.train.num_steps
-        if (config.train.checkpoint_every and number % config.train.checkpoint_every == 0) or is_last:
-            ckpt.save_checkpoint(ckpt_root, number, world.rank,
-                                 {n: p.detach() for n, p in trained_state(model).items()},
-                                 optimizer, schedule, generator, chash)
+        if (
+            config.train.checkpoint_every and number % config.train.checkpoint_every == 0
+        ) or is_last:
+            ckpt.save_checkpoint(
+                ckpt_root,
+                number,
+                world.rank,
+                {n: p.detach() for n, p in trained_state(model).items()},
+                optimizer,
+                schedule,
+                generator,
+                chash,
+            )
             barrier(world)
             if world.is_main:
                 ckpt.commit_checkpoint(ckpt_root, number, config.train.keep_checkpoints)
                 emit(world, event="checkpoint", step=number)
             barrier(world)
-        preview_now = (config.train.preview_every and number % config.train.preview_every == 0) or is_last
+        preview_now = (
+            config.train.preview_every and number % config.train.preview_every == 0
+        ) or is_last
         if world.is_main and preview_now and held_out:
             grid = preview_grid(model, held_out, config.train.preview_steps, seed)
             if mlflow is not None:
@@ -224,18 +278,24 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
             emit(world, event="preview", step=number)
 
     fingerprint = model.fingerprint()
-    eio.write_text(eio.join(output_url, "ranks", f"rank-{world.rank}.json"),
-                   json.dumps({"rank": world.rank, "fingerprint": fingerprint}))
+    eio.write_text(
+        eio.join(output_url, "ranks", f"rank-{world.rank}.json"),
+        json.dumps({"rank": world.rank, "fingerprint": fingerprint}),
+    )
     result = {"step": config.train.num_steps, "fingerprint": fingerprint, **last}
     if world.is_main:
         with tempfile.TemporaryDirectory() as tmp:
             folder = model.save_pretrained(Path(tmp) / "model")
             for path in sorted(folder.rglob("*")):
                 if path.is_file():
-                    eio.write_bytes(eio.join(output_url, "model", path.relative_to(folder).as_posix()),
-                                    path.read_bytes())
-        eio.write_text(eio.join(output_url, "config.json"),
-                       json.dumps(config.model_dump(mode="json"), indent=1))
+                    eio.write_bytes(
+                        eio.join(output_url, "model", path.relative_to(folder).as_posix()),
+                        path.read_bytes(),
+                    )
+        eio.write_text(
+            eio.join(output_url, "config.json"),
+            json.dumps(config.model_dump(mode="json"), indent=1),
+        )
         eio.write_text(eio.join(output_url, "result.json"), json.dumps(result, indent=1))
         if mlflow is not None:
             mlflow.log_dict(config.model_dump(mode="json"), "config/final_config.json")
@@ -252,8 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="output URL (model, checkpoints)")
     parser.add_argument("--run-id", default=os.environ.get("MLFLOW_RUN_ID"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s rank" + os.environ.get("RANK", "0") + " %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s rank"
+        + os.environ.get("RANK", "0")
+        + " %(levelname)s %(name)s: %(message)s",
+    )
     config = PretrainConfig.model_validate_json(Path(args.config).read_text())
     np.random.seed(config.train.seed)
     pretrain(config, args.output, args.run_id)

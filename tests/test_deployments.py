@@ -1,0 +1,88 @@
+"""Deployments through a real Prefect server and a process worker on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from infra.prefect_server import prefect_env, start_server, start_worker
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _prefect(env: dict[str, str], *args: str, timeout: int = 300) -> str:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _flow_run(api: str, run_id: str) -> dict:
+    with urllib.request.urlopen(f"{api}/flow_runs/{run_id}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_pretrain_deployment_runs_on_a_process_worker(
+    curated_shards: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "stack"
+    server, api = start_server(root)
+    worker = None
+    try:
+        env = {
+            **prefect_env(root / "home", api),
+            "E4T_PROJECT_DIR": str(ROOT),
+            "E4T_DATA_DIR": os.environ["E4T_DATA_DIR"],
+        }
+        _prefect(env, "work-pool", "create", "e4t-process", "--type", "process")
+        _prefect(env, "--no-prompt", "deploy", "--all")
+        out = tmp_path / "pretrained"
+        started = _prefect(
+            env,
+            "deployment",
+            "run",
+            "pretrain-domain/pretrain-domain",
+            "-p",
+            f"shards_url={curated_shards}",
+            "-p",
+            f"output_url={out}",
+            "-p",
+            f"base_model={tiny_dir}",
+            "-p",
+            "steps=3",
+            "-p",
+            "experiment=e4t-deployment-test",
+        )
+        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started).group(1)
+        worker = start_worker(root, api, "e4t-process", run_once=True)
+        deadline = time.monotonic() + 600
+        state = None
+        while time.monotonic() < deadline:
+            state = _flow_run(api, run_id)["state"]["type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        log = (root / "worker-e4t-process.log").read_text()
+        assert state == "COMPLETED", f"flow run ended {state}:\n{log[-4000:]}"
+        result = json.loads((out / "launch.json").read_text())
+        assert result["registered"] and result["alias_uri"] == "models:/e4t-faces@candidate"
+        assert (out / "model" / "e4t_config.json").exists()
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
