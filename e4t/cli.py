@@ -153,7 +153,7 @@ def _cmd_encode_concept(args: argparse.Namespace) -> int:
 
     model = E4TModel.from_pretrained(args.model, overrides={"device": args.device})
     cls = model.clip_cls(clip_pixels(model, Image.open(args.image)))
-    out = model.save_concept(args.dest, cls, tuned=[], extra={"source": args.image, "steps": 0})
+    out = model.save_concept(args.dest, cls, extra={"source": args.image, "steps": 0})
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote a 0-step concept of {args.image} to {out} ({size:,} bytes)")
     return 0

@@ -197,6 +197,26 @@ class PretrainConfig(StrictModel):
     train: TrainConfig = TrainConfig()
 
 
+# --------------------------------------------------------------------------- personalization
+
+
+class TuneConfig(StrictModel):
+    num_steps: int = Field(15, ge=0, description="tuning steps per concept (5–15)")
+    draws_per_concept: int = Field(8, ge=1, description="(noise, t, prompt) draws per step")
+    lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="per concept")
+    rank: int = Field(4, ge=1, description="rank of each concept's weight deltas")
+    trainable: list[Literal["word", "head", "offsets"]] = ["word", "head", "offsets"]
+    lambda_emb: float = Field(0.01, ge=0)
+    lambda_w: float = Field(1e-4, ge=0)
+    use_mask: bool = True
+    mask_floor: float = Field(0.1, ge=0, le=1)
+    templates: list[str] = DEFAULT_TEMPLATES
+    resolution_px: int = Field(64, ge=16, description="faces are resized to this")
+    artifact_dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+
+
 # --------------------------------------------------------------------------- loading
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -235,5 +235,7 @@ def apply_concept_to_pipeline(
     for path in model.offsets.paths:
         linear = pipe.unet.get_submodule(path)
         delta = model.offsets.delta_weight(path, linear.weight.detach().float())
+        if model.concepts is not None:
+            delta = delta + model.concepts.delta_weight(path, 0).float()
         linear.weight.add_(delta.to(linear.weight.device, linear.weight.dtype))
     return token

@@ -260,25 +260,62 @@ def test_domain_model_round_trip(tiny_dir: Path, tmp_path: Path) -> None:
         )
 
 
+def _random_bank(model: E4TModel, k: int = 1, seed: int = 5):
+    bank = model.new_concepts(torch.randn(k, 2, 32), rank=4, seeds=list(range(k)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in bank.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return bank
+
+
 def test_concept_round_trip(tiny_dir: Path, tmp_path: Path) -> None:
     model = make_model(tiny_dir)
+    randomize(model)
     model.save_pretrained(tmp_path / "domain")
-    randomize(model, seed=5)  # "tuned"
-    cls = torch.randn(1, 2, 32)
-    model.save_concept(tmp_path / "c32", cls, dtype="fp32")
-    model.save_concept(tmp_path / "c16", cls)
+    bank = model.attach_concepts(_random_bank(model))  # a "tuned" concept
+    meta = model.concept_meta()
+    bank.save(0, tmp_path / "c32", meta, dtype="fp32")
+    bank.save(0, tmp_path / "c16", meta)
     assert (tmp_path / "c16" / "concept.safetensors").stat().st_size < (
         tmp_path / "c32" / "concept.safetensors"
     ).stat().st_size
     z, t = torch.randn(1, 4, 32, 32), torch.tensor([400])
-    for name, tol in (("c32", 0.0), ("c16", 1e-2)):
+    zz, tt, _ = _unet_inputs(model)
+    with torch.no_grad():
+        want = model.word_embedding(model.predict_offset(bank.cls, z, t))
+        want_unet = model.base.unet(
+            zz[:1], tt[:1], model.encode_prompt(["a photo of {}"], want)
+        ).sample
+    for name, tol in (("c32", 1e-6), ("c16", 2e-2)):
         fresh = E4TModel.from_pretrained(tmp_path / "domain")
-        loaded_cls = fresh.load_concept(tmp_path / name)
+        cls = fresh.load_concept(tmp_path / name)
         with torch.no_grad():
-            want, got = model.predict_offset(cls, z, t), fresh.predict_offset(loaded_cls, z, t)
+            got = fresh.word_embedding(fresh.predict_offset(cls, z, t))
+            got_unet = fresh.base.unet(
+                zz[:1], tt[:1], fresh.encode_prompt(["a photo of {}"], got)
+            ).sample
         assert torch.allclose(want, got, atol=tol, rtol=tol), name
-    meta = json.loads((tmp_path / "c16" / "concept.json").read_text())
-    assert meta["class_word"] == "face" and meta["dtype"] == "fp16"
+        assert torch.allclose(want_unet, got_unet, atol=tol * 5, rtol=tol * 5), name
+    saved = json.loads((tmp_path / "c16" / "concept.json").read_text())
+    assert saved["class_word"] == "face" and saved["dtype"] == "fp16"
+    assert saved["domain_fingerprint"] == model.fingerprint()
+
+
+def test_zero_step_concept_is_the_domain_model(tiny_dir: Path, tmp_path: Path) -> None:
+    model = make_model(tiny_dir)
+    randomize(model)
+    cls, z, t = torch.randn(1, 2, 32), torch.randn(1, 4, 32, 32), torch.tensor([600])
+    with torch.no_grad():
+        plain = model.word_embedding(model.predict_offset(cls, z, t))
+        model.attach_concepts(model.new_concepts(cls))
+        with_concept = model.word_embedding(model.predict_offset(cls, z, t))
+        zz, tt, emb = _unet_inputs(model)
+        unet_with = model.base.unet(zz, tt, emb).sample
+        model.detach_concepts()
+        unet_without = model.base.unet(zz, tt, emb).sample
+    assert torch.allclose(plain, with_concept, atol=1e-6)
+    assert torch.equal(unet_with, unet_without)
 
 
 def test_corrupted_and_mismatched_files_are_refused(tiny_dir: Path, tmp_path: Path) -> None:
@@ -293,9 +330,9 @@ def test_corrupted_and_mismatched_files_are_refused(tiny_dir: Path, tmp_path: Pa
     with pytest.raises(ArtifactError, match="corrupted"):
         E4TModel.from_pretrained(broken)
 
-    lowrank = make_model(tiny_dir, offsets={"form": "lowrank"})
+    cross_only = make_model(tiny_dir, offsets={"targets": ["attn2"]})
     with pytest.raises(ArtifactError, match="unknown tensors"):
-        lowrank.load_concept(tmp_path / "concept")
+        cross_only.load_concept(tmp_path / "concept")
 
     wider = make_model(tiny_dir, encoder={"hidden_dim": 48})
     with pytest.raises(ArtifactError, match="shape mismatches"):
@@ -304,6 +341,11 @@ def test_corrupted_and_mismatched_files_are_refused(tiny_dir: Path, tmp_path: Pa
     cat = make_model(tiny_dir, class_word="cat")
     with pytest.raises(ArtifactError, match="class word"):
         cat.load_concept(tmp_path / "concept")
+
+    concept = tmp_path / "concept" / "concept.safetensors"
+    concept.write_bytes(concept.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match="corrupted"):
+        model.load_concept(tmp_path / "concept")
 
 
 @pytest.mark.parametrize("which", ["epsilon", "v_prediction"])
@@ -337,6 +379,9 @@ def test_concept_in_a_stock_pipeline(tiny_dir: Path, photos_dir: Path) -> None:
     model = make_model(tiny_dir, offsets={"form": "lowrank"})
     randomize(model)
     cls = model.clip_cls(clip_pixels(model, Image.open(photos_dir / "biden.jpg")))
+    bank = _random_bank(model)
+    bank.cls.copy_(cls.float())
+    model.attach_concepts(bank)
     pipe = StableDiffusionPipeline.from_pretrained(tiny_dir)
     pipe.set_progress_bar_config(disable=True)
     z, t, emb = _unet_inputs(model)

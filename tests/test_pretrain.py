@@ -199,24 +199,39 @@ def test_flow_fails_fast_on_bad_inputs_and_when_training_fails(
 ) -> None:
     from flows.pretrain_domain import pretrain_domain
 
-    state = pretrain_domain(shards_url=str(tmp_path / "missing"), output_url=str(tmp_path / "a"),
-                            base_model=str(tiny_dir), init_preset=None, return_state=True)
+    state = pretrain_domain(
+        shards_url=str(tmp_path / "missing"),
+        output_url=str(tmp_path / "a"),
+        base_model=str(tiny_dir),
+        init_preset=None,
+        return_state=True,
+    )
     assert state.is_failed()
     with pytest.raises(FileNotFoundError, match="stats"):
         state.result()
     assert not (tmp_path / "a").exists()  # nothing heavy started
 
-    state = pretrain_domain(shards_url=str(curated_shards), output_url=str(tmp_path / "b"),
-                            base_model=str(tiny_dir), init_preset=None, steps=2,
-                            overrides=["model.class_word=photorealistic"], return_state=True)
+    state = pretrain_domain(
+        shards_url=str(curated_shards),
+        output_url=str(tmp_path / "b"),
+        base_model=str(tiny_dir),
+        init_preset=None,
+        steps=2,
+        overrides=["model.class_word=photorealistic"],
+        return_state=True,
+    )
     assert state.is_failed()
     with pytest.raises(TrainingFailed, match="one token"):
         state.result()
 
 
 def test_bench_pretrain_prints_both_rates_and_the_ratio() -> None:
-    done = subprocess.run([sys.executable, "-m", "e4t.cli", "bench", "pretrain", "--batch-size",
-                           "2", "--steps", "3"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "e4t.cli", "bench", "pretrain", "--batch-size", "2", "--steps", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 process:" in done.stdout and "2 processes:" in done.stdout
     assert "ratio (2 processes / 1 process):" in done.stdout

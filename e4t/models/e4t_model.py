@@ -22,19 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from e4t.config import ModelConfig
-from e4t.models.base import DTYPES, BaseModels, load_base_models
+from e4t.models.base import BaseModels, load_base_models
+from e4t.models.concept import CONCEPT_CONFIG, CONCEPT_TENSORS, ConceptBank
 from e4t.models.encoder import E4TEncoder
 from e4t.models.offsets import WeightOffsets
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "e4t_config.json"
-CONCEPT_TENSORS = "concept.safetensors"
-CONCEPT_CONFIG = "concept.json"
 
 
 class ArtifactError(ValueError):
@@ -108,6 +107,7 @@ class E4TModel(nn.Module):
         embedding.register_forward_pre_hook(self._swap_placeholder_ids)
         embedding.register_forward_hook(self._inject_word_embedding)
         self._empty_prompt: torch.Tensor | None = None
+        self.concepts: ConceptBank | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -259,12 +259,23 @@ class E4TModel(nn.Module):
         return captured
 
     def predict_offset(self, cls: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """E(x, z_t, t): CLIP [CLS] tokens (B, L, C), noisy latents, timesteps → (B, D)."""
-        return self.encoder(self.encoder.clip_features(cls), self.unet_block_outputs(z_t, t))
+        """E(x, z_t, t): CLIP [CLS] tokens (B, L, C), noisy latents, timesteps → (B, D).
+
+        With concepts attached, each sample's concept supplies the output layer.
+        """
+        hidden = self.encoder.hidden(
+            self.encoder.clip_features(cls), self.unet_block_outputs(z_t, t)
+        )
+        if self.concepts is not None:
+            return self.concepts.head(hidden)
+        return self.encoder.output_layer(hidden)
 
     def word_embedding(self, offset: torch.Tensor) -> torch.Tensor:
-        """v* = e(class_word) + s · E, (B, D)."""
-        return self.class_embedding().to(offset.dtype) + self.config.embedding_scale * offset
+        """v* = e(class_word) + s · E (+ the concept's own correction), (B, D)."""
+        v_star = self.class_embedding().to(offset.dtype) + self.config.embedding_scale * offset
+        if self.concepts is not None:
+            v_star = v_star + self.concepts.word_for(offset.shape[0], offset.device)
+        return v_star
 
     # ------------------------------------------------------------------ parameters
 
@@ -330,43 +341,50 @@ class E4TModel(nn.Module):
 
     # ------------------------------------------------------------------ concepts
 
+    def new_concepts(
+        self, cls: torch.Tensor, rank: int = 4, seeds: list[int] | None = None
+    ) -> ConceptBank:
+        """Fresh (0-step) state for K concepts from their [CLS] tokens (K, L, C)."""
+        layer = self.encoder.output_layer
+        shapes = {p: tuple(self.offsets.config.shapes[p]) for p in self.offsets.paths}
+        return ConceptBank(
+            cls.to(self.base.device, torch.float32), layer.weight, layer.bias, shapes, rank, seeds
+        ).to(self.base.device)
+
+    def attach_concepts(self, bank: ConceptBank) -> ConceptBank:
+        """Apply a bank's concepts: batches are then K equal groups, one per concept."""
+        self.detach_concepts()
+        self.concepts = bank.to(self.base.device).attach(self.base.unet)
+        return bank
+
+    def detach_concepts(self) -> None:
+        if self.concepts is not None:
+            self.concepts.detach()
+        self.concepts = None
+
     def save_concept(
         self,
         out_dir: str | Path,
         cls: torch.Tensor,
-        tuned: list[str] | None = None,
         dtype: str = "fp16",
         extra: dict[str, Any] | None = None,
     ) -> Path:
-        """Write a concept: the image's [CLS] tokens (L, C) and the tuned tensors only.
+        """Write a 0-step concept (the domain model's own prediction) for [CLS] tokens cls."""
+        bank = self.new_concepts(cls.reshape(1, *cls.shape[-2:]))
+        bank.save(0, out_dir, self.concept_meta(extra), dtype)
+        return Path(out_dir)
 
-        ``tuned``: names (``encoder.*``, ``offsets.*``) to store; default all trainable ones.
-        """
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        state = self._trained_state()
-        names = sorted(tuned) if tuned is not None else sorted(state)
-        unknown = sorted(set(names) - set(state))
-        if unknown:
-            raise ValueError(f"cannot store unknown tensors {unknown[:5]}")
-        store = DTYPES[dtype]
-        tensors = {n: state[n].detach().to("cpu", store).contiguous() for n in names}
-        tensors["image.clip_cls"] = cls.detach().reshape(cls.shape[-2:]).to("cpu", store)
-        save_file(tensors, str(out / CONCEPT_TENSORS))
-        meta = {
+    def concept_meta(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
             "class_word": self.config.class_word,
             "placeholder_token": self.config.placeholder_token,
-            "dtype": dtype,
-            "tensors": names,
+            "domain_fingerprint": self.fingerprint(),
             **(extra or {}),
         }
-        (out / CONCEPT_CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        return out
 
-    def load_concept(self, folder: str | Path) -> torch.Tensor:
-        """Load a concept's tuned tensors into this model; returns its [CLS] tokens (1, L, C)."""
+    def read_concept(self, folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """A concept's tensors and metadata, checked against this model."""
         folder = Path(folder)
-        path = folder / CONCEPT_TENSORS
         if not (folder / CONCEPT_CONFIG).exists():
             raise ArtifactError(f"{folder} is not an E4T concept ({CONCEPT_CONFIG} missing)")
         meta = json.loads((folder / CONCEPT_CONFIG).read_text())
@@ -375,18 +393,35 @@ class E4TModel(nn.Module):
                 f"{folder} was tuned for class word {meta.get('class_word')!r}, "
                 f"this model uses {self.config.class_word!r}"
             )
+        path = folder / CONCEPT_TENSORS
         tensors = read_safetensors(path)
-        cls = tensors.pop("image.clip_cls", None)
-        if cls is None:
-            raise ArtifactError(f"{path} holds no image.clip_cls tensor")
-        state = self._trained_state()
-        check_tensors(path, tensors, {k: v.shape for k, v in state.items()}, allow_subset=True)
-        expected_cls = (len(self.encoder.layer_indices), self.encoder.config.clip_hidden_size)
-        if tuple(cls.shape) != expected_cls:
-            raise ArtifactError(
-                f"{path}: image.clip_cls is {tuple(cls.shape)}, model reads {expected_cls}"
-            )
-        with torch.no_grad():
-            for name, value in tensors.items():
-                state[name].copy_(value.to(state[name].dtype))
-        return cls[None].to(self.base.device, self.image_encoder.dtype)
+        layer = self.encoder.output_layer
+        rank = int(meta.get("rank", 4))
+        expected = {
+            "image.clip_cls": torch.Size(
+                (len(self.encoder.layer_indices), self.encoder.config.clip_hidden_size)
+            ),
+            "word": torch.Size((layer.out_features,)),
+            "head.weight": layer.weight.shape,
+            "head.bias": layer.bias.shape,
+        }
+        for p in self.offsets.paths:
+            out_f, in_f = self.offsets.config.shapes[p]
+            expected[f"delta.{p}.down"] = torch.Size((rank, in_f))
+            expected[f"delta.{p}.up"] = torch.Size((out_f, rank))
+        check_tensors(path, tensors, expected)
+        return tensors, meta
+
+    def load_concepts(self, folders: list[str | Path]) -> ConceptBank:
+        """Load and attach K concepts; returns their bank (its ``cls`` are the images')."""
+        read = [self.read_concept(f) for f in folders]
+        ranks = {int(meta.get("rank", 4)) for _, meta in read}
+        if len(ranks) != 1:
+            raise ArtifactError(f"concepts of different ranks {sorted(ranks)} cannot share a pass")
+        bank = ConceptBank.from_tensors([t for t, _ in read], ranks.pop(), self.base.device)
+        return self.attach_concepts(bank)
+
+    def load_concept(self, folder: str | Path) -> torch.Tensor:
+        """Load and attach one concept; returns its [CLS] tokens (1, L, C)."""
+        bank = self.load_concepts([folder])
+        return bank.cls.to(self.image_encoder.dtype)

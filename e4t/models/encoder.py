@@ -81,9 +81,21 @@ class E4TEncoder(ModelMixin, ConfigMixin):
         pooled = torch.cat([b.mean(dim=(2, 3)) for b in block_outputs], dim=1)
         return self.act(self.unet_proj(pooled.to(self.unet_proj.weight.dtype)))
 
+    def hidden(
+        self, clip_features: torch.Tensor, block_outputs: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Everything up to the output layer: (B, H) + UNet block outputs → (B, H)."""
+        fused = torch.cat([clip_features, self.unet_features(block_outputs)], dim=1)
+        return self.head[:-1](fused)
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        layer = self.head[-1]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
     def forward(
         self, clip_features: torch.Tensor, block_outputs: list[torch.Tensor]
     ) -> torch.Tensor:
         """E(x, z_t, t): (B, H) CLIP features + UNet block outputs → (B, embed_dim)."""
-        fused = torch.cat([clip_features, self.unet_features(block_outputs)], dim=1)
-        return self.head(fused)
+        return self.output_layer(self.hidden(clip_features, block_outputs))
