@@ -217,11 +217,52 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_personalize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from e4t.config import PersonalizeConfig, load_config
+    from e4t.tracking import load_domain_model
+    from e4t.training.bulk import discover_concepts, personalize_folder
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"tune.num_steps={args.steps}")
+    if args.concepts_per_pass:
+        overrides.append(f"concepts_per_pass={args.concepts_per_pass}")
+    config = load_config(PersonalizeConfig, "personalize", args.preset, overrides)
+    model = load_domain_model(args.model, device=args.device)
+    total = len(discover_concepts(args.images))
+    with tqdm(total=total, desc="personalize", unit="concept") as bar:
+        result = personalize_folder(
+            args.images,
+            args.out,
+            model,
+            config.curate,
+            config.tune,
+            config.concepts_per_pass,
+            config.seed,
+            config.preview_steps,
+            args.model,
+            on_pass=lambda rows: bar.update(len(rows)),
+        )
+    summary = result["summary"]
+    print(
+        f"{summary['num_done']} of {summary['num_concepts']} concepts personalized "
+        f"({summary['num_skipped']} already done), {summary['num_rejected']} rejected, "
+        f"{summary['num_failed']} failed; {summary['seconds_per_concept']:.2f} s per concept"
+    )
+    for row in result["rows"]:
+        if row["status"] != "done":
+            print(f"  {row['concept_id']}: {row['status']} ({row.get('reason')})")
+    print(f"results: {args.out.rstrip('/')}/results.jsonl")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="e4t",
         description="E4T domain tuning. Stages: curate (photos → aligned WebDataset shards); "
-        "pretrain (encoder + offsets, torchrun); "
+        "pretrain (encoder + offsets, torchrun); personalize (a folder → concepts); "
         "model: init-model (base presets), init-domain, encode-concept, generate. "
         "Helpers: samples (fetch the sample photos), bench (speed and memory figures).",
     )
@@ -253,6 +294,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="e4t-datasets", help="MLflow experiment")
     p.add_argument("--progress", action="store_true", help="show the progress bar without a TTY")
     p.set_defaults(func=_cmd_curate)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="stage 2: pretrain encoder + offsets on curated shards",
+        description="Domain pretraining under torchrun (DDP); checkpoints and "
+        "resumes in OUTPUT; tracked in MLflow and registered as e4t-<domain>.",
+    )
+    p.add_argument("shards", help="curated folder (with stats.json), .tar URL or pattern")
+    p.add_argument("output", help="folder or URL for checkpoints and the model")
+    _add_config_args(p)
+    p.add_argument("--steps", type=int, help="override train.num_steps")
+    p.add_argument("--nproc-per-node", type=int, default=1)
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--rdzv-endpoint", help="HOST:PORT of the c10d rendezvous (several nodes)")
+    p.add_argument("--no-track", dest="track", action="store_false")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser(
+        "personalize",
+        help="stage 3: one concept per person from a folder",
+        description="Personalize every image (or sub-folder) of IMAGES in a few "
+        "tuning steps, many concepts per pass; reruns skip finished concepts.",
+    )
+    p.add_argument(
+        "images",
+        help="folder or s3:// prefix of photos (one per concept, or "
+        "one sub-folder per concept); optional concepts.csv",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="domain model: models:/e4t-faces@candidate, a version URI, or a folder",
+    )
+    p.add_argument("--out", required=True, help="output folder or URL")
+    _add_config_args(p)
+    p.add_argument("--steps", type=int, help="tuning steps (5–15)")
+    p.add_argument("--concepts-per-pass", type=int)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_personalize)
 
     p = sub.add_parser(
         "init-model",
@@ -348,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     from e4t.data.curation import CurationError
     from e4t.faces.landmarker import LandmarkerUnavailable
     from e4t.models.e4t_model import ArtifactError
+    from e4t.training.launch import TrainingFailed
 
     try:
         return int(args.func(args))
@@ -357,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         LandmarkerUnavailable,
         FileNotFoundError,
         ArtifactError,
+        TrainingFailed,
     ) as err:
         print(f"e4t: error: {err}", file=sys.stderr)
         return 2

@@ -217,6 +217,14 @@ class TuneConfig(StrictModel):
     artifact_dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
 
 
+class PersonalizeConfig(StrictModel):
+    tune: TuneConfig = TuneConfig()
+    curate: CurateConfig = CurateConfig(align=AlignConfig(resolution_px=256))
+    concepts_per_pass: int = Field(8, ge=1, description="concepts tuned together in one pass")
+    preview_steps: int = Field(20, ge=1, description="sampling steps of the previews")
+    seed: int = 0
+
+
 # --------------------------------------------------------------------------- loading
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -285,3 +285,68 @@ def load_domain_model(model_uri: str, device: str = "cpu") -> Any:
     if "base_model" in folders:
         overrides["base_model"] = str(folders["base_model"])
     return E4TModel.from_pretrained(folders["domain_model"], overrides=overrides)
+
+
+# --------------------------------------------------------------------------- personalization
+
+PERSONALIZE_EXPERIMENT = "e4t-personalize"
+
+
+def log_personalization(
+    output_url: str,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    params: dict[str, Any],
+    experiment: str = PERSONALIZE_EXPERIMENT,
+) -> str:
+    """One parent run for the job; one child run per concept tuned now, with its metrics,
+    previews and concept artifact. Returns the parent run id."""
+    mlflow = _mlflow()
+    experiment_id = get_or_create_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="personalize-bulk") as parent:
+        mlflow.set_tags(
+            {
+                "e4t.stage": "personalize",
+                "e4t.version": __version__,
+                "e4t.output_url": output_url,
+                "e4t.model_uri": str(params.get("model_uri", "")),
+            }
+        )
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+        mlflow.log_metrics(
+            {
+                k: float(v)
+                for k, v in summary.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            results = Path(tmp) / "results.jsonl"
+            results.write_bytes(eio.read_bytes(eio.join(output_url, "results.jsonl")))
+            mlflow.log_artifact(str(results))
+        for row in rows:
+            if row.get("status") != "done" or row.get("skipped"):
+                continue
+            cid = row["concept_id"]
+            with mlflow.start_run(
+                run_name=f"concept-{cid}", nested=True, experiment_id=experiment_id
+            ):
+                mlflow.set_tags({"e4t.concept_id": cid, "e4t.stage": "personalize-concept"})
+                mlflow.log_metrics(
+                    {
+                        k: float(row[k])
+                        for k in ("final_loss", "seconds", "artifact_bytes", "steps")
+                        if row.get(k) is not None
+                    }
+                )
+                with tempfile.TemporaryDirectory() as tmp:
+                    for kind, prefix in (
+                        ("concept", eio.join(output_url, "concepts", cid)),
+                        ("previews", eio.join(output_url, "previews", cid)),
+                    ):
+                        folder = Path(tmp) / kind
+                        folder.mkdir()
+                        for url in eio.list_files(prefix):
+                            (folder / url.rsplit("/", 1)[-1]).write_bytes(eio.read_bytes(url))
+                        mlflow.log_artifacts(str(folder), artifact_path=kind)
+        return str(parent.info.run_id)

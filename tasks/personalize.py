@@ -1,0 +1,86 @@
+"""Personalization tasks: plan passes, tune a pass, write results, log MLflow runs."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from e4t.config import PersonalizeConfig, load_config
+from e4t.tracking import load_domain_model, log_personalization
+from e4t.training import bulk
+
+
+def resolve_personalize_config(
+    preset: str | None, overrides: list[str] | None
+) -> PersonalizeConfig:
+    return load_config(PersonalizeConfig, "personalize", preset, overrides)
+
+
+@functools.lru_cache(maxsize=2)
+def _model(model_uri: str, device: str) -> Any:
+    return load_domain_model(model_uri, device=device)  # once per worker process
+
+
+@task(name="plan-personalization")
+def plan(images_url: str, preset: str | None, overrides: list[str] | None) -> list[list[str]]:
+    """Concept ids in passes of ``concepts_per_pass`` (fails fast on a missing folder)."""
+    config = resolve_personalize_config(preset, overrides)
+    ids = [spec.concept_id for spec in bulk.discover_concepts(images_url)]
+    if not ids:
+        raise FileNotFoundError(f"{images_url}: no images to personalize")
+    n = config.concepts_per_pass
+    get_run_logger().info("%d concepts in passes of %d", len(ids), n)
+    return [ids[i : i + n] for i in range(0, len(ids), n)]
+
+
+@task(name="check-model", retries=2, retry_delay_seconds=5)
+def check_model(model_uri: str, device: str) -> str:
+    """Load the domain model once up front: an unknown URI fails before any tuning."""
+    return _model(model_uri, device).fingerprint()
+
+
+@task(name="personalize-pass", retries=1, retry_delay_seconds=5, tags=["e4t-personalize"])
+def personalize_pass(
+    images_url: str,
+    output_url: str,
+    concept_ids: list[str],
+    model_uri: str,
+    device: str,
+    preset: str | None,
+    overrides: list[str] | None,
+) -> list[dict[str, Any]]:
+    config = resolve_personalize_config(preset, overrides)
+    specs = [s for s in bulk.discover_concepts(images_url) if s.concept_id in set(concept_ids)]
+    rows = bulk.personalize_pass(
+        _model(model_uri, device),
+        specs,
+        output_url,
+        config.curate,
+        config.tune,
+        config.seed,
+        config.preview_steps,
+        model_uri,
+    )
+    done = sum(r["status"] == "done" for r in rows)
+    get_run_logger().info("pass of %d concepts: %d done", len(specs), done)
+    return rows
+
+
+@task(name="write-results")
+def write_results(
+    output_url: str, rows: list[dict[str, Any]], extra: dict[str, Any]
+) -> dict[str, Any]:
+    return bulk.write_results(output_url, rows, extra)
+
+
+@task(name="log-personalization", retries=2, retry_delay_seconds=5)
+def log_runs(
+    output_url: str,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    params: dict[str, Any],
+    experiment: str,
+) -> str:
+    return log_personalization(output_url, rows, summary, params, experiment)
