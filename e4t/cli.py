@@ -103,6 +103,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             ).report()
         )
         return 0
+    if args.what == "personalize":
+        from e4t.bench import bench_personalize
+
+        print(
+            bench_personalize(
+                preset=args.preset,
+                num_steps=args.tune_steps,
+                draws=args.draws,
+                resolution_px=args.resolution_px,
+                device=args.device,
+                dtype=args.dtype,
+            ).report()
+        )
+        return 0
     if args.what == "pretrain":
         from e4t.bench import bench_pretrain
 
@@ -395,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench", help="print speed figures", description="Benchmarks that print figures."
     )
-    p.add_argument("what", choices=["curate", "model", "pretrain"])
+    p.add_argument("what", choices=["curate", "model", "pretrain", "personalize"])
     p.add_argument("--num-images", type=int, default=48)
     p.add_argument("--size-px", type=int, default=1024, help="long side of the test photos")
     p.add_argument("--workers", type=int, default=2)
@@ -413,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offsets", default="multiplicative", choices=["multiplicative", "lowrank"])
     p.add_argument("--steps", type=int, default=3, help="model: timed steps after a warm-up")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--tune-steps", type=int, default=5, help="personalize: tuning steps")
+    p.add_argument("--draws", type=int, default=4, help="personalize: draws per concept")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -1,6 +1,7 @@
 """``make demo``: the pipeline on the embedded default (sample photos, tiny preset,
 ephemeral Prefect, local MLflow database): ``curate-domain``, then ``pretrain-domain`` for
-a short schedule. Later stages extend it.
+a short schedule, then ``personalize-bulk`` on the sample photos with the registered model
+(``models:/e4t-faces@candidate``), writing concepts and previews. Later stages extend it.
 
     python -m flows.demo [--out DIR]
 """
@@ -46,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         preset="tiny",
         steps=args.steps,
     )
+    from flows.personalize_bulk import personalize_bulk
+
+    personalized = personalize_bulk(
+        images_url=str(photos),
+        model_uri=trained["alias_uri"],
+        output_url=str(out / "concepts"),
+        preset="tiny",
+    )
     stats = result["stats"]
     print()
     print(f"curate-domain: {stats['num_inputs']} photos → {stats['num_samples']} aligned faces")
@@ -63,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         f"  MLflow run {trained['run_id']}, registered {trained['model_uri']} "
         f"({trained['alias_uri']})"
     )
+    summary = personalized["summary"]
+    print(
+        f"personalize-bulk: {summary['num_done']} of {summary['num_concepts']} photos "
+        f"personalized ({summary['seconds_per_concept']:.2f} s per concept), "
+        f"{summary['num_rejected']} rejected"
+    )
+    print(f"  concepts  {out / 'concepts' / 'concepts'}")
+    print(f"  previews  {out / 'concepts' / 'previews'}")
+    print(f"  results   {out / 'concepts' / 'results.jsonl'}")
     print("open the MLflow UI with:")
     print(f"    .venv/bin/{ui_command()}")
     return 0

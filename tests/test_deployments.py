@@ -82,6 +82,39 @@ def test_pretrain_deployment_runs_on_a_process_worker(
         result = json.loads((out / "launch.json").read_text())
         assert result["registered"] and result["alias_uri"] == "models:/e4t-faces@candidate"
         assert (out / "model" / "e4t_config.json").exists()
+
+        # the folder watcher starts a personalize-bulk run for each READY batch, once
+        inbox = tmp_path / "inbox"
+        (inbox / "batch-1").mkdir(parents=True)
+        (inbox / "batch-1" / "a.jpg").write_bytes(b"x")
+        (inbox / "batch-2").mkdir()  # not READY yet
+        (inbox / "batch-1" / "READY").write_text("")
+        watch = [
+            sys.executable,
+            "-m",
+            "flows.watch",
+            str(inbox),
+            "--out-root",
+            str(tmp_path / "concepts"),
+            "--model-uri",
+            str(out / "model"),
+            "--once",
+        ]
+        for _ in range(2):
+            done = subprocess.run(
+                watch,
+                env={**env, "PREFECT_API_URL": api},
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+        state = json.loads((inbox / ".e4t-watch.json").read_text())
+        assert list(state["batches"]) == ["batch-1"]
+        run = _flow_run(api, state["batches"]["batch-1"]["flow_run_id"])
+        assert run["parameters"]["images_url"] == str(inbox / "batch-1")
+        assert run["state"]["type"] == "SCHEDULED"  # waits for a worker
     finally:
         if worker is not None:
             worker.stop()

@@ -79,3 +79,33 @@ def test_generation_with_the_tuned_concept_differs_from_the_class_word(
         ]
     )
     assert diff > 2.0, diff
+
+
+def test_bench_personalize_prints_rates_ratio_and_sizes() -> None:
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "e4t.cli",
+            "bench",
+            "personalize",
+            "--tune-steps",
+            "1",
+            "--draws",
+            "1",
+            "--resolution-px",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for label in ("sequential", "K = 4", "K = 8"):
+        assert re.search(rf"{label}\s+[\d.]+ s per concept \(throughput × [\d.]+", done.stdout)
+    share = float(re.search(r"= ([\d.]+) % of the base UNet", done.stdout)[1])
+    assert 0 < share < 1.0  # a concept is under 1 % of the UNet
