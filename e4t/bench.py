@@ -355,12 +355,14 @@ def bench_personalize(
     from e4t.training.tune import face_input, tune_concepts
 
     hidden = 32 if preset == "tiny" else 768
-    config = ModelConfig(
-        base_model=f"preset:{preset}",
-        dtype=dtype,
-        device=device,  # type: ignore[arg-type]
-        encoder={"hidden_dim": hidden},
-    )  # type: ignore[arg-type]
+    config = ModelConfig.model_validate(
+        {
+            "base_model": f"preset:{preset}",
+            "dtype": dtype,
+            "device": device,
+            "encoder": {"hidden_dim": hidden},
+        }
+    )
     model = E4TModel.from_config(config, base=build_base_models(preset, config))
     tune = TuneConfig(num_steps=num_steps, draws_per_concept=draws, resolution_px=resolution_px)
     with tempfile.TemporaryDirectory() as tmp:

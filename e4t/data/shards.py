@@ -10,6 +10,7 @@ import io
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from e4t import io as eio
 
@@ -53,13 +54,13 @@ def write_shard(url: str, samples: Iterable[dict[str, bytes | str]]) -> int:
     return count
 
 
-def read_shard(url: str) -> Iterator[dict[str, bytes | str]]:
+def read_shard(url: str) -> Iterator[dict[str, Any]]:
     """Samples of one shard in file order (fields grouped by key, as WebDataset groups them).
 
     Member names with absolute paths or ``..`` are refused: shards may come from anywhere.
     """
     data = eio.read_bytes(url)
-    current: dict[str, bytes | str] | None = None
+    current: dict[str, Any] | None = None
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for member in tar:
             if not member.isfile():
