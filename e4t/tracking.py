@@ -330,7 +330,7 @@ def log_personalization(
             cid = row["concept_id"]
             with mlflow.start_run(
                 run_name=f"concept-{cid}", nested=True, experiment_id=experiment_id
-            ):
+            ) as child:
                 mlflow.set_tags({"e4t.concept_id": cid, "e4t.stage": "personalize-concept"})
                 mlflow.log_metrics(
                     {
@@ -349,4 +349,20 @@ def log_personalization(
                         for url in eio.list_files(prefix):
                             (folder / url.rsplit("/", 1)[-1]).write_bytes(eio.read_bytes(url))
                         mlflow.log_artifacts(str(folder), artifact_path=kind)
+                    # each concept version is also a logged model (MLflow 3's model entity)
+                    logged = mlflow.create_external_model(
+                        name=f"concept-{cid}",
+                        source_run_id=child.info.run_id,
+                        params={
+                            "steps": str(row.get("steps")),
+                            "model_uri": str(params.get("model_uri", "")),
+                        },
+                        tags={"e4t.concept_id": cid},
+                        model_type="e4t-concept",
+                        experiment_id=experiment_id,
+                    )
+                    mlflow.MlflowClient().log_model_artifacts(
+                        logged.model_id, str(Path(tmp) / "concept")
+                    )
+                    mlflow.set_tag("e4t.concept_model_id", logged.model_id)
         return str(parent.info.run_id)

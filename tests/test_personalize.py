@@ -84,6 +84,11 @@ def test_personalize_bulk_flow(
         listed = {a.path for a in client.list_artifacts(child.info.run_id, "concept")}
         assert "concept/concept.safetensors" in listed
         assert client.list_artifacts(child.info.run_id, "previews")
+        logged = client.get_logged_model(child.data.tags["e4t.concept_model_id"])
+        assert logged.name == f"concept-{child.data.tags['e4t.concept_id']}"
+        assert logged.source_run_id == child.info.run_id
+        files = {a.path for a in client.list_logged_model_artifacts(logged.model_id)}
+        assert "concept.safetensors" in files
 
     stamp = (out / "concepts" / "obama" / "concept.json").stat().st_mtime_ns
     again = personalize_bulk(**kwargs)
