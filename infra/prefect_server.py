@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from infra.seaweedfs import free_ports
+from infra.processes import Background, free_ports
+from infra.processes import start_background as _start
+
+WORKER_SIGNALS = (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL)
 
 
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
@@ -37,53 +38,8 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-@dataclass
-class Background:
-    """A background process in its own session, stopped by signalling its group."""
-
-    pid: int
-    pid_file: Path
-
-    def alive(self) -> bool:
-        try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().split()[2]
-        except OSError:
-            return False
-        return state != "Z"
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        # a Prefect worker needs a second SIGTERM to exit
-        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + timeout_s / 2
-            while time.monotonic() < deadline and self.alive():
-                try:
-                    os.waitpid(self.pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-                time.sleep(0.2)
-            if not self.alive():
-                break
-        self.pid_file.unlink(missing_ok=True)
-
-
 def start_background(cmd: list[str], env: dict[str, str], root: Path, name: str) -> Background:
-    root.mkdir(parents=True, exist_ok=True)
-    log = open(root / f"{name}.log", "ab")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-        cwd=env.get("E4T_PROJECT_DIR"),
-    )
-    pid_file = root / f"{name}.pid"
-    pid_file.write_text(str(proc.pid))
-    return Background(proc.pid, pid_file)
+    return _start(cmd, env, root, name, cwd=env.get("E4T_PROJECT_DIR"))
 
 
 def start_server(
@@ -128,7 +84,8 @@ def _main(argv: list[str]) -> int:
         print(api)
         return 0
     for pid_file in root.glob("*.pid"):
-        Background(int(pid_file.read_text()), pid_file).stop()
+        # a Prefect worker needs a second SIGTERM to exit
+        Background(int(pid_file.read_text()), pid_file).stop(signals=WORKER_SIGNALS)
     return 0
 
 

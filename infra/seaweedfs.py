@@ -14,28 +14,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.processes import Background, free_ports, start_background
+
 PORT_NAMES = ("master", "volume", "filer", "s3", "webdav", "admin")
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def weed_binary() -> str:
@@ -82,12 +68,8 @@ class SeaweedS3:
         if buckets:
             cmd.append(f"-bucket={','.join(buckets)}")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-        log = open(root / "weed.log", "ab")
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
-        )
-        (root / "weed.pid").write_text(str(proc.pid))
-        server = cls(root=root, pid=proc.pid, endpoint=f"http://127.0.0.1:{ports['s3']}")
+        process = start_background(cmd, env, root, "weed", cwd=root)
+        server = cls(root=root, pid=process.pid, endpoint=f"http://127.0.0.1:{ports['s3']}")
         (root / "endpoint.json").write_text(json.dumps({"endpoint": server.endpoint}))
         try:
             server.wait_healthy(access_key, secret_key, timeout_s)
@@ -122,34 +104,11 @@ class SeaweedS3:
         )
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        # a zombie child still answers kill(0); look at its state
-        try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().split()[2]
-        except OSError:
-            return False
-        return state != "Z"
+        return Background(self.pid, self.root / "weed.pid").alive()
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and self.alive():
-                try:
-                    os.waitpid(self.pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-                time.sleep(0.2)
-            if not self.alive():
-                break
-        (self.root / "weed.pid").unlink(missing_ok=True)
+        Background(self.pid, self.root / "weed.pid").stop(timeout_s)
 
 
 def _main(argv: list[str]) -> int:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-from e4t.samples import cache_dir
+from e4t.samples import cache_dir, fetch_from_registry
 
 logger = logging.getLogger(__name__)
 
@@ -50,33 +48,10 @@ def clip_bpe_path() -> Path:
     target = cache_dir() / "clip" / "bpe_simple_vocab_16e6.txt.gz"
     if target.exists():
         return target
-    wheels = cache_dir() / "clip" / "wheel"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob("open_clip_torch-*.whl"))
-    if not found:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-            str(wheels),
-            OPEN_CLIP_WHEEL,
-        ]
-        logger.info("fetching the CLIP BPE vocabulary: %s", " ".join(cmd))
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        found = sorted(wheels.glob("open_clip_torch-*.whl"))
-        if done.returncode != 0 or not found:
-            raise RuntimeError(
-                f"could not fetch {OPEN_CLIP_WHEEL} into {wheels}: {done.stderr.strip()[-1500:]}\n"
-                f"Copy {BPE_MEMBER} from any open_clip_torch wheel to {target} instead."
-            )
-    with zipfile.ZipFile(found[0]) as wheel:
+    wheel_path = fetch_from_registry(
+        OPEN_CLIP_WHEEL, cache_dir() / "clip" / "wheel", "open_clip_torch-*.whl", sdist=False
+    )
+    with zipfile.ZipFile(wheel_path) as wheel:
         data = wheel.read(BPE_MEMBER)
     tmp = target.with_suffix(".tmp")
     tmp.write_bytes(data)
