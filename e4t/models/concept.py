@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from e4t.models.offsets import hook_projections, remove_hooks
+
 CONCEPT_TENSORS = "concept.safetensors"
 CONCEPT_CONFIG = "concept.json"
 FORMAT = "e4t-concept-v1"
@@ -91,17 +93,11 @@ class ConceptBank(nn.Module):
 
     def attach(self, unet: nn.Module) -> ConceptBank:
         self.detach()
-        for path in self.paths:
-            linear = unet.get_submodule(path)
-            if (linear.out_features, linear.in_features) != self.shapes[path]:
-                raise ValueError(f"concept delta {path} does not fit this UNet")
-            self._handles.append(linear.register_forward_hook(self._hook_for(path)))
+        self._handles = hook_projections(unet, self.shapes, self._hook_for, "concept delta")
         return self
 
     def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        remove_hooks(self._handles)
 
     def _hook_for(self, path: str) -> Any:
         key = _key(path)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,33 @@ def find_projections(
     if not found:
         raise ValueError(f"no attention projections matched targets={targets}: is this a UNet?")
     return found
+
+
+def hook_projections(
+    unet: nn.Module, shapes: dict[str, tuple[int, ...]], make_hook: Callable[[str], Any], what: str
+) -> list[Any]:
+    """Register ``make_hook(path)`` on each projection, checking it is (out, in) = shape."""
+    handles: list[Any] = []
+    for path, expected in shapes.items():
+        try:
+            linear = unet.get_submodule(path)
+        except AttributeError as err:
+            remove_hooks(handles)
+            raise ValueError(f"{what} {path!r} has no projection in this UNet") from err
+        if (linear.out_features, linear.in_features) != tuple(expected):
+            remove_hooks(handles)
+            raise ValueError(
+                f"{what} {path}: UNet projection is "
+                f"{(linear.out_features, linear.in_features)}, {what} {expected}"
+            )
+        handles.append(linear.register_forward_hook(make_hook(path)))
+    return handles
+
+
+def remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
 
 
 class WeightOffsets(ModelMixin, ConfigMixin):
@@ -109,24 +136,12 @@ class WeightOffsets(ModelMixin, ConfigMixin):
     def attach(self, unet: nn.Module) -> WeightOffsets:
         """Hook every projection of ``unet``; the UNet must match the shapes exactly."""
         self.detach()
-        for path in self.paths:
-            try:
-                linear = unet.get_submodule(path)
-            except AttributeError as err:
-                raise ValueError(f"offset {path!r} has no projection in this UNet") from err
-            expected = tuple(self.config.shapes[path])
-            if (linear.out_features, linear.in_features) != expected:
-                raise ValueError(
-                    f"offset {path}: UNet projection is "
-                    f"{(linear.out_features, linear.in_features)}, offset {expected}"
-                )
-            self._handles.append(linear.register_forward_hook(self._hook_for(path)))
+        shapes = {p: tuple(self.config.shapes[p]) for p in self.paths}
+        self._handles = hook_projections(unet, shapes, self._hook_for, "offset")
         return self
 
     def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        remove_hooks(self._handles)
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -97,7 +98,7 @@ def preview_grid(
     )
     tiles = []
     for face in faces:
-        image = Image.open(__import__("io").BytesIO(face["jpg"])).convert("RGB")
+        image = Image.open(io.BytesIO(face["jpg"])).convert("RGB")
         cls = model.clip_cls(clip_pixels(model, image))
         (gen,) = generate(
             model, cls, ["a photo of {}"], 1, seed, GenerationConfig(num_steps=steps, batch_size=1)
@@ -153,8 +154,9 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         return {"step": start}
 
     urls = shard_urls(config.data.shards)
-    held_out = held_out_samples(urls, config.data.num_preview) if world.is_main else []
-    held_keys = frozenset(s["__key__"] for s in held_out_samples(urls, config.data.num_preview))
+    held = held_out_samples(urls, config.data.num_preview)  # every rank excludes them
+    held_keys = frozenset(s["__key__"] for s in held)
+    held_out = held if world.is_main else []
     micro = config.train.batch_size
     accum = config.optim.grad_accum
     transform = SampleTransform(
