@@ -23,9 +23,8 @@ from tasks import personalize as t
 
 @flow(name="personalize-passes")
 def personalize_passes(
-    images_url: str,
     output_url: str,
-    passes: list[list[str]],
+    passes: list[list[dict[str, Any]]],
     model_uri: str,
     device: str,
     preset: str | None,
@@ -37,8 +36,8 @@ def personalize_passes(
         description=f"concepts personalized (%) → {output_url}",
     )
     futures = [
-        t.personalize_pass.submit(images_url, output_url, ids, model_uri, device, preset, overrides)
-        for ids in passes
+        t.personalize_pass.submit(output_url, specs, model_uri, device, preset, overrides)
+        for specs in passes
     ]
     total = sum(len(ids) for ids in passes)
     rows: list[dict[str, Any]] = []
@@ -76,7 +75,7 @@ def personalize_bulk(
     t.check_model(model_uri, device)
     runner = make_task_runner(task_runner, max_workers, dask_address)
     rows = personalize_passes.with_options(task_runner=runner)(
-        images_url, output_url, passes, model_uri, device, preset, sets
+        output_url, passes, model_uri, device, preset, sets
     )
     summary = t.write_results(
         output_url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -24,15 +25,18 @@ def _model(model_uri: str, device: str) -> Any:
 
 
 @task(name="plan-personalization")
-def plan(images_url: str, preset: str | None, overrides: list[str] | None) -> list[list[str]]:
-    """Concept ids in passes of ``concepts_per_pass`` (fails fast on a missing folder)."""
+def plan(
+    images_url: str, preset: str | None, overrides: list[str] | None
+) -> list[list[dict[str, Any]]]:
+    """Concepts (id, sources, prompts) in passes of ``concepts_per_pass``; the folder is
+    listed once here and fails fast when missing or empty."""
     config = resolve_personalize_config(preset, overrides)
-    ids = [spec.concept_id for spec in bulk.discover_concepts(images_url)]
-    if not ids:
+    specs = [dataclasses.asdict(spec) for spec in bulk.discover_concepts(images_url)]
+    if not specs:
         raise FileNotFoundError(f"{images_url}: no images to personalize")
     n = config.concepts_per_pass
-    get_run_logger().info("%d concepts in passes of %d", len(ids), n)
-    return [ids[i : i + n] for i in range(0, len(ids), n)]
+    get_run_logger().info("%d concepts in passes of %d", len(specs), n)
+    return [specs[i : i + n] for i in range(0, len(specs), n)]
 
 
 @task(name="check-model", retries=2, retry_delay_seconds=5)
@@ -43,19 +47,17 @@ def check_model(model_uri: str, device: str) -> str:
 
 @task(name="personalize-pass", retries=1, retry_delay_seconds=5, tags=["e4t-personalize"])
 def personalize_pass(
-    images_url: str,
     output_url: str,
-    concept_ids: list[str],
+    specs: list[dict[str, Any]],
     model_uri: str,
     device: str,
     preset: str | None,
     overrides: list[str] | None,
 ) -> list[dict[str, Any]]:
     config = resolve_personalize_config(preset, overrides)
-    specs = [s for s in bulk.discover_concepts(images_url) if s.concept_id in set(concept_ids)]
     rows = bulk.personalize_pass(
         _model(model_uri, device),
-        specs,
+        [bulk.ConceptSpec(**spec) for spec in specs],
         output_url,
         config.curate,
         config.tune,

@@ -215,6 +215,41 @@ def _judge_face(
     return quality, None, None, aligned
 
 
+@dataclass
+class CuratedFace:
+    """One photo through curation's path: the aligned face and its mask, or why not."""
+
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    detail: str | None = None
+
+
+def curate_one(data: bytes, config: CurateConfig) -> CuratedFace:
+    """Decode → detect → align → quality gates for a single photo (its largest face).
+
+    The same gates as a curation job, minus near-duplicate search (that needs the job).
+    """
+    decoded = decode_image(data, config.decode)
+    if decoded.image is None:
+        return CuratedFace(reason=decoded.reason or "undecodable", detail=decoded.detail)
+    faces = _landmarker(config).detect_batch([decoded.image])[0]
+    if not faces:
+        return CuratedFace(reason="no_face", detail="no face detected")
+    if len(faces) > 1 and config.quality.multiple_faces == "reject":
+        return CuratedFace(
+            reason="multiple_faces",
+            detail=f"{len(faces)} faces and quality.multiple_faces=reject",
+        )
+    face = max(faces, key=lambda f: f.size_px)
+    quality, reason, detail, aligned = _judge_face(face, decoded.image, config, _Timer())
+    if reason is not None:
+        return CuratedFace(quality=quality, reason=reason, detail=detail)
+    mask = face_mask(aligned.landmarks, config.align.resolution_px)
+    return CuratedFace(aligned.image, mask, quality)
+
+
 def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[str, Any]:
     """Process partition ``index`` of the plan in ``output_url``; skip it when already done.
 

@@ -30,9 +30,8 @@ from PIL import Image
 
 from e4t import io as eio
 from e4t.config import CurateConfig, TuneConfig
-from e4t.data.curation import _judge_face, _landmarker, _Timer
-from e4t.data.decode import decode_image, is_image_name
-from e4t.faces.alignment import face_mask
+from e4t.data.curation import curate_one
+from e4t.data.decode import is_image_name
 from e4t.models.e4t_model import E4TModel
 from e4t.training.tune import FaceInput, face_input, tune_concepts
 
@@ -85,24 +84,14 @@ def prepare_face(
         if not is_image_name(source):
             reasons.append("unsupported_extension")
             continue
-        decoded = decode_image(eio.read_bytes(source), curate.decode)
-        if decoded.image is None:
-            reasons.append(decoded.reason or "undecodable")
+        curated = curate_one(eio.read_bytes(source), curate)
+        if curated.image is None or curated.mask is None:
+            reasons.append(curated.reason or "rejected")
             continue
-        faces = _landmarker(curate).detect_batch([decoded.image])[0]
-        if not faces:
-            reasons.append("no_face")
-            continue
-        face = max(faces, key=lambda f: f.size_px)
-        _, reason, _, aligned = _judge_face(face, decoded.image, curate, _Timer())
-        if reason is not None:
-            reasons.append(reason)
-            continue
-        mask = face_mask(aligned.landmarks, curate.align.resolution_px)
         return (
             face_input(
-                Image.fromarray(aligned.image),
-                Image.fromarray(mask),
+                Image.fromarray(curated.image),
+                Image.fromarray(curated.mask),
                 tune.resolution_px,
                 image_processor,
             ),
