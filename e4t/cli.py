@@ -272,6 +272,33 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from e4t.tracking import ui_command
+    from flows.evaluate import evaluate
+
+    out = evaluate(
+        model_uri=args.model,
+        concepts_url=args.concepts,
+        output_url=args.out,
+        preset=args.preset,
+        prompts=args.prompt or None,
+        seeds=args.seeds,
+        steps=args.steps,
+        baselines=args.baselines,
+        device=args.device,
+        track=not args.no_track,
+        overrides=list(args.overrides),
+    )
+    print(f"report: {out['urls']['report']}")
+    decision = out.get("promotion")
+    if decision:
+        verdict = "promoted" if decision["promoted"] else "kept"
+        print(f"promotion ({decision['metric']}): {verdict}: {decision.get('reason')}")
+    if out.get("mlflow_run_id"):
+        print(f"MLflow run {out['mlflow_run_id']}; open the UI: {ui_command()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="e4t",
@@ -348,6 +375,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concepts-per-pass", type=int)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_personalize)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="stage 4: identity, prompt alignment and speed against baselines",
+        description="Tune each concept with E4T and the baselines (Textual Inversion, E4T "
+        "without pretraining) at each budget, generate, score identity / CLIP-T / CLIP-I / "
+        "diversity, write report.html, log one MLflow run and move @champion when the "
+        "candidate beats it.",
+    )
+    p.add_argument("concepts", help="folder of face photos, or a personalize-bulk output")
+    p.add_argument(
+        "--model", required=True, help="models:/e4t-faces@candidate, a version URI, or a folder"
+    )
+    p.add_argument("--out", required=True, help="output folder or URL for the report")
+    _add_config_args(p)
+    p.add_argument("--prompt", action="append", help="a prompt with {} (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--steps", type=int, nargs="+", help="tuning budgets, e.g. 0 5 15 50")
+    p.add_argument(
+        "--baselines", nargs="*", choices=["textual-inversion", "no-pretraining"], default=None
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-track", action="store_true", help="no MLflow run, no promotion")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
         "init-model",

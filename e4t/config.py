@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -223,6 +223,71 @@ class PersonalizeConfig(StrictModel):
     concepts_per_pass: int = Field(8, ge=1, description="concepts tuned together in one pass")
     preview_steps: int = Field(20, ge=1, description="sampling steps of the previews")
     seed: int = 0
+
+
+# --------------------------------------------------------------------------- evaluation
+
+EvalMethod = Literal["e4t", "textual-inversion", "no-pretraining"]
+EVAL_METHODS: list[EvalMethod] = ["e4t", "textual-inversion", "no-pretraining"]
+
+
+class IdentityConfig(StrictModel):
+    backend: Literal["dlib", "arcface"] = Field(
+        "dlib", description="dlib: ResNet descriptor, offline; arcface: IResNet safetensors"
+    )
+    upsample: int = Field(1, ge=0, le=3, description="dlib detector upsampling")
+    arcface_weights: str | None = Field(None, description="IResNet weights (.safetensors)")
+    arcface_depth: Literal["r18", "r34", "r50", "r100"] = "r50"
+
+
+class ClipScoreConfig(StrictModel):
+    model: str = Field(
+        "openai/clip-vit-large-patch14",
+        description="transformers CLIPModel id or folder; 'tiny' = a seeded random tiny CLIP",
+    )
+    device: str = "cpu"
+
+
+class PromotionConfig(StrictModel):
+    enabled: bool = True
+    metric: str = Field("e4t.identity", description="evaluation metric compared")
+    mode: Literal["max", "min"] = "max"
+    min_delta: float = Field(0.0, description="the candidate must beat the champion by this")
+    alias: str = "champion"
+
+
+class EvaluateConfig(StrictModel):
+    prompts: list[str] = [
+        "a photo of {}",
+        "a painting of {} in the style of van gogh",
+        "{} as an astronaut, digital art",
+        "a pencil sketch of {}",
+    ]
+    seeds: list[int] = [0, 1]
+    steps: list[int] = Field([0, 5, 15, 50], description="tuning budgets reported")
+    methods: list[EvalMethod] = Field(
+        list(EVAL_METHODS), description="E4T and the baselines, same budgets and seeds"
+    )
+    max_concepts: int = Field(8, ge=1, description="concepts evaluated (sorted by id)")
+    concepts_per_pass: int = Field(8, ge=1)
+    tune: TuneConfig = TuneConfig()
+    curate: CurateConfig = CurateConfig(align=AlignConfig(resolution_px=256))
+    generation_steps: int = Field(30, ge=1)
+    guidance_scale: float = 7.5
+    resolution_px: int | None = Field(
+        None, ge=16, description="generated image size (default: the UNet's native size)"
+    )
+    identity: IdentityConfig = IdentityConfig()
+    clip: ClipScoreConfig = ClipScoreConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    seed: int = 0
+
+    @field_validator("steps")
+    @classmethod
+    def _sorted_steps(cls, steps: list[int]) -> list[int]:
+        if not steps or min(steps) < 0:
+            raise ValueError("steps: a non-empty list of budgets >= 0")
+        return sorted(set(steps))
 
 
 # --------------------------------------------------------------------------- loading

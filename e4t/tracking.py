@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -208,12 +209,26 @@ def register_domain_model(
 ) -> dict[str, str]:
     """Log the domain model as a pyfunc (models-from-code: nothing pickled) in ``run_id``,
     register it as a new version of ``e4t-<domain>`` and point ``alias`` at it."""
-    mlflow = _mlflow()
-    artifacts = {"domain_model": str(model_dir)}
+    folders = {"domain_model": Path(model_dir)}
     if base_model and Path(base_model).is_dir():
         size = sum(p.stat().st_size for p in Path(base_model).rglob("*") if p.is_file())
         if size < 512 * 2**20:  # bundle small local bases (the tiny preset); hub ids stay ids
-            artifacts["base_model"] = str(base_model)
+            folders["base_model"] = Path(base_model)
+    with tempfile.TemporaryDirectory() as staging:
+        # pyfunc stores each artifact folder under its own base name: stage them under the
+        # names download_domain_model looks for
+        artifacts = {}
+        for key, folder in folders.items():
+            if folder.name != key:
+                folder = Path(shutil.copytree(folder, Path(staging) / key))
+            artifacts[key] = str(folder)
+        return _log_and_register(run_id, artifacts, domain, alias)
+
+
+def _log_and_register(
+    run_id: str, artifacts: dict[str, str], domain: str, alias: str
+) -> dict[str, str]:
+    mlflow = _mlflow()
     code = Path(__file__).parent / "mlflow_model.py"
     name = f"e4t-{domain}"
     import pandas as pd
@@ -363,3 +378,189 @@ def log_personalization(
                     )
                     mlflow.set_tag("e4t.concept_model_id", logged.model_id)
         return str(parent.info.run_id)
+
+
+def _copy_to_local(urls: dict[str, str], folder: Path) -> list[Path]:
+    out = []
+    for url in urls.values():
+        path = folder / url.rsplit("/", 1)[-1]
+        path.write_bytes(eio.read_bytes(url))
+        out.append(path)
+    return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+EVALUATE_EXPERIMENT = "e4t-evaluate"
+
+
+def resolve_model_version(model_uri: str) -> tuple[str, str] | None:
+    """(registered name, version) of ``models:/name@alias`` or ``models:/name/3``; None for
+    a folder or a run URI."""
+    if not model_uri.startswith("models:/"):
+        return None
+    ref = model_uri[len("models:/") :]
+    client = _mlflow().MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = ref.partition("/")
+    if not version.isdigit():
+        raise ValueError(f"{model_uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
+    return name, str(client.get_model_version(name, version).version)
+
+
+def pin_model_uri(model_uri: str) -> str:
+    """``models:/name@alias`` → ``models:/name/<version it points at now>`` (cache keys must
+    not outlive an alias move); other URIs unchanged."""
+    if model_uri.startswith("models:/") and "@" in model_uri:
+        found = resolve_model_version(model_uri)
+        if found:
+            return f"models:/{found[0]}/{found[1]}"
+    return model_uri
+
+
+def find_personalization_runs(output_url: str) -> tuple[str | None, list[str]]:
+    """The personalize-bulk parent run that wrote ``output_url`` and its concept runs."""
+    mlflow = _mlflow()
+    found = mlflow.get_experiment_by_name(PERSONALIZE_EXPERIMENT)
+    if found is None:
+        return None, []
+    quoted = output_url.replace("'", "\\'")
+    parents = mlflow.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`e4t.output_url` = '{quoted}' and tags.`e4t.stage` = 'personalize'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    if not parents:
+        return None, []
+    parent_id = parents[0].info.run_id
+    children = mlflow.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        output_format="list",
+    )
+    return parent_id, sorted(c.info.run_id for c in children)
+
+
+def log_evaluation(
+    summary: dict[str, dict[int, dict[str, float]]],
+    urls: dict[str, str],
+    params: dict[str, Any],
+    tags: dict[str, str],
+    experiment: str = EVALUATE_EXPERIMENT,
+) -> str:
+    """One run per evaluation. Metrics are ``<method>.<metric>`` logged at step = the tuning
+    budget, so every run has the same names, the compare view lines them up, and each
+    metric's chart is the metric versus tuning steps (its latest value: the largest budget).
+    """
+    mlflow = _mlflow()
+    experiment_id = get_or_create_experiment(experiment)
+    name = f"evaluate-{tags.get('e4t.model_name', 'model')}-v{tags.get('e4t.model_version', '')}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        mlflow.set_tags({"e4t.stage": "evaluate", "e4t.version": __version__, **tags})
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+        for method, by_steps in summary.items():
+            for steps in sorted(by_steps):
+                mlflow.log_metrics(
+                    {f"{method}.{k}": float(v) for k, v in by_steps[steps].items()}, step=steps
+                )
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in _copy_to_local(urls, Path(tmp)):
+                mlflow.log_artifact(str(path))
+        return str(run.info.run_id)
+
+
+def decide_promotion(
+    candidate: float, champion: float | None, mode: str, min_delta: float
+) -> tuple[bool, str]:
+    """Whether the candidate's value beats the champion's by ``min_delta`` (NaN never does)."""
+    if candidate != candidate:  # NaN
+        return False, "candidate metric is NaN"
+    if champion is None:
+        return True, "no champion yet"
+    if champion != champion:
+        return True, "champion metric is NaN"
+    gain = candidate - champion if mode == "max" else champion - candidate
+    if gain > min_delta:
+        return True, f"beats the champion by {gain:.4g} (> {min_delta:g})"
+    return False, f"does not beat the champion by more than {min_delta:g} (gain {gain:.4g})"
+
+
+def promote_if_better(
+    run_id: str,
+    model: tuple[str, str] | None,
+    candidate_value: float,
+    promotion: Any,
+    eval_key: str,
+    experiment: str = EVALUATE_EXPERIMENT,
+) -> dict[str, Any]:
+    """Move ``promotion.alias`` to the evaluated version when it beats the current holder on
+    ``promotion.metric`` in a comparable evaluation (same config and concepts: ``eval_key``).
+    The decision, and why, is recorded as tags of the evaluation run."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    decision: dict[str, Any] = {"promoted": False, "metric": promotion.metric}
+    if not promotion.enabled:
+        decision["reason"] = "promotion disabled"
+    elif model is None:
+        decision["reason"] = "not a registered model version (a folder or run URI)"
+    else:
+        name, version = model
+        try:
+            champion: str | None = str(
+                client.get_model_version_by_alias(name, promotion.alias).version
+            )
+        except Exception:  # MlflowException: the alias is not set yet
+            champion = None
+        decision.update({"model": name, "version": version, "previous": champion})
+        champion_value: float | None = None
+        if champion == version:
+            decision["reason"] = f"version {version} already holds @{promotion.alias}"
+        else:
+            comparable = None
+            if champion is not None:
+                found = mlflow.search_runs(
+                    [get_or_create_experiment(experiment)],
+                    filter_string=(
+                        f"tags.`e4t.model_name` = '{name}' and "
+                        f"tags.`e4t.model_version` = '{champion}' and "
+                        f"tags.`e4t.eval_key` = '{eval_key}'"
+                    ),
+                    order_by=["attributes.start_time DESC"],
+                    output_format="list",
+                )
+                comparable = next(
+                    (
+                        r
+                        for r in found
+                        if promotion.metric in r.data.metrics and r.info.run_id != run_id
+                    ),
+                    None,
+                )
+            if champion is not None and comparable is None:
+                decision["reason"] = (
+                    f"champion v{champion} has no evaluation comparable to this one (same config "
+                    f"and concepts); evaluate models:/{name}@{promotion.alias} first"
+                )
+            else:
+                if comparable is not None:
+                    champion_value = float(comparable.data.metrics[promotion.metric])
+                    decision["champion_run_id"] = comparable.info.run_id
+                ok, why = decide_promotion(
+                    candidate_value, champion_value, promotion.mode, promotion.min_delta
+                )
+                decision.update({"promoted": ok, "reason": why, "champion_value": champion_value})
+                if ok:
+                    client.set_registered_model_alias(name, promotion.alias, version)
+    decision["candidate_value"] = candidate_value
+    tags = {
+        "e4t.promotion": "promoted" if decision["promoted"] else "kept",
+        "e4t.promotion.reason": str(decision.get("reason", ""))[:5000],
+        "e4t.promotion.previous": str(decision.get("previous")),
+        "e4t.promotion.metric": promotion.metric,
+    }
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    return decision

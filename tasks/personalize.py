@@ -9,7 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from e4t.config import PersonalizeConfig, load_config
-from e4t.tracking import load_domain_model, log_personalization
+from e4t.tracking import load_domain_model, log_personalization, pin_model_uri
 from e4t.training import bulk
 
 
@@ -20,8 +20,13 @@ def resolve_personalize_config(
 
 
 @functools.lru_cache(maxsize=2)
-def _model(model_uri: str, device: str) -> Any:
+def _load(model_uri: str, device: str) -> Any:
     return load_domain_model(model_uri, device=device)  # once per worker process
+
+
+def _model(model_uri: str, device: str) -> Any:
+    """The domain model, loaded once per worker process and pinned version."""
+    return _load(pin_model_uri(model_uri), device)
 
 
 @task(name="plan-personalization")

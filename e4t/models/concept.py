@@ -141,6 +141,19 @@ class ConceptBank(nn.Module):
             grad.mul_(scale.reshape(-1, *([1] * (grad.dim() - 1))).to(grad.dtype))
         return norms
 
+    def subset(self, index: int) -> ConceptBank:
+        """A detached one-concept bank holding a copy of concept ``index``."""
+        one = ConceptBank(
+            self.cls[index : index + 1],
+            self.head_weight[index],
+            self.head_bias[index],
+            self.shapes,  # type: ignore[arg-type]
+            self.rank,
+        )
+        with torch.no_grad():
+            one.load_state_dict({k: v[index : index + 1] for k, v in self.state_dict().items()})
+        return one.to(self.word.device)
+
     # ------------------------------------------------------------------ storage
 
     def tensors_of(self, index: int, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,12 @@ class E4TModel(nn.Module):
     ) -> E4TModel:
         """A fresh domain model: new encoder, zero offsets."""
         base = base or load_base_models(config)
+        return cls(base, *cls._fresh_parts(config, base, seed), config)
+
+    @staticmethod
+    def _fresh_parts(
+        config: ModelConfig, base: BaseModels, seed: int | None
+    ) -> tuple[E4TEncoder, WeightOffsets]:
         if seed is not None:
             torch.manual_seed(seed)
         vision = base.image_encoder.config
@@ -137,7 +144,24 @@ class E4TModel(nn.Module):
             form=config.offsets.form,
             rank=config.offsets.rank,
         )
-        return cls(base, encoder, offsets, config)
+        return encoder, offsets
+
+    @contextmanager
+    def without_pretraining(self, seed: int = 0) -> Iterator[E4TModel]:
+        """Temporarily a fresh encoder and zero offsets (the "no domain pretraining" baseline);
+        the pretrained weights come back on exit."""
+        saved = {k: v.detach().clone() for k, v in self._trained_state().items()}
+        with torch.random.fork_rng():
+            encoder, offsets = self._fresh_parts(self.config, self.base, seed)
+        self.encoder.load_state_dict(encoder.state_dict())
+        self.offsets.load_state_dict(offsets.state_dict())
+        try:
+            yield self
+        finally:
+            for prefix, module in (("encoder.", self.encoder), ("offsets.", self.offsets)):
+                module.load_state_dict(
+                    {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
+                )
 
     def _single_token_id(self, word: str) -> int:
         ids = self.tokenizer(word, add_special_tokens=False).input_ids

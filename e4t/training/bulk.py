@@ -75,10 +75,20 @@ def discover_concepts(images_url: str) -> list[ConceptSpec]:
     ]
 
 
+@dataclass
+class PreparedFace:
+    """A concept's first usable face (tuning input + the aligned crop), or why none is."""
+
+    face: FaceInput | None = None
+    source: str | None = None
+    aligned: Image.Image | None = None
+    reason: str | None = None
+
+
 def prepare_face(
     spec: ConceptSpec, curate: CurateConfig, tune: TuneConfig, image_processor: Any
-) -> tuple[FaceInput | None, str | None, str | None]:
-    """The concept's first usable face (aligned, masked), or the reason none is usable."""
+) -> PreparedFace:
+    """Each source in turn through curation's path until one face passes every gate."""
     reasons = []
     for source in spec.sources:
         if not is_image_name(source):
@@ -88,17 +98,12 @@ def prepare_face(
         if curated.image is None or curated.mask is None:
             reasons.append(curated.reason or "rejected")
             continue
-        return (
-            face_input(
-                Image.fromarray(curated.image),
-                Image.fromarray(curated.mask),
-                tune.resolution_px,
-                image_processor,
-            ),
-            source,
-            None,
+        aligned = Image.fromarray(curated.image)
+        face = face_input(
+            aligned, Image.fromarray(curated.mask), tune.resolution_px, image_processor
         )
-    return None, None, ",".join(sorted(set(reasons))) or "no_input"
+        return PreparedFace(face, source, aligned)
+    return PreparedFace(reason=",".join(sorted(set(reasons))) or "no_input")
 
 
 def concept_url(output_url: str, concept_id: str) -> str:
@@ -152,24 +157,24 @@ def personalize_pass(
             )
             continue
         try:
-            face, source, reason = prepare_face(spec, curate, tune, model.base.image_processor)
+            prepared = prepare_face(spec, curate, tune, model.base.image_processor)
         except Exception as err:
-            face, source, reason = None, None, f"error: {type(err).__name__}: {err}"
-        if face is None:
+            prepared = PreparedFace(reason=f"error: {type(err).__name__}: {err}")
+        if prepared.face is None:
             rows.append(
                 {
                     "concept_id": spec.concept_id,
                     "status": "rejected",
-                    "reason": reason,
+                    "reason": prepared.reason,
                     "sources": spec.sources,
                 }
             )
             continue
-        ready.append((spec, face, source or ""))
+        ready.append((spec, prepared.face, prepared.source or ""))
     if not ready:
         return rows
 
-    seeds = [seed + _stable(spec.concept_id) for spec, _, _ in ready]
+    seeds = [seed + stable_seed(spec.concept_id) for spec, _, _ in ready]
     try:
         result = tune_concepts(model, [f for _, f, _ in ready], seeds, tune)
     except Exception as err:
@@ -218,9 +223,7 @@ def personalize_pass(
                 )
             )
             previews = Path(tmp) / "previews"
-            single = model.new_concepts(bank.cls[index : index + 1])
-            single.load_state_dict({k: v[index : index + 1] for k, v in bank.state_dict().items()})
-            model.attach_concepts(single)
+            single = model.attach_concepts(bank.subset(index))
             images = generate(
                 model,
                 single.cls,
@@ -238,7 +241,7 @@ def personalize_pass(
     return rows
 
 
-def _stable(text: str) -> int:
+def stable_seed(text: str) -> int:
     import zlib
 
     return zlib.crc32(text.encode()) % 1_000_003

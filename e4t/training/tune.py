@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -113,14 +114,40 @@ def _prepare(
 
 
 def tune_concepts(
-    model: E4TModel, faces: list[FaceInput], seeds: list[int], config: TuneConfig
+    model: E4TModel,
+    faces: list[FaceInput],
+    seeds: list[int],
+    config: TuneConfig,
+    on_step: Callable[[int, ConceptBank, float], None] | None = None,
+    use_encoder: bool = True,
 ) -> TuneResult:
-    """Tune one concept per face, all in the same passes. The bank stays attached."""
+    """Tune one concept per face, all in the same passes. The bank stays attached.
+
+    on_step(step, bank, seconds) runs before the first step (step 0) and after each step,
+    with the tuning seconds so far (its own time excluded). ``use_encoder=False`` zeroes
+    each concept's encoder output layer, so v* = e(class word) + word: with
+    ``trainable=["word"]`` that is Textual Inversion started from the class word.
+    """
     if len(faces) != len(seeds):
         raise ValueError(f"{len(faces)} faces but {len(seeds)} seeds")
     start = time.perf_counter()
     latents, cls, weights = _prepare(model, faces, config)
     bank = model.attach_concepts(model.new_concepts(cls, config.rank, seeds))
+    if not use_encoder:
+        with torch.no_grad():
+            bank.head_weight.zero_()
+            bank.head_bias.zero_()
+    excluded = 0.0
+
+    def report(step: int) -> None:
+        nonlocal excluded
+        if on_step is None:
+            return
+        began = time.perf_counter()
+        on_step(step, bank, began - start - excluded)
+        model.attach_concepts(bank)  # the callback may have attached others
+        excluded += time.perf_counter() - began
+
     model.requires_grad_(False)
     params = []
     if "word" in config.trainable:
@@ -135,6 +162,7 @@ def tune_concepts(
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     n = config.draws_per_concept
     losses: list[list[float]] = [[] for _ in faces]
+    report(0)
     for step in range(config.num_steps):
         diff, emb = concept_losses(
             model, latents, cls, weights, gens, n, _prompts(config.templates, seeds, step, n)
@@ -146,10 +174,14 @@ def tune_concepts(
         optimizer.zero_grad(set_to_none=True)
         for c, value in enumerate(objective.detach().tolist()):
             losses[c].append(value)
+        report(step + 1)
     for p in params:
         p.requires_grad_(False)
     return TuneResult(
-        bank=bank, losses=losses, seconds=time.perf_counter() - start, num_steps=config.num_steps
+        bank=bank,
+        losses=losses,
+        seconds=time.perf_counter() - start - excluded,
+        num_steps=config.num_steps,
     )
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: identity, prompt alignment, speed against baselines; reports; promotion."""

@@ -1,0 +1,154 @@
+"""The evaluate flow under Prefect: report, comparable MLflow runs, alias promotion."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e4t.tracking import decide_promotion
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+# small but complete: 2 prompts × 2 seeds, budgets 0 and 2, every method
+CHEAP = {"prompts": ["a photo of {}", "a painting of {}"], "seeds": [0, 1], "steps": [0, 2]}
+
+
+def test_promotion_rule() -> None:
+    assert decide_promotion(0.5, None, "max", 0.0) == (True, "no champion yet")
+    assert decide_promotion(0.6, 0.5, "max", 0.0)[0]
+    assert not decide_promotion(0.6, 0.5, "max", 0.2)[0]
+    assert not decide_promotion(0.5, 0.5, "max", 0.0)[0]  # a tie keeps the champion
+    assert decide_promotion(0.4, 0.5, "min", 0.0)[0]
+    assert not decide_promotion(0.6, 0.5, "min", 0.0)[0]
+    assert not decide_promotion(float("nan"), 0.5, "max", -1.0)[0]
+
+
+def _register(tiny_dir: Path, out: Path, seed: int) -> dict[str, str]:
+    from e4t.config import ModelConfig
+    from e4t.models.e4t_model import E4TModel
+    from e4t.tracking import register_domain_model, start_pretrain_run
+
+    model = E4TModel.from_config(
+        ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}), seed=seed
+    )
+    folder = model.save_pretrained(out / f"domain-{seed}")
+    run_id = start_pretrain_run({"domain": "evaltest"}, str(out), {}, "e4t-pretrain", {})
+    return register_domain_model(run_id, folder, "evaltest", base_model=str(tiny_dir))
+
+
+@pytest.mark.slow
+def test_evaluate_flow_reports_tracks_and_promotes(
+    prefect_server: None, photos_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from e4t.tracking import tracking_uri
+    from flows.evaluate import evaluate
+    from tests.browser import headless_page
+
+    images = tmp_path / "faces"
+    images.mkdir()
+    for name in ("obama.jpg", "biden.jpg", "coffee.png"):
+        shutil.copyfile(photos_dir / name, images / name)
+    v1 = _register(tiny_dir, tmp_path, seed=1)
+
+    def run(model_uri: str, out: str, extra: list[str]) -> dict[str, Any]:
+        return evaluate(
+            model_uri=model_uri,
+            concepts_url=str(images),
+            output_url=str(tmp_path / out),
+            preset="tiny",
+            overrides=extra,
+            **CHEAP,
+        )
+
+    first = run("models:/e4t-evaltest@candidate", "eval-1", [])
+    results = json.loads((tmp_path / "eval-1" / "results.json").read_text())
+    assert {c["concept_id"] for c in results["concepts"]} == {"biden", "obama"}
+    assert results["rejected"] == [{"concept_id": "coffee", "reason": "no_face"}]
+    assert all(c["reference_has_face"] for c in results["concepts"])
+    assert set(results["summary"]) == {"e4t", "textual-inversion", "no-pretraining"}
+    # 2 concepts × 3 methods × 2 budgets × 2 prompts × 2 seeds, each scored
+    assert len(results["samples"]) == 48
+    assert all(0.0 <= s["clip_t"] <= 100.0 for s in results["samples"])
+    final = results["summary"]["e4t"]["2"]
+    assert final["artifact_bytes"] > results["summary"]["textual-inversion"]["2"]["artifact_bytes"]
+    assert final["tune_seconds"] > results["summary"]["e4t"]["0"]["tune_seconds"]
+    # the tiny model's generations hold no face: they count (identity 0, face rate 0)
+    assert final["face_rate"] == 0.0 and final["identity"] == 0.0
+
+    # the report renders: tables, inline images, plots
+    report = tmp_path / "eval-1" / "report.html"
+    with headless_page() as page:
+        page.goto(report.as_uri())
+        seen = page.evaluate(
+            """({tables: document.querySelectorAll('table').length,
+                 summaryRows: document.querySelectorAll('table.summary tbody tr').length,
+                 images: document.images.length,
+                 decoded: Array.from(document.images)
+                   .filter(i => i.complete && i.naturalWidth > 0).length,
+                 plots: document.querySelectorAll('svg').length,
+                 text: document.body.innerText})"""
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(ARTIFACTS / "evaluation-report.png")
+    assert seen["summaryRows"] == 3 and seen["tables"] >= 5 and seen["plots"] == 4
+    # 2 inputs + 2 concepts × 3 methods × 2 budgets × 2 prompts, all decoded
+    assert seen["images"] == 2 + 24 and seen["decoded"] == seen["images"]
+    assert "textual-inversion" in seen["text"] and "CLIP-T" in seen["text"]
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("e4t-evaltest", "champion").version)
+
+    # the first evaluated version becomes champion (no champion yet), and the run says so
+    assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "no champion yet"
+    assert champion() == v1["version"]
+    run1 = mlflow.get_run(first["mlflow_run_id"])
+    assert run1.data.tags["e4t.promotion"] == "promoted"
+    assert run1.data.tags["e4t.model_version"] == v1["version"]
+    history = client.get_metric_history(run1.info.run_id, "e4t.clip_i")
+    assert sorted(m.step for m in history) == [0, 2]  # metric vs tuning budget
+    listed = {a.path for a in client.list_artifacts(run1.info.run_id)}
+    assert {"report.html", "results.json", "summary.md"} <= listed
+
+    # a second version that must beat the champion by a margin it cannot reach: kept
+    v2 = _register(tiny_dir, tmp_path, seed=2)
+    assert v2["version"] != v1["version"]
+    second = run("models:/e4t-evaltest@candidate", "eval-2", ["promotion.min_delta=1000"])
+    assert not second["promotion"]["promoted"]
+    assert "does not beat" in second["promotion"]["reason"]
+    assert second["promotion"]["champion_run_id"] == first["mlflow_run_id"]
+    assert champion() == v1["version"]
+    assert mlflow.get_run(second["mlflow_run_id"]).data.tags["e4t.promotion"] == "kept"
+
+    # the same version when any gain is enough: promoted, the alias moves
+    third = run(v2["model_uri"], "eval-3", ["promotion.min_delta=-1000"])
+    assert third["promotion"]["promoted"] and third["promotion"]["previous"] == v1["version"]
+    assert champion() == v2["version"]
+
+    # comparable runs: the same metric names, the same eval key
+    runs = [mlflow.get_run(r["mlflow_run_id"]) for r in (first, second, third)]
+    assert len({frozenset(r.data.metrics) for r in runs}) == 1
+    assert len({r.data.tags["e4t.eval_key"] for r in runs}) == 1
+    assert "textual-inversion.identity" in runs[0].data.metrics
+
+
+@pytest.mark.slow
+def test_evaluate_fails_fast_on_bad_inputs(prefect_server: None, tmp_path: Path) -> None:
+    from flows.evaluate import evaluate
+
+    with pytest.raises(FileNotFoundError, match="no images to evaluate"):
+        evaluate(model_uri="models:/e4t-nothing@candidate", concepts_url=str(tmp_path / "nope"))
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(Exception, match="e4t-nothing"):
+        evaluate(model_uri="models:/e4t-nothing@candidate", concepts_url=str(tmp_path / "faces"))
+    with pytest.raises(Exception, match="invalid evaluate config"):
+        evaluate(concepts_url=str(tmp_path / "faces"), overrides=["steps=[-1]"])
