@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# The browser tests drive Debian's chromium headless; `make test` installs it when missing.
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: install demo test lint samples bench clean
 
@@ -22,10 +24,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the headless browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "the browser tests need chromium: sudo apt-get install chromium (or CHROMIUM=/path)"; exit 1; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/python -m flows.demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -1,7 +1,8 @@
 """``make demo``: the pipeline on the embedded default (sample photos, tiny preset,
 ephemeral Prefect, local MLflow database): ``curate-domain``, then ``pretrain-domain`` for
 a short schedule, then ``personalize-bulk`` on the sample photos with the registered model
-(``models:/e4t-faces@candidate``), writing concepts and previews. Later stages extend it.
+(``models:/e4t-faces@candidate``), writing concepts and previews, then ``evaluate`` of that
+model and its baselines on the personalized concepts (report + MLflow run + promotion).
 
     python -m flows.demo [--out DIR]
 """
@@ -55,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         output_url=str(out / "concepts"),
         preset="tiny",
     )
+    from flows.evaluate import evaluate
+
+    evaluated = evaluate(
+        model_uri=trained["alias_uri"],
+        concepts_url=str(out / "concepts"),
+        output_url=str(out / "evaluation"),
+        preset="tiny",
+    )
     stats = result["stats"]
     print()
     print(f"curate-domain: {stats['num_inputs']} photos → {stats['num_samples']} aligned faces")
@@ -81,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  concepts  {out / 'concepts' / 'concepts'}")
     print(f"  previews  {out / 'concepts' / 'previews'}")
     print(f"  results   {out / 'concepts' / 'results.jsonl'}")
+    decision = evaluated.get("promotion") or {}
+    print(
+        f"evaluate: {evaluated['num_concepts']} concepts × E4T and baselines; promotion "
+        f"({decision.get('metric')}): {'promoted' if decision.get('promoted') else 'kept'} "
+        f"— {decision.get('reason')}"
+    )
+    print(f"  report    {evaluated['urls']['report']}")
+    print(f"  MLflow run {evaluated['mlflow_run_id']}")
     print("open the MLflow UI with:")
     print(f"    .venv/bin/{ui_command()}")
     return 0

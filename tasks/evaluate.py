@@ -19,6 +19,7 @@ from e4t.tracking import (
     promote_if_better,
     resolve_model_version,
 )
+from tasks.retry import retry_transient
 
 
 def resolve_evaluate_config(preset: str | None, overrides: list[str] | None) -> EvaluateConfig:
@@ -35,7 +36,12 @@ def _model(model_uri: str, device: str) -> Any:
     return _load(pin_model_uri(model_uri), device)
 
 
-@task(name="check-evaluation-inputs", retries=2, retry_delay_seconds=5)
+@task(
+    name="check-evaluation-inputs",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+)
 def check_inputs(
     model_uri: str, concepts_url: str, preset: str | None, overrides: list[str] | None
 ) -> dict[str, Any]:
@@ -47,7 +53,7 @@ def check_inputs(
     return {"model": list(version) if version else None, "eval_key": key}
 
 
-@task(name="evaluate-model", retries=1, retry_delay_seconds=10)
+@task(name="evaluate-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def evaluate(
     model_uri: str,
     concepts_url: str,

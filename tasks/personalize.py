@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from e4t.config import PersonalizeConfig, load_config
 from e4t.tracking import load_domain_model, log_personalization, pin_model_uri
 from e4t.training import bulk
+from tasks.retry import retry_transient
 
 
 def resolve_personalize_config(
@@ -44,13 +45,19 @@ def plan(
     return [specs[i : i + n] for i in range(0, len(specs), n)]
 
 
-@task(name="check-model", retries=2, retry_delay_seconds=5)
+@task(name="check-model", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def check_model(model_uri: str, device: str) -> str:
     """Load the domain model once up front: an unknown URI fails before any tuning."""
     return _model(model_uri, device).fingerprint()
 
 
-@task(name="personalize-pass", retries=1, retry_delay_seconds=5, tags=["e4t-personalize"])
+@task(
+    name="personalize-pass",
+    retries=1,
+    retry_delay_seconds=5,
+    tags=["e4t-personalize"],
+    retry_condition_fn=retry_transient,
+)
 def personalize_pass(
     output_url: str,
     specs: list[dict[str, Any]],

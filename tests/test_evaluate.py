@@ -144,7 +144,7 @@ def test_evaluate_flow_reports_tracks_and_promotes(
 def test_evaluate_fails_fast_on_bad_inputs(prefect_server: None, tmp_path: Path) -> None:
     from flows.evaluate import evaluate
 
-    with pytest.raises(FileNotFoundError, match="no images to evaluate"):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
         evaluate(model_uri="models:/e4t-nothing@candidate", concepts_url=str(tmp_path / "nope"))
     (tmp_path / "faces").mkdir()
     (tmp_path / "faces" / "a.jpg").write_bytes(b"x")
@@ -152,3 +152,55 @@ def test_evaluate_fails_fast_on_bad_inputs(prefect_server: None, tmp_path: Path)
         evaluate(model_uri="models:/e4t-nothing@candidate", concepts_url=str(tmp_path / "faces"))
     with pytest.raises(Exception, match="invalid evaluate config"):
         evaluate(concepts_url=str(tmp_path / "faces"), overrides=["steps=[-1]"])
+
+
+@pytest.mark.slow
+def test_evaluation_of_a_personalize_output_links_the_concept_runs(
+    prefect_server: None, photos_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from e4t.tracking import tracking_uri
+    from flows.evaluate import evaluate
+    from flows.personalize_bulk import personalize_bulk
+
+    images = tmp_path / "faces"
+    images.mkdir()
+    for name in ("obama.jpg", "biden.jpg"):
+        shutil.copyfile(photos_dir / name, images / name)
+    model = _register(tiny_dir, tmp_path, seed=3)
+    personalized = personalize_bulk(
+        images_url=str(images),
+        model_uri=model["model_uri"],
+        output_url=str(tmp_path / "concepts"),
+        preset="tiny",
+        steps=1,
+    )
+    out = evaluate(
+        model_uri=model["model_uri"],
+        concepts_url=str(tmp_path / "concepts"),
+        output_url=str(tmp_path / "eval"),
+        preset="tiny",
+        prompts=["a photo of {}"],
+        seeds=[0],
+        steps=[0, 1],
+        baselines=[],
+        overrides=["promotion.enabled=false"],
+    )
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [c["source"] for c in results["concepts"]] == [
+        str(images / "biden.jpg"),
+        str(images / "obama.jpg"),
+    ]
+    assert set(results["summary"]) == {"e4t"}
+    assert out["promotion"]["reason"] == "promotion disabled"
+    mlflow.set_tracking_uri(tracking_uri())
+    tags = mlflow.get_run(out["mlflow_run_id"]).data.tags
+    assert tags["e4t.personalize_run_id"] == personalized["mlflow_run_id"]
+    children = mlflow.search_runs(
+        experiment_names=["e4t-personalize"],
+        filter_string=f"tags.`mlflow.parentRunId` = '{personalized['mlflow_run_id']}'",
+        output_format="list",
+    )
+    assert sorted(tags["e4t.concept_run_ids"].split(",")) == sorted(c.info.run_id for c in children)
+    assert len(children) == 2

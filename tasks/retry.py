@@ -1,0 +1,27 @@
+"""Retry only what may pass on a second try: a missing folder, a bad config or an unknown
+model fails at once, with its message; a dropped connection or a busy server is retried."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PERMANENT = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError)
+
+
+def is_permanent(err: BaseException) -> bool:
+    if isinstance(err, PERMANENT):
+        return True
+    code = str(getattr(err, "error_code", ""))  # MlflowException
+    return code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """A Prefect ``retry_condition_fn``: False for permanent errors."""
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return not is_permanent(data)
+    try:
+        state.result()
+    except BaseException as err:  # the failed state re-raises its exception
+        return not is_permanent(err)
+    return True
