@@ -273,22 +273,36 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from e4t.tracking import ui_command
-    from flows.evaluate import evaluate
+    from tqdm import tqdm
 
-    out = evaluate(
-        model_uri=args.model,
-        concepts_url=args.concepts,
-        output_url=args.out,
-        preset=args.preset,
-        prompts=args.prompt or None,
-        seeds=args.seeds,
-        steps=args.steps,
-        baselines=args.baselines,
-        device=args.device,
-        track=not args.no_track,
-        overrides=list(args.overrides),
-    )
+    from e4t.config import EvaluateConfig, load_config
+    from e4t.evaluation.job import run_job
+    from e4t.tracking import load_domain_model, ui_command
+
+    overrides = list(args.overrides)
+    for key, value in (("prompts", args.prompt), ("seeds", args.seeds), ("steps", args.steps)):
+        if value:
+            overrides.append(f"{key}={list(value)!r}")
+    if args.baselines is not None:
+        overrides.append(f"methods={['e4t', *args.baselines]!r}")
+    config = load_config(EvaluateConfig, "evaluate", args.preset, overrides)
+    with tqdm(total=100, desc="evaluate", unit="%") as bar:
+
+        def on_progress(fraction: float) -> None:
+            bar.update(round(100 * fraction) - bar.n)
+
+        out = run_job(
+            lambda uri: load_domain_model(uri, device=args.device),
+            args.model,
+            args.concepts,
+            args.out,
+            config,
+            preset=args.preset,
+            track_run=not args.no_track,
+            on_progress=on_progress,
+        )
+    if out.get("skipped"):
+        print(f"{args.out} already holds this evaluation of this version; nothing to do")
     print(f"report: {out['urls']['report']}")
     decision = out.get("promotion")
     if decision:

@@ -435,13 +435,20 @@ def find_personalization_runs(output_url: str) -> tuple[str | None, list[str]]:
     )
     if not parents:
         return None, []
-    parent_id = parents[0].info.run_id
-    children = mlflow.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-        output_format="list",
-    )
-    return parent_id, sorted(c.info.run_id for c in children)
+    # a rerun that skipped finished concepts has a parent run of its own with no children:
+    # the concepts of the folder are the children of every job that wrote into it
+    children: list[str] = []
+    latest_with_children = None
+    for parent in parents:
+        found_children = mlflow.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            output_format="list",
+        )
+        if found_children and latest_with_children is None:
+            latest_with_children = parent.info.run_id
+        children += [c.info.run_id for c in found_children]
+    return latest_with_children or parents[0].info.run_id, sorted(children)
 
 
 def log_evaluation(

@@ -1,8 +1,8 @@
-"""``make demo``: the pipeline on the embedded default (sample photos, tiny preset,
-ephemeral Prefect, local MLflow database): ``curate-domain``, then ``pretrain-domain`` for
-a short schedule, then ``personalize-bulk`` on the sample photos with the registered model
-(``models:/e4t-faces@candidate``), writing concepts and previews, then ``evaluate`` of that
-model and its baselines on the personalized concepts (report + MLflow run + promotion).
+"""``make demo``: ``e4t-pipeline`` on the embedded default (sample photos, tiny preset,
+ephemeral Prefect, local MLflow database): ``curate-domain``, ``pretrain-domain`` for a
+short schedule (registered as ``models:/e4t-faces@candidate``), ``personalize-bulk`` of the
+sample photos with that version, then ``evaluate`` of it and its baselines on the
+personalized concepts (report + MLflow run + promotion). A rerun skips what is done.
 
     python -m flows.demo [--out DIR]
 """
@@ -36,68 +36,49 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_HOME", str(Path(tempfile.mkdtemp(prefix="e4t-prefect-"))))
     photos = fetch_sample_photos(out / "photos")
 
-    from flows.curate_domain import curate_domain
-    from flows.pretrain_domain import pretrain_domain
+    from flows.pipeline import e4t_pipeline
 
-    result = curate_domain(source_url=str(photos), output_url=str(out / "shards"), preset="tiny")
-    trained = pretrain_domain(
-        shards_url=str(out / "shards"),
-        output_url=str(out / "pretrain"),
+    result = e4t_pipeline(
+        photos_url=str(photos),
+        work_url=str(out),
         base_model=str(data_dir() / "models" / "tiny"),
         init_preset="tiny",
         preset="tiny",
-        steps=args.steps,
+        pretrain_steps=args.steps,
     )
-    from flows.personalize_bulk import personalize_bulk
-
-    personalized = personalize_bulk(
-        images_url=str(photos),
-        model_uri=trained["alias_uri"],
-        output_url=str(out / "concepts"),
-        preset="tiny",
-    )
-    from flows.evaluate import evaluate
-
-    evaluated = evaluate(
-        model_uri=trained["alias_uri"],
-        concepts_url=str(out / "concepts"),
-        output_url=str(out / "evaluation"),
-        preset="tiny",
-    )
-    stats = result["stats"]
+    stats, final = result["stats"], result["final"]
     print()
     print(f"curate-domain: {stats['num_inputs']} photos → {stats['num_samples']} aligned faces")
     for shard in stats["shards"]:
         print(f"  shard     {out / 'shards' / shard}")
     print(f"  manifest  {out / 'shards' / 'manifest.jsonl'}")
-    print(f"  stats     {out / 'shards' / 'stats.json'}")
-    print(f"  MLflow dataset run {result['mlflow_run_id']}")
+    print(f"  MLflow dataset run {result['dataset_run_id']}")
     print(
-        f"pretrain-domain: {trained['final'].get('step')} steps, final loss "
-        f"{trained['final'].get('loss', float('nan')):.4f}"
+        f"pretrain-domain: {final.get('step')} steps, final loss "
+        f"{final.get('loss', float('nan')):.4f}"
     )
     print(f"  domain model {out / 'pretrain' / 'model'}")
     print(
-        f"  MLflow run {trained['run_id']}, registered {trained['model_uri']} "
-        f"({trained['alias_uri']})"
+        f"  MLflow run {result['pretrain_run_id']}, registered {result['model_uri']} "
+        f"({result['alias_uri']})"
     )
-    summary = personalized["summary"]
+    summary = result["personalize_summary"]
     print(
         f"personalize-bulk: {summary['num_done']} of {summary['num_concepts']} photos "
-        f"personalized ({summary['seconds_per_concept']:.2f} s per concept), "
-        f"{summary['num_rejected']} rejected"
+        f"personalized ({summary['num_skipped']} already done; "
+        f"{summary['seconds_per_concept']:.2f} s per concept), {summary['num_rejected']} rejected"
     )
     print(f"  concepts  {out / 'concepts' / 'concepts'}")
     print(f"  previews  {out / 'concepts' / 'previews'}")
-    print(f"  results   {out / 'concepts' / 'results.jsonl'}")
-    decision = evaluated.get("promotion") or {}
+    print(f"  MLflow run {result['personalize_run_id']} (one child run per concept)")
+    decision = result.get("promotion") or {}
     print(
-        f"evaluate: {evaluated['num_concepts']} concepts × E4T and baselines; promotion "
-        f"({decision.get('metric')}): {'promoted' if decision.get('promoted') else 'kept'} "
-        f"— {decision.get('reason')}"
+        f"evaluate: {result['num_evaluated']} concepts, E4T against Textual Inversion and "
+        f"E4T without pretraining; @champion ({decision.get('metric')}): "
+        f"{'moved' if decision.get('promoted') else 'kept'} — {decision.get('reason')}"
     )
-    print(f"  report    {evaluated['urls']['report']}")
-    print(f"  MLflow run {evaluated['mlflow_run_id']}")
+    print(f"  report    {result['report_url']}")
+    print(f"  MLflow run {result['evaluation_run_id']}")
     print("open the MLflow UI with:")
     print(f"    .venv/bin/{ui_command()}")
     return 0

@@ -10,7 +10,6 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from e4t import io as eio
-from e4t.config import flatten
 from tasks import evaluate as t
 
 
@@ -44,29 +43,17 @@ def evaluate(
     if baselines is not None:
         sets.append(f"methods={['e4t', *baselines]!r}")
     checked = t.check_inputs(model_uri, concepts_url, preset, sets)
-    model = checked["model"]
-    meta = {
-        "model_uri": model_uri,
-        "model_version": f"{model[0]} v{model[1]}" if model else "(not registered)",
-        "concepts_url": concepts_url,
-    }
-    out = t.evaluate(model_uri, concepts_url, output_url, device, preset, sets, meta)
+    previous = t.previous_result(output_url, checked)
+    if previous is not None:
+        print(f"{output_url} already holds this evaluation of this version; nothing to do")
+        return previous
+    out = t.evaluate(model_uri, concepts_url, output_url, device, preset, sets, checked)
     run_id, decision = None, None
     if track:
-        tags = {
-            "e4t.model_uri": model_uri,
-            "e4t.model_name": model[0] if model else "",
-            "e4t.model_version": model[1] if model else "",
-            "e4t.concepts_url": concepts_url,
-            "e4t.eval_key": checked["eval_key"],
-            "e4t.output_url": output_url,
-        }
-        params = {"model_uri": model_uri, "concepts_url": concepts_url, "preset": preset}
-        params.update(flatten(t.resolve_evaluate_config(preset, sets).model_dump(mode="json")))
-        run_id = t.track(out["summary"], out["urls"], params, tags, concepts_url, experiment)
-        decision = t.promote(
-            run_id, model, out["summary"], preset, sets, checked["eval_key"], experiment
+        run_id = t.track(
+            out, model_uri, concepts_url, output_url, preset, sets, checked, experiment
         )
+        decision = t.promote(run_id, out["summary"], preset, sets, checked, experiment)
     markdown = eio.read_text(out["urls"]["summary"])
     if decision is not None:
         markdown += (
@@ -77,4 +64,6 @@ def evaluate(
         markdown += f"\nMLflow run: `{run_id}`\n"
     create_markdown_artifact(key="evaluation-summary", markdown=markdown, description=output_url)
     print(f"report: {out['urls']['report']}")
-    return {**out, "mlflow_run_id": run_id, "promotion": decision}
+    result = {**out, "mlflow_run_id": run_id, "promotion": decision}
+    t.record_done(output_url, checked, result)  # a rerun of the same evaluation is skipped
+    return result

@@ -69,7 +69,13 @@ def test_every_deployment_entrypoint_loads_its_flow() -> None:
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     names = {d["name"] for d in spec["deployments"]}
-    assert "curate-domain" in names
+    assert names == {
+        "curate-domain",
+        "pretrain-domain",
+        "personalize-bulk",
+        "evaluate",
+        "e4t-pipeline",
+    }
     for deployment in spec["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
         assert flow.name == deployment["name"]
@@ -77,11 +83,23 @@ def test_every_deployment_entrypoint_loads_its_flow() -> None:
         assert set(deployment.get("parameters", {})) <= params
 
 
+def test_scheduled_deployments_ship_inactive() -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    scheduled = {d["name"]: d["schedules"] for d in spec["deployments"] if d.get("schedules")}
+    assert set(scheduled) == {"pretrain-domain", "e4t-pipeline"}
+    for schedules in scheduled.values():
+        for item in schedules:
+            assert item["active"] is False  # on only when a person turns it on
+            CronSchedule(cron=item["cron"], timezone=item["timezone"])  # a valid cron
+
+
 def test_cli_lists_the_stages() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "e4t.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for word in ("curate", "samples", "bench"):
+    for word in ("curate", "pretrain", "personalize", "evaluate", "samples", "bench"):
         assert word in out
 
 

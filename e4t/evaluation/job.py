@@ -1,0 +1,168 @@
+"""The evaluation job's steps, shared by the ``evaluate`` flow (one task each) and
+``e4t evaluate``: check inputs → evaluate → log the MLflow run → promote → done marker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from e4t import io as eio
+from e4t.config import EvaluateConfig, flatten
+from e4t.evaluation import evaluate as ev
+from e4t.tracking import (
+    find_personalization_runs,
+    log_evaluation,
+    promote_if_better,
+    resolve_model_version,
+)
+
+
+def check_inputs(model_uri: str, concepts_url: str, config: EvaluateConfig) -> dict[str, Any]:
+    """Concepts and model version resolve (or fail with their message) before heavy work."""
+    ev.check_concepts_url(concepts_url)
+    version = resolve_model_version(model_uri)
+    return {
+        "model": list(version) if version else None,
+        "eval_key": ev.eval_key(config, concepts_url),
+    }
+
+
+def previous_result(output_url: str, checked: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded result when ``output_url`` already holds this evaluation of this version."""
+    url = eio.join(output_url, "done.json")
+    if not eio.exists(url):
+        return None
+    previous = json.loads(eio.read_text(url))
+    if (
+        previous.get("eval_key") == checked["eval_key"]
+        and previous.get("model") == checked["model"]
+    ):
+        return {**previous["result"], "skipped": True}
+    return None
+
+
+def record_done(output_url: str, checked: dict[str, Any], result: dict[str, Any]) -> None:
+    if checked["model"] is not None:  # only a registered version can be recognised again
+        record = {"eval_key": checked["eval_key"], "model": checked["model"], "result": result}
+        eio.write_text(eio.join(output_url, "done.json"), json.dumps(record, indent=1))
+
+
+def evaluate(
+    model: Any,
+    model_uri: str,
+    concepts_url: str,
+    output_url: str,
+    config: EvaluateConfig,
+    checked: dict[str, Any],
+    on_progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    version = checked["model"]
+    meta = {
+        "model_uri": model_uri,
+        "model_version": f"{version[0]} v{version[1]}" if version else "(not registered)",
+        "concepts_url": concepts_url,
+    }
+    result, urls = ev.run_evaluation(model, concepts_url, output_url, config, meta, on_progress)
+    return {
+        "summary": ev.clean_json(result.summary),
+        "urls": urls,
+        "num_concepts": len(result.concepts),
+        "num_rejected": len(result.rejected),
+    }
+
+
+def track(
+    out: dict[str, Any],
+    model_uri: str,
+    concepts_url: str,
+    output_url: str,
+    config: EvaluateConfig,
+    checked: dict[str, Any],
+    preset: str | None,
+    experiment: str,
+) -> str:
+    """One MLflow run, linked to the model version and the concepts' personalization runs."""
+    version = checked["model"]
+    tags = {
+        "e4t.model_uri": model_uri,
+        "e4t.model_name": version[0] if version else "",
+        "e4t.model_version": version[1] if version else "",
+        "e4t.concepts_url": concepts_url,
+        "e4t.eval_key": checked["eval_key"],
+        "e4t.output_url": output_url,
+    }
+    parent, children = find_personalization_runs(concepts_url)
+    if parent:
+        tags["e4t.personalize_run_id"] = parent
+        tags["e4t.concept_run_ids"] = ",".join(children)[:5000]
+    params = {"model_uri": model_uri, "concepts_url": concepts_url, "preset": preset}
+    params.update(flatten(config.model_dump(mode="json")))
+    summary = {
+        method: {
+            int(steps): {k: float("nan") if v is None else v for k, v in values.items()}
+            for steps, values in by_steps.items()
+        }
+        for method, by_steps in out["summary"].items()
+    }
+    return log_evaluation(summary, out["urls"], params, tags, experiment)
+
+
+def promote(
+    run_id: str,
+    summary: dict[str, Any],
+    config: EvaluateConfig,
+    checked: dict[str, Any],
+    experiment: str,
+) -> dict[str, Any]:
+    """Move ``promotion.alias`` when the criterion says so; the decision, and why."""
+    method, _, metric = config.promotion.metric.partition(".")
+    by_steps = summary.get(method) or {}
+    if not by_steps or not metric:
+        raise ValueError(
+            f"promotion.metric={config.promotion.metric!r}: use <method>.<metric> of an "
+            f"evaluated method, e.g. e4t.identity (methods: {', '.join(summary)})"
+        )
+    final = by_steps[max(by_steps, key=int)]
+    if metric not in final:
+        raise ValueError(f"promotion.metric: {metric!r} is not one of {', '.join(final)}")
+    value = final[metric]
+    version = checked["model"]
+    return promote_if_better(
+        run_id,
+        (version[0], version[1]) if version else None,
+        float("nan") if value is None else float(value),
+        config.promotion,
+        checked["eval_key"],
+        experiment,
+    )
+
+
+def run_job(
+    model_loader: Callable[[str], Any],
+    model_uri: str,
+    concepts_url: str,
+    output_url: str,
+    config: EvaluateConfig,
+    preset: str | None = None,
+    experiment: str = "e4t-evaluate",
+    track_run: bool = True,
+    on_progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """The whole job in one process (the CLI's path)."""
+    checked = check_inputs(model_uri, concepts_url, config)
+    previous = previous_result(output_url, checked)
+    if previous is not None:
+        return previous
+    out = evaluate(
+        model_loader(model_uri), model_uri, concepts_url, output_url, config, checked, on_progress
+    )
+    run_id, decision = None, None
+    if track_run:
+        run_id = track(
+            out, model_uri, concepts_url, output_url, config, checked, preset, experiment
+        )
+        decision = promote(run_id, out["summary"], config, checked, experiment)
+    result = {**out, "mlflow_run_id": run_id, "promotion": decision}
+    record_done(output_url, checked, result)
+    return result
