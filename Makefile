@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # The browser tests drive Debian's chromium headless; `make test` installs it when missing.
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install demo test lint samples bench clean
+.PHONY: install demo test lint samples bench clean stack-up stack-down stack-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ samples: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/e4t bench curate
+
+# The local stack (infra/stack.py): SeaweedFS S3, MLflow server, Prefect server + worker.
+STACK_DIR ?= .stack
+stack-up: $(STAMP)
+	$(BIN)/python -m infra.stack up $(STACK_DIR)
+
+stack-down: $(STAMP)
+	$(BIN)/python -m infra.stack down $(STACK_DIR)
+
+stack-status: $(STAMP)
+	$(BIN)/python -m infra.stack status $(STACK_DIR)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -67,11 +67,19 @@ def start_server(
     raise TimeoutError(f"Prefect server not healthy in {timeout_s} s; see {root}")
 
 
-def start_worker(root: Path, api: str, pool: str, run_once: bool = False) -> Background:
+def start_worker(
+    root: Path,
+    api: str,
+    pool: str,
+    run_once: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> Background:
+    """A process worker; its flow runs inherit its environment (plus ``extra_env``)."""
     cmd = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process"]
     if run_once:
         cmd.append("--run-once")
-    return start_background(cmd, prefect_env(root / "home", api), root, f"worker-{pool}")
+    env = {**prefect_env(root / "home", api), **(extra_env or {})}
+    return start_background(cmd, env, root, f"worker-{pool}")
 
 
 def _main(argv: list[str]) -> int:

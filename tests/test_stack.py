@@ -1,0 +1,194 @@
+"""The local stack for real: SeaweedFS S3, an MLflow server (artifacts in S3), a Prefect
+server and process worker. ``e4t-pipeline`` runs through ``prefect deployment run`` with
+its data in s3://, and the MLflow server ends up holding every stage's runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.stack import Stack, down, status, up
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    started = up(root)
+    try:
+        yield started
+    finally:
+        down(root)
+        assert not any(status(root)["alive"].values())  # stopped by PID, nothing left
+
+
+def _env(stack: Stack) -> dict[str, str]:
+    return {
+        **os.environ,
+        **stack.env(),
+        "PREFECT_HOME": str(stack.root / "prefect" / "home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def _prefect(stack: Stack, *args: str) -> str:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), *args],
+        env=_env(stack),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _api(stack: Stack, path: str) -> Any:
+    with urllib.request.urlopen(f"{stack.prefect_api}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _run_deployment(stack: Stack, name: str, params: dict[str, Any], timeout_s: float) -> str:
+    args = [a for k, v in params.items() for a in ("-p", f"{k}={json.dumps(v)}")]
+    started = _prefect(stack, "deployment", "run", name, *args)
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", started)
+    assert match, started
+    run_id = match.group(1)
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        state = _api(stack, f"/flow_runs/{run_id}")["state"]["type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(3)
+    log = (stack.root / "prefect" / "worker-e4t-process.log").read_text()
+    assert state == "COMPLETED", f"{name} ended {state}:\n{log[-5000:]}"
+    return run_id
+
+
+def _mlflow(stack: Stack) -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(stack.mlflow_uri)
+    return mlflow
+
+
+def test_pipeline_deployment_on_the_stack(
+    stack: Stack, photos_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from e4t import io as eio
+
+    for key, value in stack.env().items():
+        monkeypatch.setenv(key, value)
+    for photo in sorted(photos_dir.iterdir()):
+        if photo.name in ("coffee.png", "chelsea.png"):
+            continue
+        eio.write_bytes(f"s3://e4t/photos/{photo.name}", photo.read_bytes())
+
+    _prefect(stack, "--no-prompt", "deploy", "--all")
+    flow_run = _run_deployment(
+        stack,
+        "e4t-pipeline/e4t-pipeline",
+        {
+            "photos_url": "s3://e4t/photos",
+            "work_url": "s3://e4t/runs/stack",
+            "base_model": str(tmp_path / "models" / "tiny"),
+            "pretrain_steps": 4,
+            "domain": "stackfaces",
+        },
+        timeout_s=1200,
+    )
+    # every stage wrote to S3
+    for prefix in ("shards/manifest.jsonl", "pretrain/launch.json", "concepts/results.jsonl"):
+        assert eio.exists(f"s3://e4t/runs/stack/{prefix}"), prefix
+    assert eio.exists("s3://e4t/runs/stack/evaluation/report.html")
+
+    mlflow = _mlflow(stack)
+    client = mlflow.MlflowClient()
+
+    def runs(experiment: str, where: str = "") -> list[Any]:
+        found = mlflow.search_runs(
+            experiment_names=[experiment], filter_string=where, output_format="list"
+        )
+        assert found, f"no runs in {experiment} {where}"
+        return list(found)
+
+    dataset = runs("e4t-datasets", "tags.`e4t.dataset.url` = 's3://e4t/runs/stack/shards'")
+    pretrain = runs("e4t-pretrain", "tags.`e4t.output_url` = 's3://e4t/runs/stack/pretrain'")
+    assert pretrain[0].data.tags["e4t.dataset.run_id"] == dataset[0].info.run_id
+    version = client.get_model_version_by_alias("e4t-stackfaces", "candidate")
+    assert version.run_id == pretrain[0].info.run_id
+    concepts = runs("e4t-personalize", "tags.`e4t.stage` = 'personalize-concept'")
+    assert len(concepts) >= 4
+    evaluation = runs("e4t-evaluate", f"tags.`e4t.model_version` = '{version.version}'")
+    tags = evaluation[0].data.tags
+    assert tags["e4t.model_name"] == "e4t-stackfaces" and tags["e4t.promotion"] == "promoted"
+    assert set(tags["e4t.concept_run_ids"].split(",")) == {c.info.run_id for c in concepts}
+    assert client.get_model_version_by_alias("e4t-stackfaces", "champion").version == (
+        version.version
+    )
+    # the MLflow server keeps its artifacts in the S3 store
+    assert eio.list_files("s3://mlflow/artifacts")
+
+    # no credential in logs, MLflow params or Prefect parameters
+    secret = stack.env()["AWS_SECRET_ACCESS_KEY"]
+    access = stack.env()["AWS_ACCESS_KEY_ID"]
+    for log in [*stack.root.rglob("*.log")]:
+        text = log.read_text(errors="replace")
+        assert secret not in text and access not in text, log
+    for run in [*dataset, *pretrain, *concepts, *evaluation]:
+        values = " ".join(run.data.params.values()) + " ".join(run.data.tags.values())
+        assert secret not in values and access not in values
+    parameters = json.dumps(_api(stack, f"/flow_runs/{flow_run}")["parameters"])
+    assert secret not in parameters and access not in parameters
+
+
+def test_mlflow_ui_compares_two_pretraining_runs(stack: Stack, tmp_path: Path) -> None:
+    from tests.browser import headless_page
+
+    for name in ("one", "two"):
+        _run_deployment(
+            stack,
+            "pretrain-domain/pretrain-domain",
+            {
+                "shards_url": "s3://e4t/runs/stack/shards",
+                "output_url": f"s3://e4t/runs/compare-{name}",
+                "base_model": str(tmp_path / "models" / "tiny"),
+                "steps": 2,
+                "domain": "compare",
+                "experiment": "e4t-compare",
+            },
+            timeout_s=600,
+        )
+    mlflow = _mlflow(stack)
+    found = mlflow.search_runs(experiment_names=["e4t-compare"], output_format="list")
+    assert len(found) == 2
+    ids = [r.info.run_id for r in found]
+    experiment = found[0].info.experiment_id
+    query = urllib.parse.urlencode(
+        {"runs": json.dumps(ids), "experiments": json.dumps([experiment])}
+    )
+    with headless_page() as page:
+        page.goto(f"{stack.mlflow_uri}/#/compare-runs?{query}")
+        wanted = ["loss_diffusion", "samples_per_second", "grad_norm"]
+        page.wait_for(" && ".join(f"document.body.innerText.includes('{m}')" for m in wanted), 90)
+        text = page.evaluate("document.body.innerText")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(ARTIFACTS / "mlflow-compare-pretraining.png")
+    for run_id in ids:
+        assert run_id in text or found[0].info.run_name in text
