@@ -183,3 +183,23 @@ def test_tar_members_with_unsafe_paths_are_refused(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b"abc"))
     with pytest.raises(ValueError, match="unsafe path"):
         list(read_shard(str(path)))
+
+
+@pytest.mark.parametrize("name", ["../escape.jpg", "/abs/evil.jpg", "a/../../b.jpg"])
+def test_the_training_stream_refuses_unsafe_tar_members(tmp_path: Path, name: str) -> None:
+    import tarfile
+
+    from webdataset.tariterators import tarfile_to_samples
+
+    from e4t.data.loader import refuse_unsafe_members
+
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as tar:
+        for member in ("good.jpg", name):
+            info = tarfile.TarInfo(member)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    stream = refuse_unsafe_members(tarfile_to_samples()([{"url": str(path)}]))
+    assert next(stream)["__key__"] == "good"
+    with pytest.raises(ValueError, match="unsafe path"):
+        next(stream)

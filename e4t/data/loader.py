@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +134,16 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def refuse_unsafe_members(samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A stream stage: a tar member named with an absolute path or ``..`` stops the stream
+    (shards may come from anywhere; :func:`e4t.data.shards.read_shard` refuses them too)."""
+    for sample in samples:
+        key = str(sample.get("__key__", ""))
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"{sample.get('__url__')}: refusing tar member {key!r} (unsafe path)")
+        yield sample
+
+
 def make_train_pipeline(
     urls: list[str],
     transform: SampleTransform,
@@ -149,6 +159,7 @@ def make_train_pipeline(
     return DataPipeline(
         resampled_shards(urls, seed, rank),
         tarfile_to_samples(),
+        refuse_unsafe_members,
         select(lambda s: s["__key__"] not in exclude_keys),
         shuffle(
             shuffle_buffer,
