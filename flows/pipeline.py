@@ -18,6 +18,7 @@ from flows.curate_domain import curate_domain
 from flows.evaluate import evaluate
 from flows.personalize_bulk import personalize_bulk
 from flows.pretrain_domain import pretrain_domain
+from tasks import pipeline as t
 
 
 @flow(name="e4t-pipeline", log_prints=True)
@@ -33,21 +34,28 @@ def e4t_pipeline(
     device: str = "cpu",
     nproc_per_node: int = 1,
     run_evaluation: bool = True,
+    stage_presets: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run every stage on ``photos_url``; outputs go under ``work_url`` (a folder or an
     s3:// prefix): ``shards/``, ``pretrain/``, ``concepts/``, ``evaluation/``.
 
     ``images_url``: the photos to personalize (default: ``photos_url``); ``preset`` names
-    each stage's preset (``tiny``, or ``sd15``-family presets on a GPU).
+    every stage's preset, ``stage_presets`` one stage's (e.g. ``{"curate": "ffhq-1024",
+    "pretrain": "sd15-faces", "personalize": "sd15", "evaluate": "sd15"}`` on GPUs).
     """
+    t.validate(photos_url, images_url, preset, stage_presets, base_model, init_preset)
+
+    def chosen(stage: str) -> str | None:
+        return t.stage_preset(stage, preset, stage_presets)
+
     shards_url = eio.join(work_url, "shards")
-    curated = curate_domain(source_url=photos_url, output_url=shards_url, preset=preset)
+    curated = curate_domain(source_url=photos_url, output_url=shards_url, preset=chosen("curate"))
     trained = pretrain_domain(
         shards_url=curated["output_url"],
         output_url=eio.join(work_url, "pretrain"),
         base_model=base_model,
         init_preset=init_preset,
-        preset=preset,
+        preset=chosen("pretrain"),
         steps=pretrain_steps,
         nproc_per_node=nproc_per_node,
         domain=domain,
@@ -57,7 +65,7 @@ def e4t_pipeline(
         images_url=images_url or photos_url,
         model_uri=model_uri,
         output_url=eio.join(work_url, "concepts"),
-        preset=preset,
+        preset=chosen("personalize"),
         device=device,
     )
     evaluated = None
@@ -66,7 +74,7 @@ def e4t_pipeline(
             model_uri=model_uri,
             concepts_url=personalized["output_url"],
             output_url=eio.join(work_url, "evaluation"),
-            preset=preset,
+            preset=chosen("evaluate"),
             device=device,
         )
     result = {

@@ -47,11 +47,19 @@ class SeaweedS3:
         secret_key: str,
         buckets: tuple[str, ...] = (),
         timeout_s: float = 60.0,
+        reuse_ports: bool = False,
     ) -> SeaweedS3:
+        """Start on free ports; ``reuse_ports`` restarts on the ports (and so the endpoint)
+        of the previous start in ``root``, with the data it left."""
         root = Path(root).resolve()
         (root / "data").mkdir(parents=True, exist_ok=True)
-        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
-        grpc = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+        saved = root / "endpoint.json"
+        if reuse_ports and saved.exists():
+            previous = json.loads(saved.read_text())
+            ports, grpc = previous["ports"], previous["grpc"]
+        else:
+            ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+            grpc = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
         cmd = [
             weed_binary(),
             "mini",
@@ -70,7 +78,7 @@ class SeaweedS3:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
         process = start_background(cmd, env, root, "weed", cwd=root)
         server = cls(root=root, pid=process.pid, endpoint=f"http://127.0.0.1:{ports['s3']}")
-        (root / "endpoint.json").write_text(json.dumps({"endpoint": server.endpoint}))
+        saved.write_text(json.dumps({"endpoint": server.endpoint, "ports": ports, "grpc": grpc}))
         try:
             server.wait_healthy(access_key, secret_key, timeout_s)
         except BaseException:

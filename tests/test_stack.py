@@ -88,19 +88,31 @@ def _mlflow(stack: Stack) -> Any:
     return mlflow
 
 
-def test_pipeline_deployment_on_the_stack(
-    stack: Stack, photos_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="module")
+def deployed(stack: Stack, photos_dir: Path) -> Stack:
+    """The sample photos in s3://e4t/photos and every deployment of prefect.yaml."""
     from e4t import io as eio
 
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in stack.env().items():
+            patch.setenv(key, value)
+        for photo in sorted(photos_dir.iterdir()):
+            if photo.name not in ("coffee.png", "chelsea.png"):
+                eio.write_bytes(f"s3://e4t/photos/{photo.name}", photo.read_bytes())
+    _prefect(stack, "--no-prompt", "deploy", "--all")
+    return stack
+
+
+@pytest.fixture
+def s3_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in stack.env().items():
         monkeypatch.setenv(key, value)
-    for photo in sorted(photos_dir.iterdir()):
-        if photo.name in ("coffee.png", "chelsea.png"):
-            continue
-        eio.write_bytes(f"s3://e4t/photos/{photo.name}", photo.read_bytes())
 
-    _prefect(stack, "--no-prompt", "deploy", "--all")
+
+def test_pipeline_deployment_on_the_stack(deployed: Stack, s3_env: None, tmp_path: Path) -> None:
+    from e4t import io as eio
+
+    stack = deployed
     flow_run = _run_deployment(
         stack,
         "e4t-pipeline/e4t-pipeline",
@@ -158,9 +170,10 @@ def test_pipeline_deployment_on_the_stack(
     assert secret not in parameters and access not in parameters
 
 
-def test_mlflow_ui_compares_two_pretraining_runs(stack: Stack, tmp_path: Path) -> None:
+def test_mlflow_ui_compares_two_pretraining_runs(deployed: Stack, tmp_path: Path) -> None:
     from tests.browser import headless_page
 
+    stack = deployed
     for name in ("one", "two"):
         _run_deployment(
             stack,
@@ -192,3 +205,125 @@ def test_mlflow_ui_compares_two_pretraining_runs(stack: Stack, tmp_path: Path) -
         page.screenshot(ARTIFACTS / "mlflow-compare-pretraining.png")
     for run_id in ids:
         assert run_id in text or found[0].info.run_name in text
+
+
+def _start_deployment(stack: Stack, name: str, params: dict[str, Any]) -> str:
+    args = [a for k, v in params.items() for a in ("-p", f"{k}={json.dumps(v)}")]
+    started = _prefect(stack, "deployment", "run", name, *args)
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", started)
+    assert match, started
+    return match.group(1)
+
+
+def _wait_state(stack: Stack, run_id: str, states: set[str], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = str(_api(stack, f"/flow_runs/{run_id}")["state"]["type"])
+        if state in states:
+            return state
+        time.sleep(2)
+    raise TimeoutError(f"flow run {run_id} never reached {states}")
+
+
+def _children(stack: Stack, parent_id: str) -> list[dict[str, Any]]:
+    body = json.dumps({"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}}).encode()
+    request = urllib.request.Request(
+        f"{stack.prefect_api}/flow_runs/filter",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return list(json.loads(response.read()))
+
+
+def test_cancelled_pipeline_rerun_skips_finished_work(
+    deployed: Stack, s3_env: None, tmp_path: Path
+) -> None:
+    """Cancel e4t-pipeline while it pretrains; the rerun keeps the curated shards as they
+    are and resumes pretraining in the same MLflow run."""
+    import s3fs
+
+    from e4t import io as eio
+
+    stack = deployed
+    params = {
+        "photos_url": "s3://e4t/photos",
+        "work_url": "s3://e4t/runs/cancel",
+        "base_model": str(tmp_path / "models" / "tiny"),
+        "pretrain_steps": 30,
+        "domain": "cancelfaces",
+        "run_evaluation": False,
+    }
+    first = _start_deployment(stack, "e4t-pipeline/e4t-pipeline", params)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # until pretraining has written its MLflow run id
+        if eio.exists("s3://e4t/runs/cancel/pretrain/launch.json"):
+            break
+        assert _api(stack, f"/flow_runs/{first}")["state"]["type"] in (
+            "SCHEDULED",
+            "PENDING",
+            "RUNNING",
+        )
+        time.sleep(1)
+    _prefect(stack, "flow-run", "cancel", first)
+    assert _wait_state(stack, first, {"CANCELLED", "CANCELLING"}, 120) in (
+        "CANCELLED",
+        "CANCELLING",
+    )
+    _wait_state(stack, first, {"CANCELLED"}, 120)
+    launch = json.loads(eio.read_text("s3://e4t/runs/cancel/pretrain/launch.json"))
+    assert "registered" not in launch  # stopped before the end
+    fs = s3fs.S3FileSystem(
+        client_kwargs={"endpoint_url": stack.s3_endpoint}, skip_instance_cache=True
+    )
+    shards = {p: fs.info(p)["ETag"] for p in fs.find("e4t/runs/cancel/shards")}
+    stats_modified = fs.info("e4t/runs/cancel/shards/stats.json")["LastModified"]
+
+    second = _start_deployment(stack, "e4t-pipeline/e4t-pipeline", params)
+    assert _wait_state(stack, second, {"COMPLETED", "FAILED", "CRASHED"}, 900) == "COMPLETED"
+    fs.invalidate_cache()
+    assert fs.info("e4t/runs/cancel/shards/stats.json")["LastModified"] == stats_modified
+    assert {p: fs.info(p)["ETag"] for p in shards} == shards  # curation skipped
+    done = json.loads(eio.read_text("s3://e4t/runs/cancel/pretrain/launch.json"))
+    assert done["registered"] and done["run_id"] == launch["run_id"]  # the same run, resumed
+    names = {c["name"] for c in _children(stack, second)}
+    assert names  # the rerun ran its stages as subflows
+
+
+def test_curation_survives_an_s3_restart(deployed: Stack, s3_env: None) -> None:
+    """SeaweedFS stopped and started again (same ports, same data) mid-curation: partition
+    tasks retry, and the job finishes with every input accounted for."""
+    from e4t import io as eio
+    from infra.processes import Background
+    from infra.seaweedfs import SeaweedS3
+
+    stack = deployed
+    run_id = _start_deployment(
+        stack,
+        "curate-domain/curate-domain",
+        {
+            "source_url": "s3://e4t/photos",
+            "output_url": "s3://e4t/runs/s3-restart",
+            "preset": "tiny",
+            "overrides": ["shards.num_images_per_partition=1"],
+            "max_workers": 1,
+        },
+    )
+    work = "s3://e4t/runs/s3-restart/_work"
+    parts: list[str] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not parts:
+        if eio.exists(work):
+            parts = [u for u in eio.list_files(work) if "/part-" in u]
+        time.sleep(0.3)
+    assert 0 < len(parts) < 8, "stop the store while partitions remain"
+    pid_file = stack.root / "s3" / "weed.pid"
+    Background(int(pid_file.read_text()), pid_file).stop()
+    time.sleep(4)  # the store is down while partitions run
+    creds = json.loads((stack.root / "credentials.json").read_text())
+    SeaweedS3.start(stack.root / "s3", creds["access_key"], creds["secret_key"], reuse_ports=True)
+    assert _wait_state(stack, run_id, {"COMPLETED", "FAILED", "CRASHED"}, 600) == "COMPLETED"
+    stats = json.loads(eio.read_text("s3://e4t/runs/s3-restart/stats.json"))
+    assert stats["num_inputs"] == 8
+    manifest = eio.read_text("s3://e4t/runs/s3-restart/manifest.jsonl").splitlines()
+    assert len({json.loads(r)["source"] for r in manifest}) == 8  # nothing lost
