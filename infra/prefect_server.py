@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -34,8 +35,26 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def prefect_cli(env: dict[str, str], *args: str, timeout: int = 300) -> str:
+    """Run the ``prefect`` CLI in the project folder; its stdout, or an error with both streams."""
+    done = subprocess.run(
+        [_bin("prefect"), *args],
+        env=env,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
 
 
 def start_background(cmd: list[str], env: dict[str, str], root: Path, name: str) -> Background:

@@ -19,14 +19,19 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.prefect_server import WORKER_SIGNALS, prefect_env, start_server, start_worker
+from infra.prefect_server import (
+    WORKER_SIGNALS,
+    prefect_cli,
+    prefect_env,
+    start_server,
+    start_worker,
+)
 from infra.processes import Background, free_ports, start_background
 from infra.seaweedfs import SeaweedS3
 
@@ -128,19 +133,6 @@ def start_mlflow(
     return process, uri
 
 
-def _prefect_cli(env: dict[str, str], *args: str) -> None:
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-
-
 def up(
     root: str | Path = ".stack", prefect_port: int | None = None, mlflow_port: int | None = None
 ) -> Stack:
@@ -167,7 +159,7 @@ def up(
             )
         )
         client_env = {**prefect_env(root / "prefect" / "home", api), **stack.env()}
-        _prefect_cli(client_env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
+        prefect_cli(client_env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
         worker = start_worker(root / "prefect", api, POOL, extra_env=stack.env())
         started.append(worker)
         env_file = root / "stack.env"

@@ -13,23 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from infra.prefect_server import prefect_env, start_server, start_worker
+from infra.prefect_server import prefect_cli, prefect_env, start_server, start_worker
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _prefect(env: dict[str, str], *args: str, timeout: int = 300) -> str:
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+def _prefect(env: dict[str, str], *args: str) -> str:
+    return prefect_cli(env, *args)
 
 
 def _flow_run(api: str, run_id: str) -> dict:

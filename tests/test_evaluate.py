@@ -204,3 +204,33 @@ def test_evaluation_of_a_personalize_output_links_the_concept_runs(
     )
     assert sorted(tags["e4t.concept_run_ids"].split(",")) == sorted(c.info.run_id for c in children)
     assert len(children) == 2
+
+
+def test_evaluate_command(photos_dir: Path, tiny_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from e4t.config import ModelConfig
+    from e4t.models.e4t_model import E4TModel
+
+    model = E4TModel.from_config(ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}))
+    folder = model.save_pretrained(tmp_path / "domain")
+    images = tmp_path / "faces"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
+    args = [
+        sys.executable, "-m", "e4t.cli", "evaluate", str(images), "--model", str(folder),
+        "--out", str(tmp_path / "eval"), "--preset", "tiny", "--steps", "0", "1",
+        "--seeds", "0", "--prompt", "a photo of {}", "--baselines", "--no-track",
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"report: {tmp_path / 'eval' / 'report.html'}" in done.stdout
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["summary"]) == {"e4t"} and set(results["summary"]["e4t"]) == {"0", "1"}
+    assert "100%" in done.stderr  # the progress bar
+
+    bad = subprocess.run(
+        [*args[:4], str(tmp_path / "nowhere"), *args[5:]], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "no such folder" in bad.stderr

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from infra.prefect_server import prefect_cli
 from infra.stack import Stack, down, status, up
 
 pytestmark = pytest.mark.slow
@@ -46,16 +45,7 @@ def _env(stack: Stack) -> dict[str, str]:
 
 
 def _prefect(stack: Stack, *args: str) -> str:
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), *args],
-        env=_env(stack),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return prefect_cli(_env(stack), *args)
 
 
 def _api(stack: Stack, path: str) -> Any:
@@ -64,18 +54,9 @@ def _api(stack: Stack, path: str) -> Any:
 
 
 def _run_deployment(stack: Stack, name: str, params: dict[str, Any], timeout_s: float) -> str:
-    args = [a for k, v in params.items() for a in ("-p", f"{k}={json.dumps(v)}")]
-    started = _prefect(stack, "deployment", "run", name, *args)
-    match = re.search(r"UUID:\s*([0-9a-f-]{36})", started)
-    assert match, started
-    run_id = match.group(1)
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        state = _api(stack, f"/flow_runs/{run_id}")["state"]["type"]
-        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            break
-        time.sleep(3)
+    """Start a deployment run and wait for it to end; it must complete."""
+    run_id = _start_deployment(stack, name, params)
+    state = _wait_state(stack, run_id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, timeout_s)
     log = (stack.root / "prefect" / "worker-e4t-process.log").read_text()
     assert state == "COMPLETED", f"{name} ended {state}:\n{log[-5000:]}"
     return run_id
@@ -327,3 +308,106 @@ def test_curation_survives_an_s3_restart(deployed: Stack, s3_env: None) -> None:
     assert stats["num_inputs"] == 8
     manifest = eio.read_text("s3://e4t/runs/s3-restart/manifest.jsonl").splitlines()
     assert len({json.loads(r)["source"] for r in manifest}) == 8  # nothing lost
+
+
+def test_worker_killed_mid_pretraining_then_the_rerun_resumes(
+    deployed: Stack, s3_env: None, tmp_path: Path
+) -> None:
+    """SIGKILL the worker (and with it the flow run and torchrun) after the first
+    checkpoint; a new worker and a rerun of the deployment resume from that checkpoint in
+    the same MLflow run and finish."""
+    from e4t import io as eio
+    from e4t.training.checkpoint import complete_steps
+    from infra.prefect_server import start_worker
+    from infra.processes import Background
+    from infra.stack import POOL
+
+    stack = deployed
+    out = "s3://e4t/runs/killed"
+    params = {
+        "shards_url": "s3://e4t/runs/stack/shards",
+        "output_url": out,
+        "base_model": str(tmp_path / "models" / "tiny"),
+        "steps": 40,
+        "domain": "killfaces",
+        "experiment": "e4t-kill",
+    }
+    assert eio.exists("s3://e4t/runs/stack/shards/stats.json"), (
+        "runs after test_pipeline_deployment_on_the_stack, on its shards"
+    )
+    first = _start_deployment(stack, "pretrain-domain/pretrain-domain", params)
+    checkpoints = eio.join(out, "checkpoints")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if eio.exists(checkpoints) and complete_steps(checkpoints):
+            break
+        time.sleep(0.5)
+    saved = complete_steps(checkpoints)
+    assert saved and max(saved) < 40, "kill it between the first checkpoint and the end"
+    pid_file = stack.root / "prefect" / f"worker-{POOL}.pid"
+    Background(int(pid_file.read_text()), pid_file).stop(signals=(9,))  # SIGKILL, no goodbye
+    launch = json.loads(eio.read_text(eio.join(out, "launch.json")))
+    assert "registered" not in launch
+
+    start_worker(stack.root / "prefect", stack.prefect_api, POOL, extra_env=stack.env())
+    _prefect(stack, "flow-run", "cancel", first)  # the orphaned run, so it is not picked up
+    second = _start_deployment(stack, "pretrain-domain/pretrain-domain", params)
+    assert _wait_state(stack, second, {"COMPLETED", "FAILED", "CRASHED"}, 900) == "COMPLETED"
+    done = json.loads(eio.read_text(eio.join(out, "launch.json")))
+    assert done["registered"] and done["run_id"] == launch["run_id"]  # same run, resumed
+    assert done["result"]["step"] == 40
+    log = (stack.root / "prefect" / f"worker-{POOL}.log").read_text()
+    assert '"resumed"' in log, "the rerun resumed from the checkpoint"
+
+
+def test_services_listen_on_loopback_only(stack: Stack) -> None:
+    """Every listening socket of the stack's processes is bound to 127.0.0.1."""
+    listening = _listening_sockets()
+    pids = set()
+    for pid_file in stack.root.rglob("*.pid"):
+        pids |= _process_tree(int(pid_file.read_text()))
+    inodes = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.iterdir() if fd_dir.exists() else []:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ours = [addr for inode, addr in listening.items() if inode in inodes]
+    assert len(ours) >= 4  # S3 (and SeaweedFS's own ports), MLflow, Prefect
+    assert all(host in ("127.0.0.1", "::1") for host, _ in ours), ours
+
+
+def _listening_sockets() -> dict[str, tuple[str, int]]:
+    """inode → (IPv4 address, port) of every LISTEN socket (IPv6 ones count as not local)."""
+    out: dict[str, tuple[str, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            addr, port = fields[1].split(":")
+            if table.endswith("6"):
+                host = "::1" if addr == "0" * 31 + "1" else f"[{addr}]"
+            else:
+                host = ".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0))
+            out[fields[9]] = (host, int(port, 16))
+    return out
+
+
+def _process_tree(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    found, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found
