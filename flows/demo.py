@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         f"evaluate: {result['num_evaluated']} concepts, E4T against Textual Inversion and "
         f"E4T without pretraining; @champion ({decision.get('metric')}): "
         f"{'moved' if decision.get('promoted') else 'kept'} — {decision.get('reason')}"
+        + (
+            " (recorded by the earlier run; nothing re-evaluated)"
+            if result["evaluation_skipped"]
+            else ""
+        )
     )
     print(f"  report    {result['report_url']}")
     print(f"  MLflow run {result['evaluation_run_id']}")

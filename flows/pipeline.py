@@ -88,6 +88,7 @@ def e4t_pipeline(
         "report_url": evaluated["urls"]["report"] if evaluated else None,
         "evaluation_run_id": evaluated["mlflow_run_id"] if evaluated else None,
         "promotion": evaluated["promotion"] if evaluated else None,
+        "evaluation_skipped": bool(evaluated and evaluated.get("skipped")),
         "stats": curated["stats"],
         "final": trained.get("final", {}),
         "personalize_summary": personalized["summary"],
