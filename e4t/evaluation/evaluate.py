@@ -76,10 +76,6 @@ class EvalResult:
             "samples": self.samples,
         }
 
-    def final(self, method: str) -> dict[str, float]:
-        by_steps = self.summary.get(method, {})
-        return by_steps[max(by_steps)] if by_steps else {}
-
 
 def thumb_key(concept_id: str, method: str, steps: int, prompt: str) -> str:
     return f"{concept_id}|{method}|{steps}|{prompt}"
