@@ -89,13 +89,22 @@ class ClipScorer:
         """CLIPScore of each image with its caption: 100 · max(cos, 0)."""
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} captions")
-        cos = (self.image_embeds(images) * self.text_embeds(texts)).sum(dim=-1)
-        return (100.0 * cos.clamp_min(0.0)).tolist()
+        return clipscore(self.image_embeds(images), self.text_embeds(texts))
 
     def clip_i(self, images: Sequence[Image.Image], reference: Image.Image) -> list[float]:
         """Cosine of each image's embedding with the reference image's."""
-        ref = self.image_embeds([reference])
-        return (self.image_embeds(images) @ ref[0]).tolist()
+        return cosines(self.image_embeds(images), self.image_embeds([reference])[0])
+
+
+def clipscore(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> list[float]:
+    """100 · max(cos, 0) of paired unit embeddings (N, D) × (N, D)."""
+    cos = (image_embeds * text_embeds).sum(dim=-1)
+    return (100.0 * cos.clamp_min(0.0)).tolist()
+
+
+def cosines(embeds: torch.Tensor, reference: torch.Tensor) -> list[float]:
+    """Cosine of each unit embedding (N, D) with one unit embedding (D,)."""
+    return (embeds @ reference).tolist()
 
 
 def diversity(embeds: torch.Tensor) -> float:

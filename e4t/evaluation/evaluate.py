@@ -22,11 +22,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from PIL import Image
 
 from e4t import io as eio
 from e4t.config import EvaluateConfig, config_hash
-from e4t.evaluation.clip_score import ClipScorer, diversity
+from e4t.evaluation.clip_score import ClipScorer, clipscore, cosines, diversity
 from e4t.evaluation.identity import IdentityBackend, create_identity_backend, identity_scores
 from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel
@@ -125,8 +126,6 @@ def load_concepts(
 
 def artifact_bytes(bank: ConceptBank, index: int, method: str, dtype: str) -> int:
     """Bytes a concept of this method needs: the word alone for Textual Inversion."""
-    import torch
-
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     tensors = bank.tensors_of(index, torch_dtype)
     if method == "textual-inversion":
@@ -166,9 +165,7 @@ def summarize(samples: list[dict[str, Any]], extras: dict[tuple[str, int], dict]
     return out
 
 
-def _stack(embeddings: list[list[float]]) -> Any:
-    import torch
-
+def _stack(embeddings: list[list[float]]) -> torch.Tensor:
     return torch.tensor(embeddings, dtype=torch.float32)
 
 
@@ -203,14 +200,24 @@ def evaluate_concepts(
         concepts=[],
         rejected=list(rejected or []),
     )
-    references = {}
-    for c in concepts:
+    # computed once: each concept's identity and CLIP embedding, each prompt's caption
+    references, clip_references = {}, {}
+    input_embeds = scorer.image_embeds([c.aligned for c in concepts])
+    for c, clip_ref in zip(concepts, input_embeds, strict=True):
         ref = identity.embed(c.aligned)
         references[c.concept_id] = ref
+        clip_references[c.concept_id] = clip_ref
         result.inputs[c.concept_id] = _jpeg(c.aligned)
         result.concepts.append(
             {"concept_id": c.concept_id, "source": c.source, "reference_has_face": ref is not None}
         )
+    caption_embeds = dict(
+        zip(
+            config.prompts,
+            scorer.text_embeds([p.replace("{}", class_word) for p in config.prompts]),
+            strict=True,
+        )
+    )
     gen = GenerationConfig(
         num_steps=config.generation_steps,
         guidance_scale=config.guidance_scale,
@@ -253,7 +260,15 @@ def evaluate_concepts(
                         for seed in config.seeds:
                             images += generate(model, single.cls, config.prompts, 1, seed, gen)
                         result.samples += _score(
-                            images, concept, method, step, references, identity, scorer, class_word
+                            images,
+                            concept.concept_id,
+                            method,
+                            step,
+                            references[concept.concept_id],
+                            clip_references[concept.concept_id],
+                            caption_embeds,
+                            identity,
+                            scorer,
                         )
                         for img in images:
                             if img.seed == config.seeds[0]:
@@ -281,24 +296,24 @@ def evaluate_concepts(
 
 def _score(
     images: list[Any],
-    concept: EvalConcept,
+    concept_id: str,
     method: str,
     steps: int,
-    references: dict[str, Any],
+    reference: Any,
+    clip_reference: torch.Tensor,
+    caption_embeds: dict[str, torch.Tensor],
     identity: IdentityBackend,
     scorer: ClipScorer,
-    class_word: str,
 ) -> list[dict[str, Any]]:
+    """Each generated image's scores; its CLIP embedding is computed once for all three."""
     pil = [g.image for g in images]
-    captions = [g.prompt.replace("{}", class_word) for g in images]
-    clip_t = scorer.clip_t(pil, captions)
-    clip_i = scorer.clip_i(pil, concept.aligned)
-    embeds = scorer.image_embeds(pil).tolist()
-    reference = references[concept.concept_id]
+    embeds = scorer.image_embeds(pil)
+    clip_t = clipscore(embeds, torch.stack([caption_embeds[g.prompt] for g in images]))
+    clip_i = cosines(embeds, clip_reference)
     ids = identity_scores(identity, reference, pil) if reference is not None else [None] * len(pil)
     return [
         {
-            "concept_id": concept.concept_id,
+            "concept_id": concept_id,
             "method": method,
             "steps": steps,
             "prompt": g.prompt,
@@ -307,7 +322,7 @@ def _score(
             "reference_has_face": reference is not None,
             "clip_t": clip_t[i],
             "clip_i": clip_i[i],
-            "embedding": embeds[i],
+            "embedding": embeds[i].tolist(),
         }
         for i, g in enumerate(images)
     ]

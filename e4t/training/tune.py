@@ -145,7 +145,8 @@ def tune_concepts(
             return
         began = time.perf_counter()
         on_step(step, bank, began - start - excluded)
-        model.attach_concepts(bank)  # the callback may have attached others
+        if model.concepts is not bank:  # the callback attached others: put the bank back
+            model.attach_concepts(bank)
         excluded += time.perf_counter() - began
 
     model.requires_grad_(False)
