@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, cast
 from uuid import UUID
 
@@ -11,22 +10,12 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from e4t.config import EvaluateConfig, load_config
 from e4t.evaluation import job
-from e4t.tracking import load_domain_model, pin_model_uri
+from tasks.models import domain_model
 from tasks.retry import retry_transient
 
 
 def resolve_evaluate_config(preset: str | None, overrides: list[str] | None) -> EvaluateConfig:
     return load_config(EvaluateConfig, "evaluate", preset, overrides)
-
-
-@functools.lru_cache(maxsize=1)
-def _load(model_uri: str, device: str) -> Any:
-    return load_domain_model(model_uri, device=device)
-
-
-def _model(model_uri: str, device: str) -> Any:
-    """The domain model, loaded once per worker process and pinned version."""
-    return _load(pin_model_uri(model_uri), device)
 
 
 @task(
@@ -71,7 +60,13 @@ def evaluate(
             logger.info("evaluation %3.0f%% done", 100 * fraction)
 
     out = job.evaluate(
-        _model(model_uri, device), model_uri, concepts_url, output_url, config, checked, on_progress
+        domain_model(model_uri, device),
+        model_uri,
+        concepts_url,
+        output_url,
+        config,
+        checked,
+        on_progress,
     )
     logger.info(
         "evaluated %d concepts (%d rejected) → %s",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 from prefect import get_run_logger, task
 
 from e4t.config import PersonalizeConfig, load_config
-from e4t.tracking import load_domain_model, log_personalization, pin_model_uri
+from e4t.tracking import log_personalization
 from e4t.training import bulk
+from tasks.models import domain_model
 from tasks.retry import retry_transient
 
 
@@ -18,16 +18,6 @@ def resolve_personalize_config(
     preset: str | None, overrides: list[str] | None
 ) -> PersonalizeConfig:
     return load_config(PersonalizeConfig, "personalize", preset, overrides)
-
-
-@functools.lru_cache(maxsize=2)
-def _load(model_uri: str, device: str) -> Any:
-    return load_domain_model(model_uri, device=device)  # once per worker process
-
-
-def _model(model_uri: str, device: str) -> Any:
-    """The domain model, loaded once per worker process and pinned version."""
-    return _load(pin_model_uri(model_uri), device)
 
 
 @task(name="plan-personalization")
@@ -48,7 +38,7 @@ def plan(
 @task(name="check-model", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def check_model(model_uri: str, device: str) -> str:
     """Load the domain model once up front: an unknown URI fails before any tuning."""
-    return _model(model_uri, device).fingerprint()
+    return domain_model(model_uri, device).fingerprint()
 
 
 @task(
@@ -68,7 +58,7 @@ def personalize_pass(
 ) -> list[dict[str, Any]]:
     config = resolve_personalize_config(preset, overrides)
     rows = bulk.personalize_pass(
-        _model(model_uri, device),
+        domain_model(model_uri, device),
         [bulk.ConceptSpec(**spec) for spec in specs],
         output_url,
         config.curate,
