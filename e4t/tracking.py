@@ -495,6 +495,65 @@ def decide_promotion(
     return False, f"does not beat the champion by more than {min_delta:g} (gain {gain:.4g})"
 
 
+def _comparable_run(
+    name: str, version: str, metric: str, eval_key: str, exclude: str, experiment: str
+) -> Any | None:
+    """The latest evaluation of ``name`` v``version`` with the same ``eval_key`` that holds
+    ``metric`` (``exclude``: the run being decided)."""
+    mlflow = _mlflow()
+    found = mlflow.search_runs(
+        [get_or_create_experiment(experiment)],
+        filter_string=(
+            f"tags.`e4t.model_name` = '{name}' and "
+            f"tags.`e4t.model_version` = '{version}' and "
+            f"tags.`e4t.eval_key` = '{eval_key}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    return next((r for r in found if metric in r.data.metrics and r.info.run_id != exclude), None)
+
+
+def _promotion_decision(
+    client: Any,
+    run_id: str,
+    model: tuple[str, str] | None,
+    candidate_value: float,
+    promotion: Any,
+    eval_key: str,
+    experiment: str,
+) -> dict[str, Any]:
+    """What to do with the alias, and why; moves it when the rule says so."""
+    decision: dict[str, Any] = {"promoted": False, "metric": promotion.metric}
+    if not promotion.enabled:
+        return {**decision, "reason": "promotion disabled"}
+    if model is None:
+        return {**decision, "reason": "not a registered model version (a folder or run URI)"}
+    name, version = model
+    try:
+        champion: str | None = str(client.get_model_version_by_alias(name, promotion.alias).version)
+    except Exception:  # MlflowException: the alias is not set yet
+        champion = None
+    decision.update({"model": name, "version": version, "previous": champion})
+    if champion == version:
+        return {**decision, "reason": f"version {version} already holds @{promotion.alias}"}
+    champion_value: float | None = None
+    if champion is not None:
+        comparable = _comparable_run(name, champion, promotion.metric, eval_key, run_id, experiment)
+        if comparable is None:
+            return {
+                **decision,
+                "reason": f"champion v{champion} has no evaluation comparable to this one "
+                f"(same config and concepts); evaluate models:/{name}@{promotion.alias} first",
+            }
+        champion_value = float(comparable.data.metrics[promotion.metric])
+        decision["champion_run_id"] = comparable.info.run_id
+    ok, why = decide_promotion(candidate_value, champion_value, promotion.mode, promotion.min_delta)
+    if ok:
+        client.set_registered_model_alias(name, promotion.alias, version)
+    return {**decision, "promoted": ok, "reason": why, "champion_value": champion_value}
+
+
 def promote_if_better(
     run_id: str,
     model: tuple[str, str] | None,
@@ -506,61 +565,10 @@ def promote_if_better(
     """Move ``promotion.alias`` to the evaluated version when it beats the current holder on
     ``promotion.metric`` in a comparable evaluation (same config and concepts: ``eval_key``).
     The decision, and why, is recorded as tags of the evaluation run."""
-    mlflow = _mlflow()
-    client = mlflow.MlflowClient()
-    decision: dict[str, Any] = {"promoted": False, "metric": promotion.metric}
-    if not promotion.enabled:
-        decision["reason"] = "promotion disabled"
-    elif model is None:
-        decision["reason"] = "not a registered model version (a folder or run URI)"
-    else:
-        name, version = model
-        try:
-            champion: str | None = str(
-                client.get_model_version_by_alias(name, promotion.alias).version
-            )
-        except Exception:  # MlflowException: the alias is not set yet
-            champion = None
-        decision.update({"model": name, "version": version, "previous": champion})
-        champion_value: float | None = None
-        if champion == version:
-            decision["reason"] = f"version {version} already holds @{promotion.alias}"
-        else:
-            comparable = None
-            if champion is not None:
-                found = mlflow.search_runs(
-                    [get_or_create_experiment(experiment)],
-                    filter_string=(
-                        f"tags.`e4t.model_name` = '{name}' and "
-                        f"tags.`e4t.model_version` = '{champion}' and "
-                        f"tags.`e4t.eval_key` = '{eval_key}'"
-                    ),
-                    order_by=["attributes.start_time DESC"],
-                    output_format="list",
-                )
-                comparable = next(
-                    (
-                        r
-                        for r in found
-                        if promotion.metric in r.data.metrics and r.info.run_id != run_id
-                    ),
-                    None,
-                )
-            if champion is not None and comparable is None:
-                decision["reason"] = (
-                    f"champion v{champion} has no evaluation comparable to this one (same config "
-                    f"and concepts); evaluate models:/{name}@{promotion.alias} first"
-                )
-            else:
-                if comparable is not None:
-                    champion_value = float(comparable.data.metrics[promotion.metric])
-                    decision["champion_run_id"] = comparable.info.run_id
-                ok, why = decide_promotion(
-                    candidate_value, champion_value, promotion.mode, promotion.min_delta
-                )
-                decision.update({"promoted": ok, "reason": why, "champion_value": champion_value})
-                if ok:
-                    client.set_registered_model_alias(name, promotion.alias, version)
+    client = _mlflow().MlflowClient()
+    decision = _promotion_decision(
+        client, run_id, model, candidate_value, promotion, eval_key, experiment
+    )
     decision["candidate_value"] = candidate_value
     tags = {
         "e4t.promotion": "promoted" if decision["promoted"] else "kept",
