@@ -160,7 +160,7 @@ def bench_model(
 
     from e4t.config import LossConfig, ModelConfig
     from e4t.models.e4t_model import E4TModel
-    from e4t.models.presets import build_base_models
+    from e4t.models.architectures import build_base_models
     from e4t.training.step import Batch, compute_loss
 
     hidden = 32 if preset == "tiny" else 768
@@ -267,7 +267,7 @@ def bench_pretrain(
     import statistics
 
     from e4t.config import PretrainConfig
-    from e4t.models.presets import init_model
+    from e4t.models.architectures import init_model
     from e4t.training.launch import run_pretraining
 
     rates: dict[int, float] = {}
@@ -351,7 +351,7 @@ def bench_personalize(
     from e4t.config import ModelConfig, TuneConfig
     from e4t.data.shards import read_shard
     from e4t.models.e4t_model import E4TModel
-    from e4t.models.presets import build_base_models
+    from e4t.models.architectures import build_base_models
     from e4t.training.tune import face_input, tune_concepts
 
     hidden = 32 if preset == "tiny" else 768

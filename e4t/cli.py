@@ -132,7 +132,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_init_model(args: argparse.Namespace) -> int:
-    from e4t.models.presets import init_model
+    from e4t.models.architectures import init_model
 
     out = init_model(
         args.dest, preset=args.preset, seed=args.seed, prediction_type=args.prediction_type

@@ -44,7 +44,7 @@ def validate(
 ) -> int:
     """Every stage's preset resolves, the photo folders hold images, the base model exists
     (or will be created): otherwise a clear error before any heavy work."""
-    from e4t.models.presets import PRESETS
+    from e4t.models.architectures import PRESETS
 
     unknown = set(stage_presets or {}) - set(STAGES)
     if unknown:

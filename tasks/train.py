@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from e4t.config import PretrainConfig, load_config
-from e4t.models.presets import PRESETS, init_model
+from e4t.models.architectures import PRESETS, init_model
 from e4t.training.launch import run_pretraining, validate_inputs
 
 

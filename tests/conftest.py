@@ -167,9 +167,9 @@ def prefect_server() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny base model preset, written once per session."""
-    from e4t.models.presets import init_model
+    from e4t.models.architectures import init_model
 
-    return init_model(tmp_path_factory.mktemp("models") / "tiny", preset="tiny", seed=0)
+    return init_model(tmp_path_factory.mktemp("models") / "tiny", arch="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from e4t.generation import GenerationConfig, apply_concept_to_pipeline, clip_pix
 from e4t.models.e4t_model import ArtifactError, E4TModel
 from e4t.models.encoder import E4TEncoder
 from e4t.models.offsets import find_projections
-from e4t.models.presets import init_model
+from e4t.models.architectures import init_model
 from e4t.models.tokenizer import write_clip_tokenizer
 from e4t.training.losses import diffusion_loss, diffusion_target, latent_mask
 from e4t.training.step import Batch, compute_loss
@@ -28,7 +28,7 @@ from e4t.training.step import Batch, compute_loss
 def tiny_v_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_model(
         tmp_path_factory.mktemp("models") / "tiny-v",
-        preset="tiny",
+        arch="tiny",
         seed=0,
         prediction_type="v_prediction",
     )

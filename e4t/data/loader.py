@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
@@ -27,6 +26,7 @@ from webdataset.pipeline import DataPipeline
 from webdataset.tariterators import tarfile_to_samples
 
 from e4t import io as eio
+from e4t.data.transforms import face_tensors
 
 
 def shard_urls(shards_url: str) -> list[str]:
@@ -103,22 +103,18 @@ class SampleTransform:
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         # one RNG per stream position: a replayed stream draws the same augmentations
         rng = random.Random(self.seed * 1_000_003 + sample["__index__"])
-        image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-        mask = Image.open(io.BytesIO(sample["mask.png"])).convert("L")
-        size = (self.resolution_px, self.resolution_px)
-        image = image.resize(size, Image.Resampling.BICUBIC)
-        mask = mask.resize(size, Image.Resampling.NEAREST)
-        if self.hflip and rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(
-            2, 0, 1
+        flip = self.hflip and rng.random() < 0.5
+        face = face_tensors(
+            Image.open(io.BytesIO(sample["jpg"])),
+            Image.open(io.BytesIO(sample["mask.png"])),
+            self.resolution_px,
+            self.clip_processor,
+            flip=flip,
         )
-        clip = self.clip_processor(images=image, return_tensors="pt").pixel_values[0]
         return {
-            "pixel_values": pixels,
-            "clip_pixel_values": clip,
-            "mask": torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None],
+            "pixel_values": face.pixel_values,
+            "clip_pixel_values": face.clip_pixel_values,
+            "mask": face.mask,
             "prompt": rng.choice(self.templates),
             "key": sample["__key__"],
         }

@@ -19,7 +19,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,24 +27,15 @@ from PIL import Image
 
 from e4t import io as eio
 from e4t.config import EvaluateConfig, config_hash
+from e4t.data import concepts as concept_inputs
+from e4t.data.transforms import FaceInput
 from e4t.evaluation.clip_score import ClipScorer, clipscore, cosines, diversity
 from e4t.evaluation.identity import IdentityBackend, create_identity_backend, identity_scores
+from e4t.evaluation.results import EvalResult, thumb_key
 from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel
-from e4t.training import bulk
-from e4t.training.tune import FaceInput, tune_concepts
+from e4t.training.tune import tune_concepts
 
-METRICS = (
-    "identity",
-    "identity_detected",
-    "identity_std",
-    "face_rate",
-    "clip_t",
-    "clip_i",
-    "diversity",
-    "tune_seconds",
-    "artifact_bytes",
-)
 THUMB_PX = 160
 
 
@@ -54,32 +45,6 @@ class EvalConcept:
     source: str
     face: FaceInput
     aligned: Image.Image
-
-
-@dataclass
-class EvalResult:
-    config: dict[str, Any]
-    config_hash: str
-    concepts: list[dict[str, Any]]
-    rejected: list[dict[str, Any]]
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
-    thumbnails: dict[str, bytes] = field(default_factory=dict)  # thumb_key → JPEG
-    inputs: dict[str, bytes] = field(default_factory=dict)  # concept id → JPEG
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "config": self.config,
-            "config_hash": self.config_hash,
-            "concepts": self.concepts,
-            "rejected": self.rejected,
-            "summary": {m: {str(k): v for k, v in by.items()} for m, by in self.summary.items()},
-            "samples": self.samples,
-        }
-
-
-def thumb_key(concept_id: str, method: str, steps: int, prompt: str) -> str:
-    return f"{concept_id}|{method}|{steps}|{prompt}"
 
 
 def _jpeg(image: Image.Image, size: int = THUMB_PX) -> bytes:
@@ -101,12 +66,12 @@ def load_concepts(
     if eio.exists(results_url):
         rows = [json.loads(line) for line in eio.read_text(results_url).splitlines() if line]
         specs = [
-            bulk.ConceptSpec(r["concept_id"], [r["source"]])
+            concept_inputs.ConceptSpec(r["concept_id"], [r["source"]])
             for r in rows
             if r.get("status") == "done" and r.get("source")
         ]
     else:
-        specs = bulk.discover_concepts(concepts_url)
+        specs = concept_inputs.discover_concepts(concepts_url)
     if not specs:
         raise FileNotFoundError(
             f"{concepts_url}: no concepts to evaluate (a folder of face photos, or a "
@@ -114,7 +79,9 @@ def load_concepts(
         )
     concepts, rejected = [], []
     for spec in specs[: config.max_concepts]:
-        prepared = bulk.prepare_face(spec, config.curate, config.tune, model.base.image_processor)
+        prepared = concept_inputs.prepare_face(
+            spec, config.curate, config.tune, model.base.image_processor
+        )
         if prepared.face is None or prepared.aligned is None:
             rejected.append({"concept_id": spec.concept_id, "reason": prepared.reason})
             continue
@@ -278,7 +245,7 @@ def evaluate_concepts(
                         if on_progress:
                             on_progress(done / total)
 
-                seeds = [config.seed + bulk.stable_seed(c.concept_id) for c in chunk]
+                seeds = [config.seed + concept_inputs.stable_seed(c.concept_id) for c in chunk]
                 tune_concepts(
                     model,
                     [c.face for c in chunk],
@@ -361,7 +328,7 @@ def check_concepts_url(concepts_url: str) -> None:
     """Fail fast, before any model loads, when there is nothing to evaluate."""
     if eio.exists(eio.join(concepts_url, "results.jsonl")):
         return
-    if not bulk.discover_concepts(concepts_url):
+    if not concept_inputs.discover_concepts(concepts_url):
         raise FileNotFoundError(
             f"{concepts_url}: no images to evaluate; pass a folder of face photos "
             "(one per concept, or a sub-folder per concept) or a personalize-bulk output"

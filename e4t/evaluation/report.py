@@ -8,7 +8,7 @@ import html
 import math
 from typing import Any
 
-from e4t.evaluation.evaluate import METRICS, EvalResult, thumb_key
+from e4t.evaluation.results import METRICS, EvalResult, thumb_key
 
 COLOURS = {"e4t": "#d62728", "textual-inversion": "#1f77b4", "no-pretraining": "#2ca02c"}
 LABELS = {

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from e4t.config import DetectConfig
-from e4t.faces.landmarker import Face, LandmarkerUnavailable
+from e4t.faces.types import Face, LandmarkerUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from e4t.config import DetectConfig
-from e4t.faces.landmarker import Face, LandmarkerUnavailable
+from e4t.faces.types import Face, LandmarkerUnavailable
 
 logger = logging.getLogger(__name__)
 

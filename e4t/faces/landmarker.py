@@ -1,53 +1,18 @@
-"""The ``FaceLandmarker`` protocol: images in, faces with 68-point landmarks out."""
+"""Choosing a face backend: images in, faces with 68-point landmarks out.
+
+The types every backend speaks live in :mod:`e4t.faces.types` (re-exported here).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
-import numpy as np
+from e4t.faces.types import Face, FaceLandmarker, LandmarkerUnavailable
 
 if TYPE_CHECKING:
     from e4t.config import DetectConfig
 
-
-class LandmarkerUnavailable(RuntimeError):
-    """A backend cannot run here (missing weights or package); the message says the fix."""
-
-
-@dataclass(frozen=True)
-class Face:
-    """One detected face in source-image pixel coordinates.
-
-    bbox: (left, top, right, bottom). landmarks: (68, 2) float x, y in the iBUG 300-W order
-    (0–16 jaw, 17–26 brows, 27–35 nose, 36–47 eyes, 48–67 mouth).
-    """
-
-    bbox: tuple[float, float, float, float]
-    score: float
-    landmarks: np.ndarray
-
-    @property
-    def size_px(self) -> float:
-        """Side of the landmarks' bounding box: the face size the quality gate uses."""
-        span = self.landmarks.max(axis=0) - self.landmarks.min(axis=0)
-        return float(span.max())
-
-
-@runtime_checkable
-class FaceLandmarker(Protocol):
-    """Detects faces and their 68 landmarks. Images are (H, W, 3) uint8 RGB arrays."""
-
-    name: str
-
-    def detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
-        """Faces of each image, in the order given; detect + landmark timings in ``timings``."""
-        ...
-
-    @property
-    def timings(self) -> dict[str, float]:
-        """Seconds spent so far in ``detect`` and ``landmarks``."""
-        ...
+__all__ = ["Face", "FaceLandmarker", "LandmarkerUnavailable", "create_landmarker"]
 
 
 def create_landmarker(config: DetectConfig) -> FaceLandmarker:

@@ -61,15 +61,55 @@ def resolve_image_encoder(config: ModelConfig) -> tuple[str, str | None]:
     return DEFAULT_IMAGE_ENCODER, None
 
 
+def is_local_source(source: str) -> bool:
+    """A base model named by a path (``./x``, ``/x``, a bare name, an existing folder) rather
+    than a hub id (``org/name``)."""
+    return source.startswith((".", "/", "~")) or "/" not in source or Path(source).exists()
+
+
+def check_base_model(source: str) -> None:
+    """The one base-model check: a local source must be a diffusers Stable Diffusion folder
+    (``model_index.json`` or ``unet/``); a hub id is left to ``from_pretrained``."""
+    if source.startswith("preset:") or not is_local_source(source):
+        return
+    folder = Path(source).expanduser()
+    if not ((folder / "model_index.json").exists() or (folder / "unet").is_dir()):
+        raise FileNotFoundError(
+            f"base model {source!r} not found: create a random-weight one with "
+            f"`e4t init-model --arch tiny {source}` (or init_arch=tiny in a flow), or give a "
+            "hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
+        )
+
+
+def prepare_components(
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    image_encoder: CLIPVisionModelWithProjection,
+    config: ModelConfig,
+) -> None:
+    """The one set-up of the frozen components, loaded or built: attention kernels, frozen
+    and in eval mode, on ``config.device`` in ``config.dtype``, gradient checkpointing on
+    the UNet and the text encoder when asked (the image encoder stays plain: E4T reads
+    every 2nd layer's [CLS] through hooks)."""
+    dtype = DTYPES[config.dtype]
+    attn = "sdpa" if config.attention == "sdpa" else "eager"
+    unet.set_attn_processor(AttnProcessor2_0() if attn == "sdpa" else AttnProcessor())
+    for module in (text_encoder, image_encoder):
+        module.set_attn_implementation(attn)
+    for module in (unet, vae, text_encoder, image_encoder):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device=config.device, dtype=dtype)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        text_encoder.gradient_checkpointing_enable()
+
+
 def load_base_models(config: ModelConfig) -> BaseModels:
     """Load and freeze every base component with the dtype, device and attention asked for."""
     source = config.base_model
-    local = Path(source)
-    if ("/" not in source or source.startswith((".", "/"))) and not local.exists():
-        raise FileNotFoundError(
-            f"base model {source!r} is neither a folder nor a hub id: "
-            f"create one with `e4t init-model --preset tiny {source}`"
-        )
+    check_base_model(source)
     dtype = DTYPES[config.dtype]
     attn = "sdpa" if config.attention == "sdpa" else "eager"
     unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
@@ -90,18 +130,8 @@ def load_base_models(config: ModelConfig) -> BaseModels:
             source if enc_sub else enc_repo, subfolder="feature_extractor" if enc_sub else None
         )
     except OSError:
-        size = image_encoder.config.image_size
-        image_processor = CLIPImageProcessor(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-        )
-    unet.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
-    for module in (unet, vae, text_encoder, image_encoder):
-        module.requires_grad_(False)
-        module.eval()
-        module.to(config.device)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        text_encoder.gradient_checkpointing_enable()
+        image_processor = square_image_processor(image_encoder.config.image_size)
+    prepare_components(unet, vae, text_encoder, image_encoder, config)
     return BaseModels(
         unet=unet,
         vae=vae,
@@ -112,4 +142,11 @@ def load_base_models(config: ModelConfig) -> BaseModels:
         image_encoder=image_encoder,
         image_processor=image_processor,
         source=source,
+    )
+
+
+def square_image_processor(size: int) -> CLIPImageProcessor:
+    """CLIP's preprocessing for a vision tower of ``size`` px (resize, centre crop, norm)."""
+    return CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )

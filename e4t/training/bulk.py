@@ -1,10 +1,6 @@
-"""Bulk personalization: a folder of images → one small concept artifact per person.
-
-Each image at the top of the input is one concept (id = file stem); each sub-folder is one
-concept with several images (its first usable face is tuned). An optional ``concepts.csv``
-(``concept_id,class_word,prompts`` with prompts separated by ``|``) names preview prompts.
-Every input goes through curation's decode → detect → align → quality path; a rejected
-input is a row with its reason, never a crash.
+"""Bulk personalization's pass: concept specs (:mod:`e4t.data.concepts`) → one small concept
+artifact per person, many per pass. The whole job (plan → passes → results → MLflow) is
+:mod:`e4t.jobs.personalize`.
 
 Concepts are cut into passes of ``concepts_per_pass``; a pass tunes its concepts together
 (:func:`e4t.training.tune.tune_concepts`). Each concept is written to
@@ -15,95 +11,20 @@ row per concept: id, status, reason, steps, seconds, final loss, artifact bytes.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import re
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from e4t import io as eio
-from e4t.config import CurateConfig, TuneConfig
-from e4t.data.curation import curate_one
-from e4t.data.decode import is_image_name
+from e4t.config import PersonalizeConfig
+from e4t.data.concepts import ConceptSpec, PreparedFace, prepare_face, stable_seed
+from e4t.data.transforms import FaceInput
 from e4t.models.e4t_model import E4TModel
-from e4t.training.tune import FaceInput, face_input, tune_concepts
+from e4t.training.tune import tune_concepts
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PREVIEW_PROMPTS = ["a photo of {}", "a painting of {} in the style of van gogh"]
-
-
-@dataclass
-class ConceptSpec:
-    concept_id: str
-    sources: list[str]
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PREVIEW_PROMPTS))
-
-
-def _concept_id(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:80] or "concept"
-
-
-def discover_concepts(images_url: str) -> list[ConceptSpec]:
-    """Concepts of a folder: top-level images and sub-folders, sorted by id."""
-    files = eio.list_files(images_url)
-    groups: dict[str, list[str]] = {}
-    prompts: dict[str, list[str]] = {}
-    for url in files:
-        rel = eio.relative_to(url, images_url)
-        if rel == "concepts.csv":
-            with io.StringIO(eio.read_text(url)) as handle:
-                for row in csv.DictReader(handle):
-                    if row.get("prompts"):
-                        prompts[_concept_id(row["concept_id"])] = [
-                            p.strip() for p in row["prompts"].split("|") if p.strip()
-                        ]
-            continue
-        parts = rel.split("/")
-        cid = _concept_id(parts[0] if len(parts) > 1 else parts[0].rsplit(".", 1)[0])
-        groups.setdefault(cid, []).append(url)
-    return [
-        ConceptSpec(cid, sorted(urls), prompts.get(cid, list(DEFAULT_PREVIEW_PROMPTS)))
-        for cid, urls in sorted(groups.items())
-    ]
-
-
-@dataclass
-class PreparedFace:
-    """A concept's first usable face (tuning input + the aligned crop), or why none is."""
-
-    face: FaceInput | None = None
-    source: str | None = None
-    aligned: Image.Image | None = None
-    reason: str | None = None
-
-
-def prepare_face(
-    spec: ConceptSpec, curate: CurateConfig, tune: TuneConfig, image_processor: Any
-) -> PreparedFace:
-    """Each source in turn through curation's path until one face passes every gate."""
-    reasons = []
-    for source in spec.sources:
-        if not is_image_name(source):
-            reasons.append("unsupported_extension")
-            continue
-        curated = curate_one(eio.read_bytes(source), curate)
-        if curated.image is None or curated.mask is None:
-            reasons.append(curated.reason or "rejected")
-            continue
-        aligned = Image.fromarray(curated.image)
-        face = face_input(
-            aligned, Image.fromarray(curated.mask), tune.resolution_px, image_processor
-        )
-        return PreparedFace(face, source, aligned)
-    return PreparedFace(reason=",".join(sorted(set(reasons))) or "no_input")
 
 
 def concept_url(output_url: str, concept_id: str) -> str:
@@ -131,14 +52,13 @@ def personalize_pass(
     model: E4TModel,
     specs: list[ConceptSpec],
     output_url: str,
-    curate: CurateConfig,
-    tune: TuneConfig,
-    seed: int = 0,
-    preview_steps: int = 20,
+    config: PersonalizeConfig,
     model_uri: str = "",
 ) -> list[dict[str, Any]]:
     """Tune the unfinished concepts of ``specs`` together; one result row per concept."""
     from e4t.generation import GenerationConfig, generate, save_images
+
+    tune, seed = config.tune, config.seed
 
     rows: list[dict[str, Any]] = []
     ready: list[tuple[ConceptSpec, FaceInput, str]] = []
@@ -157,7 +77,7 @@ def personalize_pass(
             )
             continue
         try:
-            prepared = prepare_face(spec, curate, tune, model.base.image_processor)
+            prepared = prepare_face(spec, config.curate, tune, model.base.image_processor)
         except Exception as err:
             prepared = PreparedFace(reason=f"error: {type(err).__name__}: {err}")
         if prepared.face is None:
@@ -189,9 +109,7 @@ def personalize_pass(
             )
             return rows
         for item in ready:
-            rows += personalize_pass(
-                model, [item[0]], output_url, curate, tune, seed, preview_steps, model_uri
-            )
+            rows += personalize_pass(model, [item[0]], output_url, config, model_uri)
         return rows
     per_concept = result.seconds / len(ready)
     bank = result.bank
@@ -230,7 +148,7 @@ def personalize_pass(
                 spec.prompts,
                 1,
                 seed,
-                GenerationConfig(num_steps=preview_steps, batch_size=4),
+                GenerationConfig(num_steps=config.preview_steps, batch_size=4),
             )
             save_images(images, previews)
             _upload_folder(previews, eio.join(output_url, "previews", spec.concept_id))
@@ -239,12 +157,6 @@ def personalize_pass(
         rows.append(row)
     model.detach_concepts()
     return rows
-
-
-def stable_seed(text: str) -> int:
-    import zlib
-
-    return zlib.crc32(text.encode()) % 1_000_003
 
 
 def write_results(output_url: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict:
@@ -270,47 +182,3 @@ def write_results(output_url: str, rows: list[dict[str, Any]], extra: dict[str, 
     }
     eio.write_text(eio.join(output_url, "summary.json"), json.dumps(summary, indent=1))
     return summary
-
-
-def personalize_folder(
-    images_url: str,
-    output_url: str,
-    model: E4TModel,
-    curate: CurateConfig,
-    tune: TuneConfig,
-    concepts_per_pass: int = 8,
-    seed: int = 0,
-    preview_steps: int = 20,
-    model_uri: str = "",
-    on_pass: Any = None,
-) -> dict[str, Any]:
-    """The whole job in one process (the CLI's path); the flow maps passes over workers."""
-    start = time.perf_counter()
-    specs = discover_concepts(images_url)
-    if not specs:
-        raise FileNotFoundError(f"{images_url}: no images to personalize")
-    rows: list[dict[str, Any]] = []
-    for i in range(0, len(specs), concepts_per_pass):
-        chunk = personalize_pass(
-            model,
-            specs[i : i + concepts_per_pass],
-            output_url,
-            curate,
-            tune,
-            seed,
-            preview_steps,
-            model_uri,
-        )
-        rows += chunk
-        if on_pass:
-            on_pass(chunk)
-    summary = write_results(
-        output_url,
-        rows,
-        {
-            "images_url": images_url,
-            "model_uri": model_uri,
-            "wall_seconds": time.perf_counter() - start,
-        },
-    )
-    return {"summary": summary, "rows": rows}

@@ -25,24 +25,27 @@ def latent_mask(mask: torch.Tensor, size: tuple[int, int], floor: float = 0.0) -
     return floor + (1.0 - floor) * weights
 
 
+def per_sample_diffusion_loss(
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B,) per-sample mean squared error of (B, C, h, w) predictions; with ``weights``
+    (B, 1, h, w) each sample's loss is Σ w·(pred − target)² / (C · Σ w), so a small face
+    counts as much as a large one."""
+    error = (prediction.float() - target.float()) ** 2
+    if weights is None:
+        return error.mean(dim=(1, 2, 3))
+    w = weights.float()
+    return (error * w).sum(dim=(1, 2, 3)) / (w.sum(dim=(1, 2, 3)) * error.shape[1]).clamp_min(1e-8)
+
+
 def diffusion_loss(
     prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean squared error (B, C, h, w); with ``weights`` (B, 1, h, w) a weighted mean per sample.
-
-    Each sample's loss is Σ w·(pred − target)² / (C · Σ w), then averaged over the batch,
-    so a small face counts as much as a large one.
-    """
-    error = (prediction.float() - target.float()) ** 2
-    if weights is None:
-        return error.mean()
-    w = weights.float()
-    per_sample = (error * w).sum(dim=(1, 2, 3)) / (w.sum(dim=(1, 2, 3)) * error.shape[1]).clamp_min(
-        1e-8
-    )
-    return per_sample.mean()
+    """The batch mean of :func:`per_sample_diffusion_loss`."""
+    return per_sample_diffusion_loss(prediction, target, weights).mean()
 
 
-def embedding_regularizer(scaled_offset: torch.Tensor) -> torch.Tensor:
-    """‖s·E‖² per sample, averaged: the L2 of the predicted OFFSET, not of v*."""
-    return (scaled_offset.float() ** 2).sum(dim=-1).mean()
+def embedding_penalty(scaled_offset: torch.Tensor) -> torch.Tensor:
+    """(B,) ‖s·E‖² per sample: the L2 of the predicted OFFSET (plus a concept's own word
+    correction in tuning), not of v*."""
+    return (scaled_offset.float() ** 2).sum(dim=-1)

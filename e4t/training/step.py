@@ -1,4 +1,15 @@
-"""One E4T training step on a batch, shared by pretraining and per-concept tuning."""
+"""The E4T objective (E4T §3.3), written once: pretraining and per-concept tuning differ only
+in how they draw (noise, t, prompt) and how they reduce the per-sample terms.
+
+    z_t = add_noise(x0, ε, t)                      # the scheduler's forward process
+    v*  = e(class) + s·E(x, z_t, t) (+ word_c)     # the encoder's word, per sample
+    L   = w-masked ‖UNet(z_t, t, prompt(v*)) − target‖²   per sample
+    R   = ‖s·E (+ word_c)‖²                        per sample
+
+:func:`objective_terms` computes (L, R) per sample; :func:`compute_loss` is pretraining's
+reduction (batch means + λ_w·Σ‖Δ‖² of the domain offsets); tuning reduces per concept
+(:func:`e4t.training.tune.concept_losses`).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +20,10 @@ import torch
 from e4t.config import LossConfig
 from e4t.models.e4t_model import E4TModel
 from e4t.training.losses import (
-    diffusion_loss,
     diffusion_target,
-    embedding_regularizer,
+    embedding_penalty,
     latent_mask,
+    per_sample_diffusion_loss,
 )
 
 
@@ -25,6 +36,14 @@ class Batch:
     clip_pixel_values: torch.Tensor
     prompts: list[str]
     mask: torch.Tensor | None = None
+
+
+@dataclass
+class ObjectiveTerms:
+    """Per-sample terms, each (B,): the masked diffusion loss and the embedding penalty."""
+
+    diffusion: torch.Tensor
+    embedding: torch.Tensor
 
 
 @dataclass
@@ -44,6 +63,35 @@ def encode_latents(
         return dist.sample(generator) * vae.config.scaling_factor
 
 
+def objective_terms(
+    model: E4TModel,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    cls: torch.Tensor,
+    prompts: list[str],
+    weights: torch.Tensor | None = None,
+) -> ObjectiveTerms:
+    """The objective on B draws. latents, noise: (B, 4, h, w); timesteps: (B,); cls: the
+    image's [CLS] tokens (B, L, C); weights: (B, 1, h, w) latent-size mask weights or None.
+
+    With concepts attached, each draw's word correction joins the penalty, so a concept's
+    v* stays near what the domain encoder predicts (the paper's λ_emb term)."""
+    scheduler = model.base.noise_scheduler
+    z_t = scheduler.add_noise(latents, noise, timesteps)
+    offset = model.predict_offset(cls, z_t, timesteps)
+    v_star = model.word_embedding(offset)
+    prediction = model.base.unet(z_t, timesteps, model.encode_prompt(prompts, v_star)).sample
+    target = diffusion_target(scheduler, latents, noise, timesteps)
+    scaled = model.config.embedding_scale * offset
+    if model.concepts is not None:
+        scaled = scaled + model.concepts.word_for(offset.shape[0], offset.device)
+    return ObjectiveTerms(
+        diffusion=per_sample_diffusion_loss(prediction, target, weights),
+        embedding=embedding_penalty(scaled),
+    )
+
+
 def compute_loss(
     model: E4TModel,
     batch: Batch,
@@ -51,38 +99,32 @@ def compute_loss(
     generator: torch.Generator | None = None,
     cls: torch.Tensor | None = None,
 ) -> StepOutput:
-    """The E4T objective on one batch: draw t and noise, predict v*, denoise, score.
+    """Pretraining's step: draw a latent sample, noise and t per image, then batch means.
 
     ``cls`` (B, L, C) skips the CLIP tower when the image's [CLS] tokens are known already.
     """
     device = model.base.device
     latents = encode_latents(model, batch.pixel_values, generator)
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-    scheduler = model.base.noise_scheduler
     timesteps = torch.randint(
         0,
-        scheduler.config.num_train_timesteps,
+        model.base.noise_scheduler.config.num_train_timesteps,
         (latents.shape[0],),
         generator=generator,
         device=device,
     )
-    z_t = scheduler.add_noise(latents, noise, timesteps)
     if cls is None:
         clip_trains = any(p.requires_grad for p in model.image_encoder.parameters())
         with torch.set_grad_enabled(clip_trains and torch.is_grad_enabled()):
             cls = model.clip_cls(batch.clip_pixel_values)
-    offset = model.predict_offset(cls, z_t, timesteps)
-    v_star = model.word_embedding(offset)
-    prompt_embeds = model.encode_prompt(batch.prompts, v_star)
-    prediction = model.base.unet(z_t, timesteps, prompt_embeds).sample
-    target = diffusion_target(scheduler, latents, noise, timesteps)
     weights = None
     if losses.use_mask and batch.mask is not None:
         weights = latent_mask(
             batch.mask.to(device), (latents.shape[-2], latents.shape[-1]), losses.mask_floor
         )
-    diff = diffusion_loss(prediction, target, weights)
-    emb = embedding_regularizer(model.config.embedding_scale * offset)
+    terms = objective_terms(model, latents, noise, timesteps, cls, batch.prompts, weights)
+    diff = terms.diffusion.mean()
+    emb = terms.embedding.mean()
     wreg = model.offsets.squared_norm()
     total = diff + losses.lambda_emb * emb + losses.lambda_w * wreg
     return StepOutput(loss=total, diffusion=diff, embedding_reg=emb, weight_reg=wreg)

@@ -18,19 +18,11 @@ from dataclasses import dataclass, field
 import torch
 
 from e4t.config import TuneConfig
+from e4t.data.transforms import FaceInput
 from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel
-from e4t.training.losses import diffusion_target, latent_mask
-
-
-@dataclass
-class FaceInput:
-    """One concept's aligned face: pixels (3, H, W) in [−1, 1], CLIP pixels (3, S, S),
-    mask (1, H, W) in [0, 1] or None."""
-
-    pixel_values: torch.Tensor
-    clip_pixel_values: torch.Tensor
-    mask: torch.Tensor | None = None
+from e4t.training.losses import latent_mask
+from e4t.training.step import objective_terms
 
 
 @dataclass
@@ -70,21 +62,21 @@ def concept_losses(
     n: int,
     prompts: list[str],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-concept masked diffusion loss (K,) and embedding regulariser (K,)."""
+    """Per-concept masked diffusion loss (K,) and embedding penalty (K,): the shared
+    objective (:func:`e4t.training.step.objective_terms`) on n draws per concept, each
+    concept's terms the mean of its own draws."""
     k = latents.shape[0]
     noise, t = _draws(model, latents, gens, n)
-    x0 = latents.repeat_interleave(n, dim=0)
-    z_t = model.base.noise_scheduler.add_noise(x0, noise, t)
-    offset = model.predict_offset(cls.repeat_interleave(n, dim=0), z_t, t)
-    v_star = model.word_embedding(offset)
-    prediction = model.base.unet(z_t, t, model.encode_prompt(prompts, v_star)).sample
-    target = diffusion_target(model.base.noise_scheduler, x0, noise, t)
-    w = weights.repeat_interleave(n, dim=0)
-    error = ((prediction.float() - target.float()) ** 2 * w).sum(dim=(1, 2, 3))
-    per_draw = error / (w.sum(dim=(1, 2, 3)) * prediction.shape[1]).clamp_min(1e-8)
-    word = model.concepts.word_for(offset.shape[0], offset.device) if model.concepts else 0.0
-    emb = ((model.config.embedding_scale * offset + word) ** 2).sum(dim=-1)
-    return per_draw.reshape(k, n).mean(dim=1), emb.reshape(k, n).mean(dim=1)
+    terms = objective_terms(
+        model,
+        latents.repeat_interleave(n, dim=0),
+        noise,
+        t,
+        cls.repeat_interleave(n, dim=0),
+        prompts,
+        weights.repeat_interleave(n, dim=0),
+    )
+    return terms.diffusion.reshape(k, n).mean(dim=1), terms.embedding.reshape(k, n).mean(dim=1)
 
 
 def _prompts(templates: list[str], seeds: list[int], step: int, n: int) -> list[str]:
@@ -200,23 +192,3 @@ def held_out_losses(
     prompts = [config.templates[0]] * (num_draws * len(faces))
     diff, _ = concept_losses(model, latents, cls, weights, gens, num_draws, prompts)
     return diff.tolist()
-
-
-def face_input(
-    image: object, mask: object | None, resolution_px: int, image_processor: object
-) -> FaceInput:
-    """An aligned face (PIL) and its mask (PIL, or None) → a :class:`FaceInput`."""
-    import numpy as np
-    from PIL import Image
-
-    assert isinstance(image, Image.Image)
-    size = (resolution_px, resolution_px)
-    face = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    pixels = torch.from_numpy(np.asarray(face, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-    clip = image_processor(images=face, return_tensors="pt").pixel_values[0]  # type: ignore[operator]
-    mask_t = None
-    if mask is not None:
-        assert isinstance(mask, Image.Image)
-        m = mask.convert("L").resize(size, Image.Resampling.NEAREST)
-        mask_t = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None]
-    return FaceInput(pixel_values=pixels, clip_pixel_values=clip, mask=mask_t)

@@ -1,4 +1,4 @@
-"""Model presets with seeded random weights, written as ordinary diffusers folders.
+"""Model architectures (``--arch``) with seeded random weights, as ordinary diffusers folders.
 
 - ``tiny``: the Stable Diffusion architecture made small (UNet ~1.4 M, VAE ~0.7 M, CLIP
   text ~1.6 M parameters, mostly the real 49,408-token embedding) plus a 4-layer CLIP
@@ -31,8 +31,8 @@ from transformers import (
 
 from e4t.models.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, write_clip_tokenizer
 
-PresetName = Literal["tiny", "sd15-random"]
-PRESETS: tuple[str, ...] = ("tiny", "sd15-random")
+ArchName = Literal["tiny", "sd15-random"]
+ARCHS: tuple[str, ...] = ("tiny", "sd15-random")
 
 _UNET: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -137,37 +137,37 @@ _VISION: dict[str, dict[str, Any]] = {
 _VISION_FOR = {"tiny": "tiny", "sd15-random": "vit-h14-random"}
 
 
-def _check(preset: str) -> None:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}: use one of {', '.join(PRESETS)}")
+def _check(arch: str) -> None:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model architecture {arch!r}: use one of {', '.join(ARCHS)}")
 
 
-def build_unet(preset: str) -> UNet2DConditionModel:
-    _check(preset)
-    return UNet2DConditionModel(**_UNET[preset])
+def build_unet(arch: str) -> UNet2DConditionModel:
+    _check(arch)
+    return UNet2DConditionModel(**_UNET[arch])
 
 
-def build_vae(preset: str) -> AutoencoderKL:
-    _check(preset)
-    return AutoencoderKL(**_VAE[preset])
+def build_vae(arch: str) -> AutoencoderKL:
+    _check(arch)
+    return AutoencoderKL(**_VAE[arch])
 
 
-def build_text_encoder(preset: str) -> CLIPTextModel:
-    _check(preset)
+def build_text_encoder(arch: str) -> CLIPTextModel:
+    _check(arch)
     config = CLIPTextConfig(
         vocab_size=VOCAB_SIZE,
         max_position_embeddings=MODEL_MAX_LENGTH,
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=49407,
-        **_TEXT[preset],
+        **_TEXT[arch],
     )
     return CLIPTextModel(config)
 
 
 def build_image_encoder(name: str) -> CLIPVisionModelWithProjection:
     if name not in _VISION:
-        raise ValueError(f"unknown vision preset {name!r}: use one of {', '.join(_VISION)}")
+        raise ValueError(f"unknown vision arch {name!r}: use one of {', '.join(_VISION)}")
     return CLIPVisionModelWithProjection(CLIPVisionConfig(**_VISION[name]))
 
 
@@ -187,20 +187,20 @@ def build_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
 
 def init_model(
     out_dir: str | Path,
-    preset: str = "tiny",
+    arch: str = "tiny",
     seed: int = 0,
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
     bpe_path: str | Path | None = None,
 ) -> Path:
     """Write a complete diffusers-format folder with seeded random weights (safetensors)."""
-    _check(preset)
+    _check(arch)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    build_unet(preset).save_pretrained(out / "unet")
-    build_vae(preset).save_pretrained(out / "vae")
-    build_text_encoder(preset).save_pretrained(out / "text_encoder")
-    vision = build_image_encoder(_VISION_FOR[preset])
+    build_unet(arch).save_pretrained(out / "unet")
+    build_vae(arch).save_pretrained(out / "vae")
+    build_text_encoder(arch).save_pretrained(out / "text_encoder")
+    vision = build_image_encoder(_VISION_FOR[arch])
     vision.save_pretrained(out / "image_encoder")
     size = vision.config.image_size
     CLIPImageProcessor(
@@ -225,13 +225,13 @@ def init_model(
         "vae": ["diffusers", "AutoencoderKL"],
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
-    (out / "e4t_preset.json").write_text(
+    (out / "e4t_arch.json").write_text(
         json.dumps(
             {
-                "preset": preset,
+                "arch": arch,
                 "seed": seed,
                 "prediction_type": prediction_type,
-                "image_encoder": _VISION_FOR[preset],
+                "image_encoder": _VISION_FOR[arch],
             },
             indent=2,
         )
@@ -239,38 +239,28 @@ def init_model(
     return out
 
 
-def build_base_models(preset: str, config: Any, seed: int = 0) -> Any:
-    """The preset's base models in memory (no folder written): for benchmarks.
+def build_base_models(arch: str, config: Any, seed: int = 0) -> Any:
+    """The arch's base models in memory (no folder written): for benchmarks. Set up by
+    :func:`e4t.models.base.prepare_components`, as loaded models are.
 
     config: a :class:`e4t.config.ModelConfig` (dtype, device, attention, checkpointing).
     """
     import tempfile
 
     from diffusers import DDPMScheduler
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    from e4t.models.base import DTYPES, BaseModels
+    from e4t.models.base import BaseModels, prepare_components, square_image_processor
 
-    _check(preset)
+    _check(arch)
     torch.manual_seed(seed)
-    dtype = DTYPES[config.dtype]
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(
             write_clip_tokenizer(tmp), model_max_length=MODEL_MAX_LENGTH
         )
-    unet, vae = build_unet(preset), build_vae(preset)
-    text, vision = build_text_encoder(preset), build_image_encoder(_VISION_FOR[preset])
-    unet.set_attn_processor(AttnProcessor2_0() if config.attention == "sdpa" else AttnProcessor())
-    for module in (unet, vae, text, vision):
-        module.requires_grad_(False)
-        module.eval()
-        module.to(config.device)
-        if dtype != torch.float32:
-            module.to(dtype=dtype)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+    unet, vae = build_unet(arch), build_vae(arch)
+    text, vision = build_text_encoder(arch), build_image_encoder(_VISION_FOR[arch])
+    prepare_components(unet, vae, text, vision, config)
     scheduler_config = dict(build_scheduler().config)
-    size = vision.config.image_size
     return BaseModels(
         unet=unet,
         vae=vae,
@@ -279,8 +269,21 @@ def build_base_models(preset: str, config: Any, seed: int = 0) -> Any:
         noise_scheduler=DDPMScheduler.from_config(scheduler_config),
         scheduler_config=scheduler_config,
         image_encoder=vision,
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-        ),
-        source=f"preset:{preset}",
+        image_processor=square_image_processor(vision.config.image_size),
+        source=f"arch:{arch}",
     )
+
+
+def ensure_base_model(source: str, init_arch: str | None = None) -> str:
+    """The base model at ``source``, first written with random weights of ``init_arch``
+    when that is given and ``source`` is a missing local folder; then the one check
+    (:func:`e4t.models.base.check_base_model`)."""
+    from e4t.models.base import check_base_model, is_local_source
+
+    if init_arch is not None:
+        _check(init_arch)
+        folder = Path(source)
+        if is_local_source(source) and not (folder / "model_index.json").exists():
+            init_model(folder, arch=init_arch)
+    check_base_model(source)
+    return source

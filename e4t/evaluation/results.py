@@ -1,0 +1,50 @@
+"""What an evaluation produces: the metric names, the result record and its thumbnail keys.
+
+Its own module so that the evaluation (:mod:`e4t.evaluation.evaluate`) and the report
+(:mod:`e4t.evaluation.report`) both read it without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["METRICS", "EvalResult", "thumb_key"]
+
+METRICS = (
+    "identity",
+    "identity_detected",
+    "identity_std",
+    "face_rate",
+    "clip_t",
+    "clip_i",
+    "diversity",
+    "tune_seconds",
+    "artifact_bytes",
+)
+
+
+@dataclass
+class EvalResult:
+    config: dict[str, Any]
+    config_hash: str
+    concepts: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # thumb_key → JPEG
+    inputs: dict[str, bytes] = field(default_factory=dict)  # concept id → JPEG
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "config_hash": self.config_hash,
+            "concepts": self.concepts,
+            "rejected": self.rejected,
+            "summary": {m: {str(k): v for k, v in by.items()} for m, by in self.summary.items()},
+            "samples": self.samples,
+        }
+
+
+def thumb_key(concept_id: str, method: str, steps: int, prompt: str) -> str:
+    return f"{concept_id}|{method}|{steps}|{prompt}"

@@ -1,0 +1,121 @@
+"""Personalization runs: one parent run per job, one child run (and logged model) per concept."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from e4t import __version__
+from e4t import io as eio
+from e4t.config import flatten
+from e4t.tracking.client import get_or_create_experiment, mlflow_module
+
+PERSONALIZE_EXPERIMENT = "e4t-personalize"
+
+
+def log_personalization(
+    output_url: str,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    params: dict[str, Any],
+    experiment: str = PERSONALIZE_EXPERIMENT,
+) -> str:
+    """One parent run for the job; one child run per concept tuned now, with its metrics,
+    previews and concept artifact. Returns the parent run id."""
+    mlflow = mlflow_module()
+    experiment_id = get_or_create_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="personalize-bulk") as parent:
+        mlflow.set_tags(
+            {
+                "e4t.stage": "personalize",
+                "e4t.version": __version__,
+                "e4t.output_url": output_url,
+                "e4t.model_uri": str(params.get("model_uri", "")),
+            }
+        )
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+        mlflow.log_metrics(
+            {
+                k: float(v)
+                for k, v in summary.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            results = Path(tmp) / "results.jsonl"
+            results.write_bytes(eio.read_bytes(eio.join(output_url, "results.jsonl")))
+            mlflow.log_artifact(str(results))
+        for row in rows:
+            if row.get("status") != "done" or row.get("skipped"):
+                continue
+            cid = row["concept_id"]
+            with mlflow.start_run(
+                run_name=f"concept-{cid}", nested=True, experiment_id=experiment_id
+            ) as child:
+                mlflow.set_tags({"e4t.concept_id": cid, "e4t.stage": "personalize-concept"})
+                mlflow.log_metrics(
+                    {
+                        k: float(row[k])
+                        for k in ("final_loss", "seconds", "artifact_bytes", "steps")
+                        if row.get(k) is not None
+                    }
+                )
+                with tempfile.TemporaryDirectory() as tmp:
+                    for kind, prefix in (
+                        ("concept", eio.join(output_url, "concepts", cid)),
+                        ("previews", eio.join(output_url, "previews", cid)),
+                    ):
+                        folder = Path(tmp) / kind
+                        folder.mkdir()
+                        for url in eio.list_files(prefix):
+                            (folder / url.rsplit("/", 1)[-1]).write_bytes(eio.read_bytes(url))
+                        mlflow.log_artifacts(str(folder), artifact_path=kind)
+                    # each concept version is also a logged model (MLflow 3's model entity)
+                    logged = mlflow.create_external_model(
+                        name=f"concept-{cid}",
+                        source_run_id=child.info.run_id,
+                        params={
+                            "steps": str(row.get("steps")),
+                            "model_uri": str(params.get("model_uri", "")),
+                        },
+                        tags={"e4t.concept_id": cid},
+                        model_type="e4t-concept",
+                        experiment_id=experiment_id,
+                    )
+                    mlflow.MlflowClient().log_model_artifacts(
+                        logged.model_id, str(Path(tmp) / "concept")
+                    )
+                    mlflow.set_tag("e4t.concept_model_id", logged.model_id)
+        return str(parent.info.run_id)
+
+
+def find_personalization_runs(output_url: str) -> tuple[str | None, list[str]]:
+    """The personalize-bulk parent run that wrote ``output_url`` and its concept runs."""
+    mlflow = mlflow_module()
+    found = mlflow.get_experiment_by_name(PERSONALIZE_EXPERIMENT)
+    if found is None:
+        return None, []
+    quoted = output_url.replace("'", "\\'")
+    parents = mlflow.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`e4t.output_url` = '{quoted}' and tags.`e4t.stage` = 'personalize'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    if not parents:
+        return None, []
+    # a rerun that skipped finished concepts has a parent run of its own with no children:
+    # the concepts of the folder are the children of every job that wrote into it
+    children: list[str] = []
+    latest_with_children = None
+    for parent in parents:
+        found_children = mlflow.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            output_format="list",
+        )
+        if found_children and latest_with_children is None:
+            latest_with_children = parent.info.run_id
+        children += [c.info.run_id for c in found_children]
+    return latest_with_children or parents[0].info.run_id, sorted(children)
