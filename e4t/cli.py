@@ -15,6 +15,8 @@ from typing import Any
 
 from e4t import __version__
 
+ARCH_CHOICES = ["tiny", "sd15-random"]  # e4t.config.ArchName (not imported: fast --help)
+
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="YAML preset: a path or a name under configs/<stage>/")
@@ -32,7 +34,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from e4t.config import CurateConfig, load_config
-    from e4t.data.curation import curate
+    from e4t.jobs import curate as job
+    from e4t.jobs.steps import InProcess
 
     config = load_config(CurateConfig, "curate", args.preset, args.overrides)
     with tqdm(
@@ -43,16 +46,16 @@ def _cmd_curate(args: argparse.Namespace) -> int:
             bar.update(record["num_inputs"])
             bar.set_postfix(samples=record["num_samples"])
 
-        stats = curate(
-            args.source, args.output, config, num_workers=args.workers, on_partition=on_partition
+        result = job.run(
+            args.source,
+            args.output,
+            config,
+            InProcess(num_workers=args.workers),
+            track_run=args.track,
+            experiment=args.experiment,
+            on_partition=on_partition,
         )
-    run_id = None
-    if args.track:
-        from e4t.tracking import log_dataset_run, ui_command
-
-        run_id = log_dataset_run(
-            args.output, stats, config.model_dump(mode="json"), experiment=args.experiment
-        )
+    stats, run_id = result["stats"], result["mlflow_run_id"]
     print(
         f"curated {stats['num_inputs']} inputs → {stats['num_samples']} samples in "
         f"{len(stats['shards'])} shard(s) at {args.output}"
@@ -63,6 +66,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     )
     print(f"manifest: {args.output.rstrip('/')}/manifest.jsonl")
     if run_id:
+        from e4t.tracking import ui_command
+
         print(f"MLflow dataset run: {run_id}  (UI: {ui_command()})")
     return 0
 
@@ -76,78 +81,61 @@ def _cmd_samples(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from e4t.bench import bench_curate
+    from e4t import bench
 
     if args.what == "curate":
-        result = bench_curate(
+        result: Any = bench.bench_curate(
             num_images=args.num_images,
             size_px=args.size_px,
             num_workers=args.workers,
             backend=args.backend,
         )
-        print(result.report())
-        return 0
-    if args.what == "model":
-        from e4t.bench import bench_model
-
-        print(
-            bench_model(
-                preset=args.preset,
-                resolution_px=args.resolution_px,
-                batch_size=args.batch_size,
-                dtype=args.dtype,
-                device=args.device,
-                offsets_form=args.offsets,
-                num_steps=args.steps,
-                gradient_checkpointing=args.gradient_checkpointing,
-            ).report()
+    elif args.what == "model":
+        result = bench.bench_model(
+            arch=args.arch,
+            resolution_px=args.resolution_px,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            device=args.device,
+            offsets_form=args.offsets,
+            num_steps=args.train_steps,
+            gradient_checkpointing=args.gradient_checkpointing,
         )
-        return 0
-    if args.what == "personalize":
-        from e4t.bench import bench_personalize
-
-        print(
-            bench_personalize(
-                preset=args.preset,
-                num_steps=args.tune_steps,
-                draws=args.draws,
-                resolution_px=args.resolution_px,
-                device=args.device,
-                dtype=args.dtype,
-            ).report()
+    elif args.what == "personalize":
+        result = bench.bench_personalize(
+            arch=args.arch,
+            num_steps=args.tune_steps,
+            draws=args.draws,
+            resolution_px=args.resolution_px,
+            device=args.device,
+            dtype=args.dtype,
         )
-        return 0
-    if args.what == "pretrain":
-        from e4t.bench import bench_pretrain
-
-        print(
-            bench_pretrain(
-                global_batch=args.batch_size,
-                num_steps=max(3, args.steps),
-                resolution_px=args.resolution_px,
-            ).report()
+    else:
+        result = bench.bench_pretrain(
+            global_batch=args.batch_size,
+            num_steps=max(3, args.train_steps),
+            resolution_px=args.resolution_px,
         )
-        return 0
-    raise SystemExit(f"unknown benchmark {args.what!r}")  # argparse's choices stop this first
+    print(result.report())
+    return 0
 
 
 def _cmd_init_model(args: argparse.Namespace) -> int:
     from e4t.models.architectures import init_model
 
     out = init_model(
-        args.dest, preset=args.preset, seed=args.seed, prediction_type=args.prediction_type
+        args.dest, arch=args.arch, seed=args.seed, prediction_type=args.prediction_type
     )
-    print(f"wrote the {args.preset} base model ({args.prediction_type}) to {out}")
+    print(f"wrote the {args.arch} base model ({args.prediction_type}) to {out}")
     return 0
 
 
 def _load_model_config(args: argparse.Namespace) -> Any:
     from e4t.config import ModelConfig, load_config
 
-    overrides = list(args.overrides)
-    if getattr(args, "base_model", None):
-        overrides.append(f"base_model={args.base_model}")
-    return load_config(ModelConfig, "model", args.preset, overrides)
+    return load_config(
+        ModelConfig, "model", args.preset, args.overrides, values={"base_model": args.base_model}
+    )
 
 
 def _cmd_init_domain(args: argparse.Namespace) -> int:
@@ -180,7 +168,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     model = E4TModel.from_pretrained(args.model, overrides={"device": args.device})
     cls = model.load_concept(args.concept)
     config = GenerationConfig(
-        num_steps=args.steps,
+        num_steps=args.sample_steps,
         guidance_scale=args.cfg,
         negative_prompt=args.negative_prompt,
         scheduler=args.scheduler,
@@ -197,13 +185,33 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from e4t.config import PretrainConfig, load_config
-    from e4t.training.launch import run_pretraining
+    from e4t.config import LaunchConfig, PretrainConfig, load_config
+    from e4t.jobs import pretrain as job
+    from e4t.jobs.steps import InProcess
 
-    overrides = [f"data.shards={args.shards}", *args.overrides]
-    if args.steps:
-        overrides.append(f"train.num_steps={args.steps}")
-    config = load_config(PretrainConfig, "pretrain", args.preset, overrides)
+    config = load_config(
+        PretrainConfig,
+        "pretrain",
+        args.preset,
+        args.overrides,
+        values={
+            "data.shards": args.shards,
+            "model.device": args.device,
+            "train.num_steps": args.train_steps,
+            "train.batch_size": args.batch_size,
+        },
+    )
+    launch = LaunchConfig(
+        nproc_per_node=args.nproc_per_node,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        rdzv_endpoint=args.rdzv_endpoint,
+    )
+    print(
+        f"global batch {config.train.batch_size * config.optim.grad_accum * launch.world_size}"
+        f" = {config.train.batch_size} per rank × {config.optim.grad_accum} accumulation × "
+        f"{launch.world_size} rank(s)"
+    )
     with tqdm(total=config.train.num_steps, desc="pretrain", unit="step") as bar:
 
         def on_event(event: dict[str, Any]) -> None:
@@ -214,16 +222,16 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
                 )
                 bar.refresh()
 
-        out = run_pretraining(
-            config,
-            args.output,
-            args.nproc_per_node,
-            args.nnodes,
-            args.node_rank,
-            args.rdzv_endpoint,
-            track=args.track,
-            on_line=(lambda line: None) if not args.verbose else print,
-            on_event=on_event,
+        steps = InProcess(
+            callbacks={
+                job.train: {
+                    "on_event": on_event,
+                    "on_line": print if args.verbose else (lambda line: None),
+                }
+            }
+        )
+        out = job.run(
+            config, args.output, launch, steps, init_arch=args.init_arch, track_run=args.track
         )
     print(f"domain model: {args.output.rstrip('/')}/model")
     if out.get("alias_uri"):
@@ -235,28 +243,27 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from e4t.config import PersonalizeConfig, load_config
-    from e4t.tracking import load_domain_model
-    from e4t.training.bulk import discover_concepts, personalize_folder
+    from e4t.jobs import personalize as job
 
-    overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"tune.num_steps={args.steps}")
-    if args.concepts_per_pass:
-        overrides.append(f"concepts_per_pass={args.concepts_per_pass}")
-    config = load_config(PersonalizeConfig, "personalize", args.preset, overrides)
-    model = load_domain_model(args.model, device=args.device)
-    total = len(discover_concepts(args.images))
-    with tqdm(total=total, desc="personalize", unit="concept") as bar:
-        result = personalize_folder(
+    config = load_config(
+        PersonalizeConfig,
+        "personalize",
+        args.preset,
+        args.overrides,
+        values={
+            "tune.num_steps": args.tune_steps,
+            "concepts_per_pass": args.concepts_per_pass,
+        },
+    )
+    with tqdm(desc="personalize", unit="concept") as bar:
+        result = job.run(
             args.images,
             args.out,
-            model,
-            config.curate,
-            config.tune,
-            config.concepts_per_pass,
-            config.seed,
-            config.preview_steps,
             args.model,
+            config,
+            device=args.device,
+            track_run=args.track,
+            experiment=args.experiment,
             on_pass=lambda rows: bar.update(len(rows)),
         )
     summary = result["summary"]
@@ -269,6 +276,8 @@ def _cmd_personalize(args: argparse.Namespace) -> int:
         if row["status"] != "done":
             print(f"  {row['concept_id']}: {row['status']} ({row.get('reason')})")
     print(f"results: {args.out.rstrip('/')}/results.jsonl")
+    if result["mlflow_run_id"]:
+        print(f"MLflow run {result['mlflow_run_id']} (one child run per concept)")
     return 0
 
 
@@ -276,30 +285,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from e4t.config import EvaluateConfig, load_config
-    from e4t.evaluation.job import run_job
-    from e4t.tracking import load_domain_model, ui_command
+    from e4t.jobs import evaluate as job
+    from e4t.jobs.steps import InProcess
+    from e4t.tracking import ui_command
 
-    overrides = list(args.overrides)
-    for key, value in (("prompts", args.prompt), ("seeds", args.seeds), ("steps", args.steps)):
-        if value:
-            overrides.append(f"{key}={list(value)!r}")
-    if args.baselines is not None:
-        overrides.append(f"methods={['e4t', *args.baselines]!r}")
-    config = load_config(EvaluateConfig, "evaluate", args.preset, overrides)
+    config = load_config(
+        EvaluateConfig,
+        "evaluate",
+        args.preset,
+        args.overrides,
+        values={
+            "prompts": args.prompt,
+            "seeds": args.seeds,
+            "steps": args.tune_steps,
+            "methods": None if args.baselines is None else ["e4t", *args.baselines],
+        },
+    )
     with tqdm(total=100, desc="evaluate", unit="%") as bar:
 
         def on_progress(fraction: float) -> None:
             bar.update(round(100 * fraction) - bar.n)
 
-        out = run_job(
-            lambda uri: load_domain_model(uri, device=args.device),
+        out = job.run(
             args.model,
             args.concepts,
             args.out,
             config,
+            InProcess(callbacks={job.evaluate: {"on_progress": on_progress}}),
+            device=args.device,
             preset=args.preset,
             track_run=not args.no_track,
-            on_progress=on_progress,
         )
     if out.get("skipped"):
         print(f"{args.out} already holds this evaluation of this version; nothing to do")
@@ -359,12 +374,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", help="curated folder (with stats.json), .tar URL or pattern")
     p.add_argument("output", help="folder or URL for checkpoints and the model")
     _add_config_args(p)
-    p.add_argument("--steps", type=int, help="override train.num_steps")
+    p.add_argument("--train-steps", type=int, help="optimizer steps (train.num_steps)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="samples per rank per micro-step (train.batch_size); global batch = "
+        "batch size × optim.grad_accum × ranks",
+    )
+    p.add_argument("--device", help="torch device of each rank (model.device)")
+    p.add_argument(
+        "--init-arch",
+        choices=ARCH_CHOICES,
+        help="write a random-weight base model of this architecture at model.base_model "
+        "when it is missing",
+    )
     p.add_argument("--nproc-per-node", type=int, default=1)
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--node-rank", type=int, default=0)
     p.add_argument("--rdzv-endpoint", help="HOST:PORT of the c10d rendezvous (several nodes)")
-    p.add_argument("--no-track", dest="track", action="store_false")
+    p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow run")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser(
@@ -385,9 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder or URL")
     _add_config_args(p)
-    p.add_argument("--steps", type=int, help="tuning steps (5–15)")
-    p.add_argument("--concepts-per-pass", type=int)
+    p.add_argument("--tune-steps", type=int, help="tuning steps per concept (5–15)")
+    p.add_argument("--concepts-per-pass", type=int, help="concepts tuned together")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow runs")
+    p.add_argument("--experiment", default="e4t-personalize", help="MLflow experiment")
     p.set_defaults(func=_cmd_personalize)
 
     p = sub.add_parser(
@@ -406,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--prompt", action="append", help="a prompt with {} (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+")
-    p.add_argument("--steps", type=int, nargs="+", help="tuning budgets, e.g. 0 5 15 50")
+    p.add_argument(
+        "--tune-steps", type=int, nargs="+", help="tuning budgets reported, e.g. 0 5 15 50"
+    )
     p.add_argument(
         "--baselines", nargs="*", choices=["textual-inversion", "no-pretraining"], default=None
     )
@@ -421,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         "vision tower with seeded random weights and the real CLIP tokenizer.",
     )
     p.add_argument("dest")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "sd15-random"])
+    p.add_argument("--arch", default="tiny", choices=ARCH_CHOICES, help="model architecture")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     p.set_defaults(func=_cmd_init_model)
@@ -453,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt")
     p.add_argument("--seed", type=int, default=0, help="image k of a prompt uses seed + k")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--sample-steps", type=int, default=30, help="denoising steps")
     p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--negative-prompt", default="")
     p.add_argument(
@@ -480,17 +512,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--backend", default="dlib", choices=["dlib", "face-alignment"])
     p.add_argument(
-        "--preset",
+        "--arch",
         default="tiny",
-        choices=["tiny", "sd15-random"],
-        help="model: the architecture to measure",
+        choices=ARCH_CHOICES,
+        help="model, personalize: the architecture to measure (random weights)",
     )
     p.add_argument("--resolution-px", type=int, default=64, help="model: image size")
-    p.add_argument("--batch-size", type=int, default=4, help="model: batch")
+    p.add_argument("--batch-size", type=int, default=4, help="model: batch; pretrain: global")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--offsets", default="multiplicative", choices=["multiplicative", "lowrank"])
-    p.add_argument("--steps", type=int, default=3, help="model: timed steps after a warm-up")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=3,
+        help="model: timed training steps after a warm-up; pretrain: steps per run",
+    )
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--tune-steps", type=int, default=5, help="personalize: tuning steps")
     p.add_argument("--draws", type=int, default=4, help="personalize: draws per concept")

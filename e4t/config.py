@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -96,6 +97,9 @@ class CurateConfig(StrictModel):
 # --------------------------------------------------------------------------- model
 
 DEFAULT_IMAGE_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+ArchName = Literal["tiny", "sd15-random"]
+"""Model architectures with seeded random weights (:mod:`e4t.models.architectures`)."""
 
 
 class EncoderConfig(StrictModel):
@@ -185,6 +189,22 @@ class TrainConfig(StrictModel):
     log_every: int = Field(1, ge=1)
     preview_every: int = Field(0, ge=0, description="0: only at the end")
     preview_steps: int = Field(10, ge=1, description="sampling steps of the preview images")
+
+
+class LaunchConfig(StrictModel):
+    """How torchrun starts the ranks: processes per node, nodes, this node's rank and the
+    c10d rendezvous (several nodes only). Global batch = batch_size × grad_accum × world."""
+
+    nproc_per_node: int = Field(1, ge=1, description="processes (GPUs) on this node")
+    nnodes: int = Field(1, ge=1, description="nodes taking part")
+    node_rank: int = Field(0, ge=0, description="this node's rank (0 tracks and registers)")
+    rdzv_endpoint: str | None = Field(
+        None, description="HOST:PORT of the c10d rendezvous, reachable from every node"
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
 
 class PretrainConfig(StrictModel):
@@ -299,15 +319,24 @@ class ConfigError(ValueError):
     """A preset or override that does not fit the stage's config."""
 
 
+Overrides = Mapping[str, Any]
+"""Dotted keys to values, e.g. ``{"train.batch_size": 8}`` (a flow's ``overrides``); a
+nested mapping (``{"train": {"batch_size": 8}}``) merges into its section."""
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: {key} is not a section")
+            raise ConfigError(f"override {dotted}: {key} is not a section")
         node = child
-    node[keys[-1]] = value
+    last = keys[-1]
+    if isinstance(value, Mapping) and isinstance(node.get(last), dict):
+        node[last] = _merge(node[last], dict(value))
+    else:
+        node[last] = value
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -338,9 +367,17 @@ def load_config(
     model: type[ConfigT],
     stage: str,
     preset: str | None = None,
-    overrides: list[str] | dict[str, Any] | None = None,
+    overrides: list[str] | Overrides | None = None,
+    values: Overrides | None = None,
 ) -> ConfigT:
-    """Defaults ← preset YAML ← ``a.b=v`` overrides (values parsed as YAML), validated."""
+    """Resolve a stage's config once, at its entry point (a flow or a CLI command):
+    defaults ← preset YAML ← ``overrides`` ← ``values``, validated.
+
+    ``overrides`` is the user's way in: ``KEY=VALUE`` strings from ``--set`` (values parsed
+    as YAML) or a mapping of dotted keys from a flow. ``values`` are the entry point's flat
+    parameters under their dotted keys (``{"train.num_steps": steps}``); None means "not
+    given" and leaves the preset's value.
+    """
     tree: dict[str, Any] = {}
     if preset:
         path = resolve_preset_path(stage, preset)
@@ -348,7 +385,10 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a preset must be a YAML mapping")
         tree = _merge(tree, loaded)
-    items = overrides.items() if isinstance(overrides, dict) else _parse_overrides(overrides)
+    items = (
+        list(overrides.items()) if isinstance(overrides, Mapping) else _parse_overrides(overrides)
+    )
+    items += [(k, v) for k, v in (values or {}).items() if v is not None]
     for dotted, value in items:
         _set_dotted(tree, dotted, value)
     try:
@@ -360,7 +400,7 @@ def load_config(
 def _parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
     out = []
     for item in overrides or []:
-        if "=" not in item:
+        if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. align.resolution_px=256")
         key, raw = item.split("=", 1)
         out.append((key.strip(), yaml.safe_load(raw)))

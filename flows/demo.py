@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         photos_url=str(photos),
         work_url=str(out),
         base_model=str(data_dir() / "models" / "tiny"),
-        init_preset="tiny",
+        init_arch="tiny",
         preset="tiny",
         pretrain_steps=args.steps,
     )

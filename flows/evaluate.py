@@ -1,15 +1,22 @@
 """``evaluate``: a domain model and its baselines on a set of concepts → identity, prompt
 alignment and speed per tuning budget; an HTML report; one MLflow run per model version;
-the ``champion`` alias moved when the candidate beats it."""
+the ``champion`` alias moved when the candidate beats it.
+
+The job is :mod:`e4t.jobs.evaluate`; this flow runs its steps as Prefect tasks and adds the
+summary artifact.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from e4t import io as eio
+from e4t.config import EvaluateConfig, Overrides, load_config
+from e4t.jobs import evaluate as job
+from flows.steps import PrefectSteps
 from tasks import evaluate as t
 
 
@@ -22,48 +29,63 @@ def evaluate(
     prompts: list[str] | None = None,
     seeds: list[int] | None = None,
     steps: list[int] | None = None,
-    baselines: list[str] | None = None,
+    baselines: list[Literal["textual-inversion", "no-pretraining"]] | None = None,
     device: str = "cpu",
     experiment: str = "e4t-evaluate",
     track: bool = True,
-    overrides: list[str] | None = None,
+    overrides: Overrides | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model_uri`` on ``concepts_url`` (face photos, or a personalize-bulk output).
+    """Evaluate ``model_uri`` on ``concepts_url`` against the baselines.
 
-    ``baselines``: any of ``textual-inversion``, ``no-pretraining`` (default: the preset's);
-    ``steps``: the tuning budgets reported, e.g. [0, 5, 15, 50].
+    Args:
+        model_uri: models:/e4t-faces@candidate, models:/NAME/VERSION, or a folder.
+        concepts_url: Face photos, or a personalize-bulk output (its results.jsonl).
+        output_url: Folder or URL for report.html, results.json and the summary.
+        preset: A preset under configs/evaluate/ (tiny, sd15) or a YAML path.
+        prompts: Prompts with {} for the concept (default: the preset's).
+        seeds: Image seeds per prompt (default: the preset's).
+        steps: Tuning budgets reported, e.g. [0, 5, 15, 50] (default: the preset's).
+        baselines: Any of textual-inversion, no-pretraining (default: the preset's).
+        device: Torch device, e.g. cpu or cuda.
+        experiment: MLflow experiment of the evaluation run.
+        track: Log the MLflow run and apply the promotion rule.
+        overrides: Config values by dotted key, e.g. {"promotion.min_delta": 0.01}.
     """
-    sets = list(overrides or [])
-    if prompts is not None:
-        sets.append(f"prompts={prompts!r}")
-    if seeds is not None:
-        sets.append(f"seeds={list(seeds)!r}")
-    if steps is not None:
-        sets.append(f"steps={list(steps)!r}")
-    if baselines is not None:
-        sets.append(f"methods={['e4t', *baselines]!r}")
-    checked = t.check_inputs(model_uri, concepts_url, preset, sets)
-    previous = t.previous_result(output_url, checked)
-    if previous is not None:
+    config = load_config(
+        EvaluateConfig,
+        "evaluate",
+        preset,
+        overrides,
+        values={
+            "prompts": prompts,
+            "seeds": seeds,
+            "steps": steps,
+            "methods": None if baselines is None else ["e4t", *baselines],
+        },
+    )
+    result = job.run(
+        model_uri,
+        concepts_url,
+        output_url,
+        config,
+        PrefectSteps(t.STEPS),
+        device=device,
+        preset=preset,
+        experiment=experiment,
+        track_run=track,
+    )
+    if result.get("skipped"):
         print(f"{output_url} already holds this evaluation of this version; nothing to do")
-        return previous
-    out = t.evaluate(model_uri, concepts_url, output_url, device, preset, sets, checked)
-    run_id, decision = None, None
-    if track:
-        run_id = t.track(
-            out, model_uri, concepts_url, output_url, preset, sets, checked, experiment
-        )
-        decision = t.promote(run_id, out["summary"], preset, sets, checked, experiment)
-    markdown = eio.read_text(out["urls"]["summary"])
+        return result
+    markdown = eio.read_text(result["urls"]["summary"])
+    decision = result.get("promotion")
     if decision is not None:
         markdown += (
             f"\n**Promotion** ({decision['metric']}): "
             f"{'promoted' if decision['promoted'] else 'kept'} — {decision.get('reason')}\n"
         )
-    if run_id:
-        markdown += f"\nMLflow run: `{run_id}`\n"
+    if result.get("mlflow_run_id"):
+        markdown += f"\nMLflow run: `{result['mlflow_run_id']}`\n"
     create_markdown_artifact(key="evaluation-summary", markdown=markdown, description=output_url)
-    print(f"report: {out['urls']['report']}")
-    result = {**out, "mlflow_run_id": run_id, "promotion": decision}
-    t.record_done(output_url, checked, result)  # a rerun of the same evaluation is skipped
+    print(f"report: {result['urls']['report']}")
     return result

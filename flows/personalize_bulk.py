@@ -1,50 +1,34 @@
 """``personalize-bulk``: a folder of images → one concept artifact per person, many per pass.
 
-plan passes → map ``personalize-pass`` over them (threads here; processes, Dask or several
-GPU workers elsewhere) → results table → MLflow parent run + one child run per concept.
+The job is :mod:`e4t.jobs.personalize` (plan passes → check the model → passes → results →
+MLflow parent + child runs); here each step is a Prefect task and the passes are mapped
+over the chosen task runner (threads here; processes, Dask or several GPU workers
+elsewhere). This flow adds the results table artifact.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow
-from prefect.artifacts import (
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
-from prefect.futures import as_completed
+from prefect.artifacts import create_table_artifact
+from pydantic import Field
 
+from e4t.config import Overrides, PersonalizeConfig, load_config
+from e4t.jobs import personalize as job
 from flows.runners import RunnerKind, make_task_runner
+from flows.steps import PrefectSteps
 from tasks import personalize as t
 
-
-@flow(name="personalize-passes")
-def personalize_passes(
-    output_url: str,
-    passes: list[list[dict[str, Any]]],
-    model_uri: str,
-    device: str,
-    preset: str | None,
-    overrides: list[str] | None,
-) -> list[dict[str, Any]]:
-    progress = create_progress_artifact(
-        0.0,
-        key="personalize-bulk-progress",
-        description=f"concepts personalized (%) → {output_url}",
-    )
-    futures = [
-        t.personalize_pass.submit(output_url, specs, model_uri, device, preset, overrides)
-        for specs in passes
-    ]
-    total = sum(len(ids) for ids in passes)
-    rows: list[dict[str, Any]] = []
-    for future in as_completed(futures):
-        rows += future.result()
-        update_progress_artifact(progress, 100.0 * len(rows) / max(1, total))
-    return rows
+TABLE_COLUMNS = (
+    "concept_id",
+    "status",
+    "reason",
+    "steps",
+    "seconds",
+    "final_loss",
+    "artifact_bytes",
+)
 
 
 @flow(name="personalize-bulk", log_prints=True)
@@ -53,71 +37,65 @@ def personalize_bulk(
     model_uri: str = "models:/e4t-faces@candidate",
     output_url: str = "data/demo/concepts",
     preset: str | None = "tiny",
-    steps: int | None = None,
-    concepts_per_pass: int | None = None,
+    steps: Annotated[int | None, Field(ge=0)] = None,
+    concepts_per_pass: Annotated[int | None, Field(ge=1)] = None,
     device: str = "cpu",
     task_runner: RunnerKind = "threads",
-    max_workers: int = 1,
+    max_workers: Annotated[int, Field(ge=1)] = 1,
     dask_address: str | None = None,
     experiment: str = "e4t-personalize",
     track: bool = True,
-    overrides: list[str] | None = None,
+    overrides: Overrides | None = None,
 ) -> dict[str, Any]:
-    """Personalize every image (or sub-folder) of ``images_url`` with the domain model at
-    ``model_uri`` (``models:/e4t-faces@champion``, ``@candidate``, a version, or a folder)."""
-    start = time.perf_counter()
-    sets = list(overrides or [])
-    if steps is not None:
-        sets.append(f"tune.num_steps={steps}")
-    if concepts_per_pass is not None:
-        sets.append(f"concepts_per_pass={concepts_per_pass}")
-    passes = t.plan(images_url, preset, sets)
-    t.check_model(model_uri, device)
-    runner = make_task_runner(task_runner, max_workers, dask_address)
-    rows = personalize_passes.with_options(task_runner=runner)(
-        output_url, passes, model_uri, device, preset, sets
+    """Personalize every image (or sub-folder) of ``images_url`` with a domain model.
+
+    Args:
+        images_url: Folder or s3:// prefix: one image or one sub-folder per concept, and an
+            optional concepts.csv with preview prompts.
+        model_uri: models:/e4t-faces@champion, @candidate, models:/NAME/VERSION, or a folder.
+        output_url: Folder or URL for concepts/, previews/, results.jsonl, summary.json.
+        preset: A preset under configs/personalize/ (tiny, sd15) or a YAML path.
+        steps: Tuning steps per concept (tune.num_steps; 5–15 in the paper).
+        concepts_per_pass: Concepts tuned together in one pass.
+        device: Torch device of the tuning, e.g. cpu or cuda.
+        task_runner: threads or processes on this machine; dask for a Dask cluster.
+        max_workers: Workers of the task runner (passes run at once).
+        dask_address: tcp://HOST:8786 of an existing Dask scheduler (task_runner=dask).
+        experiment: MLflow experiment of the parent and concept runs.
+        track: Log the parent run and one child run per concept to MLflow.
+        overrides: Config values by dotted key, e.g. {"tune.draws_per_concept": 16}.
+    """
+    config = load_config(
+        PersonalizeConfig,
+        "personalize",
+        preset,
+        overrides,
+        values={"tune.num_steps": steps, "concepts_per_pass": concepts_per_pass},
     )
-    summary = t.write_results(
+    runner = PrefectSteps(
+        t.STEPS,
+        make_task_runner(task_runner, max_workers, dask_address),
+        map_names={job.tune_pass: "personalize-passes"},
+        progress_key="personalize-bulk-progress",
+        progress_description=f"passes personalized (%) → {output_url}",
+    )
+    result = job.run(
+        images_url,
         output_url,
-        rows,
-        {
-            "images_url": images_url,
-            "model_uri": model_uri,
-            "wall_seconds": time.perf_counter() - start,
-        },
+        model_uri,
+        config,
+        runner,
+        device=device,
+        track_run=track,
+        experiment=experiment,
     )
-    parent = None
-    if track:
-        parent = t.log_runs(
-            output_url,
-            rows,
-            summary,
-            {
-                "model_uri": model_uri,
-                "images_url": images_url,
-                "output_url": output_url,
-                "preset": preset,
-                "overrides": sets,
-            },
-            experiment,
-        )
     create_table_artifact(
         key="personalize-bulk-results",
-        table=[
-            {
-                k: r.get(k)
-                for k in (
-                    "concept_id",
-                    "status",
-                    "reason",
-                    "steps",
-                    "seconds",
-                    "final_loss",
-                    "artifact_bytes",
-                )
-            }
-            for r in rows
-        ],
+        table=[{k: r.get(k) for k in TABLE_COLUMNS} for r in result["rows"]],
         description=f"Personalization of {images_url} → {output_url}",
     )
-    return {"output_url": output_url, "summary": summary, "mlflow_run_id": parent}
+    return {
+        "output_url": output_url,
+        "summary": result["summary"],
+        "mlflow_run_id": result["mlflow_run_id"],
+    }

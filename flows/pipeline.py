@@ -8,12 +8,14 @@ rerun after a failure resumes where it stopped.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
 from e4t import io as eio
+from e4t.config import ArchName
 from flows.curate_domain import curate_domain
 from flows.evaluate import evaluate
 from flows.personalize_bulk import personalize_bulk
@@ -27,23 +29,34 @@ def e4t_pipeline(
     work_url: str = "data/demo",
     images_url: str | None = None,
     base_model: str = "data/models/tiny",
-    init_preset: str | None = "tiny",
+    init_arch: ArchName | None = "tiny",
     preset: str | None = "tiny",
-    pretrain_steps: int | None = 20,
+    pretrain_steps: Annotated[int | None, Field(ge=1)] = 20,
     domain: str = "faces",
     device: str = "cpu",
-    nproc_per_node: int = 1,
+    nproc_per_node: Annotated[int, Field(ge=1)] = 1,
     run_evaluation: bool = True,
     stage_presets: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run every stage on ``photos_url``; outputs go under ``work_url`` (a folder or an
-    s3:// prefix): ``shards/``, ``pretrain/``, ``concepts/``, ``evaluation/``.
+    """Run every stage on ``photos_url``; outputs go under ``work_url``.
 
-    ``images_url``: the photos to personalize (default: ``photos_url``); ``preset`` names
-    every stage's preset, ``stage_presets`` one stage's (e.g. ``{"curate": "ffhq-1024",
-    "pretrain": "sd15-faces", "personalize": "sd15", "evaluate": "sd15"}`` on GPUs).
+    Args:
+        photos_url: Folder or s3:// prefix of the domain photos (curated, then pretrained on).
+        work_url: Folder or s3:// prefix for shards/, pretrain/, concepts/, evaluation/.
+        images_url: The photos to personalize (default: photos_url).
+        base_model: Diffusers Stable Diffusion folder or hub id.
+        init_arch: Write a random-weight base of this architecture at base_model when it is
+            missing (tiny or sd15-random); null for real checkpoints or hub ids.
+        preset: Every stage's preset (tiny; on GPUs see stage_presets).
+        pretrain_steps: Pretraining steps.
+        domain: The domain; the model is registered as e4t-<domain>.
+        device: Torch device of personalization and evaluation.
+        nproc_per_node: Pretraining processes (GPUs) on this node.
+        run_evaluation: Evaluate the new version (and maybe promote it).
+        stage_presets: One stage's preset, e.g. {"curate": "ffhq-1024", "pretrain":
+            "sd15-faces", "personalize": "sd15", "evaluate": "sd15"}.
     """
-    t.validate(photos_url, images_url, preset, stage_presets, base_model, init_preset)
+    t.validate(photos_url, images_url, preset, stage_presets, base_model, init_arch)
 
     def chosen(stage: str) -> str | None:
         return t.stage_preset(stage, preset, stage_presets)
@@ -54,7 +67,7 @@ def e4t_pipeline(
         shards_url=curated["output_url"],
         output_url=eio.join(work_url, "pretrain"),
         base_model=base_model,
-        init_preset=init_preset,
+        init_arch=init_arch,
         preset=chosen("pretrain"),
         steps=pretrain_steps,
         nproc_per_node=nproc_per_node,

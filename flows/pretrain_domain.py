@@ -1,14 +1,21 @@
 """``pretrain-domain``: curated shards → a domain model (encoder + offsets) under torchrun,
 tracked in MLflow and registered as a new version of ``e4t-<domain>`` (alias ``candidate``).
+
+The job is :mod:`e4t.jobs.pretrain`; this flow resolves the config once, runs the job's
+steps as Prefect tasks and adds the result artifact.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
+from e4t.config import ArchName, LaunchConfig, Overrides, PretrainConfig, load_config
+from e4t.jobs import pretrain as job
+from flows.steps import PrefectSteps
 from tasks import train as t
 
 
@@ -17,39 +24,80 @@ def pretrain_domain(
     shards_url: str = "data/demo/shards",
     output_url: str = "data/demo/pretrain",
     base_model: str = "data/models/tiny",
-    init_preset: str | None = "tiny",
+    init_arch: ArchName | None = "tiny",
     preset: str | None = "tiny",
-    steps: int | None = None,
-    nproc_per_node: int = 1,
-    nnodes: int = 1,
-    node_rank: int = 0,
+    steps: Annotated[int | None, Field(ge=1)] = None,
+    batch_size: Annotated[int | None, Field(ge=1)] = None,
+    device: str | None = None,
+    nproc_per_node: Annotated[int, Field(ge=1)] = 1,
+    nnodes: Annotated[int, Field(ge=1)] = 1,
+    node_rank: Annotated[int, Field(ge=0)] = 0,
     rdzv_endpoint: str | None = None,
     experiment: str = "e4t-pretrain",
-    domain: str = "faces",
-    overrides: list[str] | None = None,
+    domain: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = "faces",
+    overrides: Overrides | None = None,
+    track: bool = True,
 ) -> dict[str, Any]:
-    """Pretrain on ``shards_url`` (a curated folder). ``preset`` names configs/pretrain/*.yaml;
-    ``init_preset`` writes a random-weight base model at ``base_model`` when it is missing
-    (leave None for real checkpoints or hub ids)."""
-    sets = [
-        f"data.shards={shards_url}",
-        f"model.base_model={base_model}",
-        f"experiment={experiment}",
-        f"domain={domain}",
-        *(overrides or []),
-    ]
-    if steps is not None:
-        sets.append(f"train.num_steps={steps}")
-    base = t.prepare_base_model(base_model, init_preset)
-    t.validate(preset, sets, wait_for=[base])
-    result = t.pretrain(preset, sets, output_url, nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+    """Pretrain the encoder and weight offsets on ``shards_url`` (a curated folder).
+
+    Args:
+        shards_url: Curated folder (with stats.json), one .tar URL or a brace pattern.
+        output_url: Folder or URL for checkpoints and the model; a rerun resumes there.
+        base_model: Diffusers Stable Diffusion folder or hub id.
+        init_arch: Write a random-weight base of this architecture at base_model when it is
+            missing (tiny or sd15-random); null for real checkpoints or hub ids.
+        preset: A preset under configs/pretrain/ (tiny, sd15-faces) or a YAML path.
+        steps: Optimizer steps (train.num_steps).
+        batch_size: Samples per rank per micro-step (train.batch_size); the global batch is
+            batch_size × optim.grad_accum × nproc_per_node × nnodes.
+        device: Torch device of each rank (model.device), e.g. cpu or cuda.
+        nproc_per_node: Processes (GPUs) on this node.
+        nnodes: Nodes taking part (several need rdzv_endpoint).
+        node_rank: This node's rank; node 0 tracks and registers.
+        rdzv_endpoint: HOST:PORT of the c10d rendezvous, reachable from every node.
+        experiment: MLflow experiment of the run.
+        domain: The domain; the model is registered as e4t-<domain>.
+        overrides: Config values by dotted key, e.g. {"optim.lr": 1e-5}.
+        track: Track in MLflow and register the model.
+    """
+    config = load_config(
+        PretrainConfig,
+        "pretrain",
+        preset,
+        overrides,
+        values={
+            "data.shards": shards_url,
+            "model.base_model": base_model,
+            "model.device": device,
+            "experiment": experiment,
+            "domain": domain,
+            "train.num_steps": steps,
+            "train.batch_size": batch_size,
+        },
+    )
+    launch = LaunchConfig(
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        rdzv_endpoint=rdzv_endpoint,
+    )
+    result = job.run(
+        config,
+        output_url,
+        launch,
+        PrefectSteps(t.STEPS),
+        init_arch=init_arch,
+        track_run=track,
+    )
     final = result["final"]
+    global_batch = config.train.batch_size * config.optim.grad_accum * launch.world_size
     create_markdown_artifact(
         key="pretrain-domain-result",
         markdown=(
             f"## Pretraining → `{result.get('alias_uri')}`\n\n"
             f"| | |\n|---|---|\n| model version | {result.get('model_uri')} |\n"
             f"| MLflow run | {result.get('run_id')} |\n| steps | {final.get('step')} |\n"
+            f"| global batch | {global_batch} |\n"
             f"| final loss | {final.get('loss', float('nan')):.4f} |\n"
             f"| samples/s | {final.get('samples_per_second', float('nan')):.2f} |\n"
         ),

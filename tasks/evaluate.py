@@ -1,4 +1,5 @@
-"""Evaluation tasks: check inputs, evaluate (tune + generate + score), track, promote."""
+"""evaluate's steps (:mod:`e4t.jobs.evaluate`) as Prefect tasks; the evaluation task
+reports into a progress artifact and a log line every 10 %."""
 
 from __future__ import annotations
 
@@ -8,45 +9,38 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from e4t.config import EvaluateConfig, load_config
-from e4t.evaluation import job
-from tasks.models import domain_model
+from e4t.config import EvaluateConfig
+from e4t.jobs import evaluate as job
 from tasks.retry import retry_transient
 
-
-def resolve_evaluate_config(preset: str | None, overrides: list[str] | None) -> EvaluateConfig:
-    return load_config(EvaluateConfig, "evaluate", preset, overrides)
-
-
-@task(
+check_inputs = task(
+    job.check_inputs,
     name="check-evaluation-inputs",
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=retry_transient,
 )
-def check_inputs(
-    model_uri: str, concepts_url: str, preset: str | None, overrides: list[str] | None
-) -> dict[str, Any]:
-    """Config, concepts and model version resolve before any heavy work (fails fast)."""
-    return job.check_inputs(model_uri, concepts_url, resolve_evaluate_config(preset, overrides))
-
-
-@task(name="previous-evaluation")
-def previous_result(output_url: str, checked: dict[str, Any]) -> dict[str, Any] | None:
-    return job.previous_result(output_url, checked)
+previous_result = task(job.previous_result, name="previous-evaluation")
+track = task(
+    job.track,
+    name="log-evaluation",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+)
+promote = task(job.promote, name="promote-if-better")
+record_done = task(job.record_done, name="record-evaluation")
 
 
 @task(name="evaluate-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def evaluate(
     model_uri: str,
+    device: str,
     concepts_url: str,
     output_url: str,
-    device: str,
-    preset: str | None,
-    overrides: list[str] | None,
+    config: EvaluateConfig,
     checked: dict[str, Any],
 ) -> dict[str, Any]:
-    config = resolve_evaluate_config(preset, overrides)
     progress = cast(
         UUID, create_progress_artifact(0.0, description=f"evaluation of {model_uri} (%)")
     )
@@ -59,15 +53,7 @@ def evaluate(
             logged[0] = int(fraction * 10)
             logger.info("evaluation %3.0f%% done", 100 * fraction)
 
-    out = job.evaluate(
-        domain_model(model_uri, device),
-        model_uri,
-        concepts_url,
-        output_url,
-        config,
-        checked,
-        on_progress,
-    )
+    out = job.evaluate(model_uri, device, concepts_url, output_url, config, checked, on_progress)
     logger.info(
         "evaluated %d concepts (%d rejected) → %s",
         out["num_concepts"],
@@ -77,36 +63,11 @@ def evaluate(
     return out
 
 
-@task(name="log-evaluation", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
-def track(
-    out: dict[str, Any],
-    model_uri: str,
-    concepts_url: str,
-    output_url: str,
-    preset: str | None,
-    overrides: list[str] | None,
-    checked: dict[str, Any],
-    experiment: str,
-) -> str:
-    config = resolve_evaluate_config(preset, overrides)
-    return job.track(out, model_uri, concepts_url, output_url, config, checked, preset, experiment)
-
-
-@task(name="promote-if-better")
-def promote(
-    run_id: str,
-    summary: dict[str, Any],
-    preset: str | None,
-    overrides: list[str] | None,
-    checked: dict[str, Any],
-    experiment: str,
-) -> dict[str, Any]:
-    config = resolve_evaluate_config(preset, overrides)
-    decision = job.promote(run_id, summary, config, checked, experiment)
-    get_run_logger().info("promotion: %s", decision)
-    return decision
-
-
-@task(name="record-evaluation")
-def record_done(output_url: str, checked: dict[str, Any], result: dict[str, Any]) -> None:
-    job.record_done(output_url, checked, result)
+STEPS = {
+    job.check_inputs: check_inputs,
+    job.previous_result: previous_result,
+    job.evaluate: evaluate,
+    job.track: track,
+    job.promote: promote,
+    job.record_done: record_done,
+}

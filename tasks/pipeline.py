@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 
 from e4t import io as eio
@@ -15,6 +13,7 @@ from e4t.config import (
     load_config,
 )
 from e4t.data.decode import is_image_name
+from e4t.models.base import check_base_model
 from tasks.retry import retry_transient
 
 STAGES = {
@@ -40,12 +39,10 @@ def validate(
     preset: str | None,
     stage_presets: dict[str, str] | None,
     base_model: str,
-    init_preset: str | None,
+    init_arch: str | None,
 ) -> int:
     """Every stage's preset resolves, the photo folders hold images, the base model exists
     (or will be created): otherwise a clear error before any heavy work."""
-    from e4t.models.architectures import PRESETS
-
     unknown = set(stage_presets or {}) - set(STAGES)
     if unknown:
         raise ValueError(f"stage_presets: unknown stages {sorted(unknown)}; use {sorted(STAGES)}")
@@ -59,13 +56,7 @@ def validate(
         if not images:
             raise FileNotFoundError(f"{url}: no images (.jpg, .png, .webp …) to work on")
         count = max(count, len(images))
-    if init_preset is not None and init_preset not in PRESETS:
-        raise ValueError(f"init_preset={init_preset!r}: use one of {', '.join(PRESETS)} or null")
-    local = base_model.startswith((".", "/")) or "/" not in base_model
-    if init_preset is None and local and not (Path(base_model) / "model_index.json").exists():
-        raise FileNotFoundError(
-            f"base model {base_model!r} not found: set init_preset=tiny to create a random "
-            "preset there, or give a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
-        )
+    if init_arch is None:  # else pretrain-domain writes it
+        check_base_model(base_model)
     get_run_logger().info("inputs valid: %d photos", count)
     return count

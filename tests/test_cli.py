@@ -46,13 +46,13 @@ def test_bench_model_prints_counts_size_time_memory() -> None:
     done = _e4t(
         "bench",
         "model",
-        "--preset",
+        "--arch",
         "tiny",
         "--resolution-px",
         "64",
         "--batch-size",
         "2",
-        "--steps",
+        "--train-steps",
         "1",
     )
     assert done.returncode == 0, done.stderr
@@ -72,7 +72,7 @@ def test_model_commands_end_to_end(tmp_path: Path, photos_dir: Path) -> None:
     from PIL import Image
 
     steps = [
-        ("init-model", "--preset", "tiny", str(tmp_path / "base")),
+        ("init-model", "--arch", "tiny", str(tmp_path / "base")),
         (
             "init-domain",
             "--preset",
@@ -100,7 +100,7 @@ def test_model_commands_end_to_end(tmp_path: Path, photos_dir: Path) -> None:
             "2",
             "--seed",
             "3",
-            "--steps",
+            "--sample-steps",
             "3",
             "--out",
             str(tmp_path / "images"),

@@ -15,8 +15,15 @@ from conftest import BAD_INPUT_EXPECTED
 from PIL import Image
 
 from e4t.config import CurateConfig, load_config
-from e4t.data.curation import CurationError, curate, part_url
+from e4t.data.curation import CurationError, part_url
 from e4t.data.shards import read_shard
+from e4t.jobs import curate as curate_job
+
+
+def curate(source_url: str, output_url: str, config: CurateConfig) -> dict:
+    """The curation job as ``e4t curate --no-track`` runs it: stats + timings + wall time."""
+    result = curate_job.run(source_url, output_url, config, track_run=False)
+    return {**result["stats"], "timings": result["timings"], "wall_seconds": result["wall_seconds"]}
 
 
 def _config(**overrides: object) -> CurateConfig:

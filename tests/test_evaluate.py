@@ -56,7 +56,7 @@ def test_evaluate_flow_reports_tracks_and_promotes(
         shutil.copyfile(photos_dir / name, images / name)
     v1 = _register(tiny_dir, tmp_path, seed=1)
 
-    def run(model_uri: str, out: str, extra: list[str]) -> dict[str, Any]:
+    def run(model_uri: str, out: str, extra: dict[str, Any]) -> dict[str, Any]:
         return evaluate(
             model_uri=model_uri,
             concepts_url=str(images),
@@ -66,7 +66,7 @@ def test_evaluate_flow_reports_tracks_and_promotes(
             **CHEAP,
         )
 
-    first = run("models:/e4t-evaltest@candidate", "eval-1", [])
+    first = run("models:/e4t-evaltest@candidate", "eval-1", {})
     results = json.loads((tmp_path / "eval-1" / "results.json").read_text())
     assert {c["concept_id"] for c in results["concepts"]} == {"biden", "obama"}
     assert results["rejected"] == [{"concept_id": "coffee", "reason": "no_face"}]
@@ -121,7 +121,7 @@ def test_evaluate_flow_reports_tracks_and_promotes(
     # a second version that must beat the champion by a margin it cannot reach: kept
     v2 = _register(tiny_dir, tmp_path, seed=2)
     assert v2["version"] != v1["version"]
-    second = run("models:/e4t-evaltest@candidate", "eval-2", ["promotion.min_delta=1000"])
+    second = run("models:/e4t-evaltest@candidate", "eval-2", {"promotion.min_delta": 1000})
     assert not second["promotion"]["promoted"]
     assert "does not beat" in second["promotion"]["reason"]
     assert second["promotion"]["champion_run_id"] == first["mlflow_run_id"]
@@ -129,7 +129,7 @@ def test_evaluate_flow_reports_tracks_and_promotes(
     assert mlflow.get_run(second["mlflow_run_id"]).data.tags["e4t.promotion"] == "kept"
 
     # the same version when any gain is enough: promoted, the alias moves
-    third = run(v2["model_uri"], "eval-3", ["promotion.min_delta=-1000"])
+    third = run(v2["model_uri"], "eval-3", {"promotion.min_delta": -1000})
     assert third["promotion"]["promoted"] and third["promotion"]["previous"] == v1["version"]
     assert champion() == v2["version"]
 
@@ -151,7 +151,7 @@ def test_evaluate_fails_fast_on_bad_inputs(prefect_server: None, tmp_path: Path)
     with pytest.raises(Exception, match="e4t-nothing"):
         evaluate(model_uri="models:/e4t-nothing@candidate", concepts_url=str(tmp_path / "faces"))
     with pytest.raises(Exception, match="invalid evaluate config"):
-        evaluate(concepts_url=str(tmp_path / "faces"), overrides=["steps=[-1]"])
+        evaluate(concepts_url=str(tmp_path / "faces"), overrides={"steps": [-1]})
 
 
 @pytest.mark.slow
@@ -185,7 +185,7 @@ def test_evaluation_of_a_personalize_output_links_the_concept_runs(
         seeds=[0],
         steps=[0, 1],
         baselines=[],
-        overrides=["promotion.enabled=false"],
+        overrides={"promotion.enabled": False},
     )
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert [c["source"] for c in results["concepts"]] == [
@@ -220,7 +220,7 @@ def test_evaluate_command(photos_dir: Path, tiny_dir: Path, tmp_path: Path) -> N
     shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
     args = [
         sys.executable, "-m", "e4t.cli", "evaluate", str(images), "--model", str(folder),
-        "--out", str(tmp_path / "eval"), "--preset", "tiny", "--steps", "0", "1",
+        "--out", str(tmp_path / "eval"), "--preset", "tiny", "--tune-steps", "0", "1",
         "--seeds", "0", "--prompt", "a photo of {}", "--baselines", "--no-track",
     ]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)

@@ -33,7 +33,7 @@ def test_flow_curates_publishes_artifacts_and_logs_mlflow(
         source_url=str(bad_inputs_dir),
         output_url=str(out),
         preset="tiny",
-        overrides=["shards.num_images_per_partition=3"],
+        overrides={"shards.num_images_per_partition": 3},
         return_state=True,
     )
     assert state.is_completed(), state.message
@@ -71,7 +71,7 @@ def test_flow_curates_publishes_artifacts_and_logs_mlflow(
         source_url=str(bad_inputs_dir),
         output_url=str(out),
         preset="tiny",
-        overrides=["shards.num_images_per_partition=3"],
+        overrides={"shards.num_images_per_partition": 3},
     )
     assert again["mlflow_run_id"] == result["mlflow_run_id"]
     assert (out / "manifest.jsonl").stat().st_mtime_ns == manifest_mtime
@@ -95,7 +95,7 @@ def test_processes_task_runner(prefect_server: None, photos_dir: Path, tmp_path:
         source_url=str(photos_dir),
         output_url=str(tmp_path / "o"),
         preset="tiny",
-        overrides=["shards.num_images_per_partition=5"],
+        overrides={"shards.num_images_per_partition": 5},
         task_runner="processes",
         track=False,
     )

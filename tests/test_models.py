@@ -15,10 +15,10 @@ from PIL import Image
 
 from e4t.config import LossConfig, ModelConfig
 from e4t.generation import GenerationConfig, apply_concept_to_pipeline, clip_pixels, generate
+from e4t.models.architectures import init_model
 from e4t.models.e4t_model import ArtifactError, E4TModel
 from e4t.models.encoder import E4TEncoder
 from e4t.models.offsets import find_projections
-from e4t.models.architectures import init_model
 from e4t.models.tokenizer import write_clip_tokenizer
 from e4t.training.losses import diffusion_loss, diffusion_target, latent_mask
 from e4t.training.step import Batch, compute_loss

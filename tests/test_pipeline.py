@@ -51,6 +51,6 @@ def test_wrong_preset_fails_fast(prefect_server: None, photos: Path, tmp_path: P
             photos_url=str(photos),
             work_url=str(tmp_path / "w"),
             base_model=str(tmp_path / "no-model"),
-            init_preset=None,
+            init_arch=None,
         )
     assert not (tmp_path / "w").exists()

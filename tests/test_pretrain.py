@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e4t.config import PretrainConfig, load_config
+from e4t.config import LaunchConfig, PretrainConfig, load_config
 from e4t.training.launch import TrainingFailed, run_pretraining, torchrun_command
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,11 @@ def test_two_processes_stay_in_sync_and_loss_falls(
     )
     events: list[dict] = []
     result = run_pretraining(
-        config, str(tmp_path / "out"), nproc_per_node=2, track=False, on_event=events.append
+        config,
+        str(tmp_path / "out"),
+        LaunchConfig(nproc_per_node=2),
+        track=False,
+        on_event=events.append,
     )
     losses = [e["loss"] for e in events if e.get("event") == "step"]
     assert len(losses) == 24
@@ -78,7 +82,7 @@ def test_kill_and_resume_equals_uninterrupted(
     out = tmp_path / "killed"
     config_path = tmp_path / "config.json"
     config_path.write_text(config.model_dump_json())
-    cmd = torchrun_command(str(config_path), str(out), None, 1, 1, 0, None, "kill-test")
+    cmd = torchrun_command(str(config_path), str(out), None, LaunchConfig(), "kill-test")
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
@@ -203,7 +207,7 @@ def test_flow_fails_fast_on_bad_inputs_and_when_training_fails(
         shards_url=str(tmp_path / "missing"),
         output_url=str(tmp_path / "a"),
         base_model=str(tiny_dir),
-        init_preset=None,
+        init_arch=None,
         return_state=True,
     )
     assert state.is_failed()
@@ -215,9 +219,9 @@ def test_flow_fails_fast_on_bad_inputs_and_when_training_fails(
         shards_url=str(curated_shards),
         output_url=str(tmp_path / "b"),
         base_model=str(tiny_dir),
-        init_preset=None,
+        init_arch=None,
         steps=2,
-        overrides=["model.class_word=photorealistic"],
+        overrides={"model.class_word": "photorealistic"},
         return_state=True,
     )
     assert state.is_failed()
@@ -227,7 +231,17 @@ def test_flow_fails_fast_on_bad_inputs_and_when_training_fails(
 
 def test_bench_pretrain_prints_both_rates_and_the_ratio() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "e4t.cli", "bench", "pretrain", "--batch-size", "2", "--steps", "3"],
+        [
+            sys.executable,
+            "-m",
+            "e4t.cli",
+            "bench",
+            "pretrain",
+            "--batch-size",
+            "2",
+            "--train-steps",
+            "3",
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -286,7 +286,7 @@ def test_curation_survives_an_s3_restart(deployed: Stack, s3_env: None) -> None:
             "source_url": "s3://e4t/photos",
             "output_url": "s3://e4t/runs/s3-restart",
             "preset": "tiny",
-            "overrides": ["shards.num_images_per_partition=1"],
+            "overrides": {"shards.num_images_per_partition": 1},
             "max_workers": 1,
         },
     )

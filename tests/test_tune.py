@@ -12,9 +12,9 @@ from PIL import Image
 
 from e4t.config import ModelConfig, TuneConfig
 from e4t.data.shards import read_shard
+from e4t.data.transforms import face_tensors as face_input
 from e4t.generation import GenerationConfig, generate
 from e4t.models.e4t_model import E4TModel
-from e4t.data.transforms import face_tensors as face_input
 from e4t.training.tune import held_out_losses, tune_concepts
 
 CONFIG = TuneConfig(num_steps=6, draws_per_concept=2, resolution_px=32, lr=2e-2)

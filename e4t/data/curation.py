@@ -25,8 +25,6 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -492,55 +490,3 @@ def finalize_curation(output_url: str, config: CurateConfig) -> dict[str, Any]:
         raise CurationError(f"{output_url}: manifest does not account for every input")  # a bug
     eio.write_text(stats_url(output_url), json.dumps(stats, indent=1, sort_keys=True))
     return stats
-
-
-# --------------------------------------------------------------------------- whole job
-
-
-def _run_partition(args: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
-    output_url, index, config_dict = args
-    return curate_partition(output_url, index, CurateConfig.model_validate(config_dict))
-
-
-def iter_partition_results(
-    output_url: str, plan: CurationPlan, config: CurateConfig, num_workers: int
-) -> Iterator[dict[str, Any]]:
-    """Run every partition (in worker processes when ``num_workers > 1``), as they finish."""
-    indices = list(range(plan.num_partitions))
-    if num_workers <= 1:
-        for i in indices:
-            yield curate_partition(output_url, i, config)
-        return
-    payload = config.model_dump(mode="json")
-    with ProcessPoolExecutor(max_workers=num_workers) as pool:
-        futures = [pool.submit(_run_partition, (output_url, i, payload)) for i in indices]
-        for future in as_completed(futures):
-            yield future.result()
-
-
-def curate(
-    source_url: str,
-    output_url: str,
-    config: CurateConfig,
-    num_workers: int = 1,
-    on_partition: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """The whole job without Prefect (the CLI's path): plan, partitions, finalize.
-
-    Returns ``stats.json``'s content plus ``timings`` (seconds per stage, summed over the
-    partitions run now) and ``wall_seconds``.
-    """
-    start = time.perf_counter()
-    done = load_stats(output_url)
-    if done is not None:
-        logger.info("%s is already curated (stats.json present); nothing to do", output_url)
-        return {**done, "timings": dict.fromkeys(STAGES, 0.0), "wall_seconds": 0.0}
-    plan = plan_curation(source_url, output_url, config)
-    timings = dict.fromkeys(STAGES, 0.0)
-    for record in iter_partition_results(output_url, plan, config, num_workers):
-        for stage, seconds in record.get("timings", {}).items():
-            timings[stage] += seconds
-        if on_partition is not None:
-            on_partition(record)
-    stats = finalize_curation(output_url, config)
-    return {**stats, "timings": timings, "wall_seconds": time.perf_counter() - start}

@@ -143,6 +143,7 @@ def refuse_unsafe_members(samples: Iterable[dict[str, Any]]) -> Iterator[dict[st
 def make_train_pipeline(
     urls: list[str],
     transform: SampleTransform,
+    *,
     batch_size: int,
     seed: int,
     rank: int,
@@ -150,7 +151,8 @@ def make_train_pipeline(
     skip_samples: int = 0,
     exclude_keys: frozenset[str] = frozenset(),
 ) -> DataPipeline:
-    """The endless training stream of one rank, as batches (dicts, see :func:`collate`)."""
+    """The endless training stream of one rank, as batches of ``batch_size`` (per rank, per
+    micro-step: ``train.batch_size``) dicts, see :func:`collate`."""
     eio.register_webdataset_openers()
     return DataPipeline(
         resampled_shards(urls, seed, rank),

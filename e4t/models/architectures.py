@@ -31,7 +31,6 @@ from transformers import (
 
 from e4t.models.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, write_clip_tokenizer
 
-ArchName = Literal["tiny", "sd15-random"]
 ARCHS: tuple[str, ...] = ("tiny", "sd15-random")
 
 _UNET: dict[str, dict[str, Any]] = {

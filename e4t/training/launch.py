@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from e4t import io as eio
-from e4t.config import PretrainConfig
+from e4t.config import LaunchConfig, PretrainConfig
 from e4t.data.loader import dataset_identity, shard_urls
+from e4t.models.base import check_base_model
 from e4t.training.distributed import EXPECTED_WORLD_ENV
 
 logger = logging.getLogger(__name__)
@@ -40,51 +41,36 @@ class TrainingFailed(RuntimeError):
 def validate_inputs(config: PretrainConfig) -> list[str]:
     """Fail fast, naming the bad input: shards present, base model present."""
     urls = shard_urls(config.data.shards)
-    base = config.model.base_model
-    looks_local = base.startswith((".", "/")) or "/" not in base or Path(base).exists()
-    if (
-        looks_local
-        and not (Path(base) / "model_index.json").exists()
-        and not (Path(base) / "unet").exists()
-    ):
-        raise FileNotFoundError(
-            f"base model {base!r} not found: create it with `e4t init-model --preset tiny {base}` "
-            "or give a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5"
-        )
+    check_base_model(config.model.base_model)
     return urls
 
 
 def torchrun_command(
-    config_path: str,
-    output_url: str,
-    run_id: str | None,
-    nproc_per_node: int,
-    nnodes: int,
-    node_rank: int,
-    rdzv_endpoint: str | None,
-    rdzv_id: str,
+    config_path: str, output_url: str, run_id: str | None, launch: LaunchConfig, rdzv_id: str
 ) -> list[str]:
+    """``torchrun ... -m e4t.training.pretrain --config FILE``: the resolved config crosses
+    the process boundary as one JSON file, validated once per rank."""
     cmd = [sys.executable, "-m", "torch.distributed.run"]
-    if nnodes == 1:
+    if launch.nnodes == 1:
         cmd += ["--standalone"]
     else:
-        if not rdzv_endpoint:
+        if not launch.rdzv_endpoint:
             raise ValueError("several nodes need rdzv_endpoint=HOST:PORT reachable by all nodes")
         cmd += [
             "--nnodes",
-            str(nnodes),
+            str(launch.nnodes),
             "--node-rank",
-            str(node_rank),
+            str(launch.node_rank),
             "--rdzv-backend",
             "c10d",
             "--rdzv-endpoint",
-            rdzv_endpoint,
+            launch.rdzv_endpoint,
             "--rdzv-id",
             rdzv_id,
         ]
     cmd += [
         "--nproc-per-node",
-        str(nproc_per_node),
+        str(launch.nproc_per_node),
         "-m",
         "e4t.training.pretrain",
         "--config",
@@ -100,17 +86,15 @@ def torchrun_command(
 def run_pretraining(
     config: PretrainConfig,
     output_url: str,
-    nproc_per_node: int = 1,
-    nnodes: int = 1,
-    node_rank: int = 0,
-    rdzv_endpoint: str | None = None,
+    launch: LaunchConfig | None = None,
     track: bool = True,
     on_line: Callable[[str], None] | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train under torchrun; returns the result, the MLflow run and the model version."""
+    launch = launch or LaunchConfig()
     validate_inputs(config)
-    main_node = node_rank == 0
+    main_node = launch.node_rank == 0
     resolved = config.model_dump(mode="json")
     run_id = None
     state_url = eio.join(output_url, "launch.json")
@@ -126,31 +110,30 @@ def run_pretraining(
             output_url,
             dataset_identity(config.data.shards),
             config.experiment,
-            {"e4t.nproc_per_node": str(nproc_per_node), "e4t.nnodes": str(nnodes)},
+            {"e4t.nproc_per_node": str(launch.nproc_per_node), "e4t.nnodes": str(launch.nnodes)},
         )
         eio.write_text(state_url, json.dumps({"run_id": run_id, "output_url": output_url}))
 
     with tempfile.TemporaryDirectory() as tmp:
         config_path = str(Path(tmp) / "config.json")
-        Path(config_path).write_text(json.dumps(resolved))
+        Path(config_path).write_text(config.model_dump_json())
         cmd = torchrun_command(
             config_path,
             output_url,
             run_id,
-            nproc_per_node,
-            nnodes,
-            node_rank,
-            rdzv_endpoint,
+            launch,
             rdzv_id=previous.get("run_id") or uuid.uuid4().hex[:12],
         )
         env = {
             **os.environ,
-            EXPECTED_WORLD_ENV: str(nproc_per_node * nnodes),
+            EXPECTED_WORLD_ENV: str(launch.world_size),
             "PYTHONUNBUFFERED": "1",
         }
         if config.model.device == "cpu":
             # one BLAS thread pool per core, not per process
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+            env.setdefault(
+                "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.nproc_per_node))
+            )
         tail: deque[str] = deque(maxlen=40)
         result: dict[str, Any] = {}
         logger.info("launching: %s", " ".join(cmd))

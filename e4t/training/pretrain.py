@@ -157,7 +157,6 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
     held = held_out_samples(urls, config.data.num_preview)  # every rank excludes them
     held_keys = frozenset(s["__key__"] for s in held)
     held_out = held if world.is_main else []
-    micro = config.train.batch_size
     accum = config.optim.grad_accum
     transform = SampleTransform(
         config.data.resolution_px,
@@ -169,11 +168,11 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
     pipeline = make_train_pipeline(
         urls,
         transform,
-        micro,
-        seed,
-        world.rank,
-        config.data.shuffle_buffer,
-        skip_samples=0 if config.data.fixed_batch else start * micro * accum,
+        batch_size=config.train.batch_size,
+        seed=seed,
+        rank=world.rank,
+        shuffle_buffer=config.data.shuffle_buffer,
+        skip_samples=0 if config.data.fixed_batch else start * config.train.batch_size * accum,
         exclude_keys=held_keys,
     )
     # a DataPipeline is an IterableDataset at run time; its stubs do not say so
@@ -244,7 +243,7 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
             "reg_weights": totals[3].item(),
             "lr": schedule.get_last_lr()[0],
             "grad_norm": float(grad_norm),
-            "samples_per_second": micro * accum * world.size / seconds,
+            "samples_per_second": config.train.batch_size * accum * world.size / seconds,
             "peak_memory_gib": peak_memory_bytes(world.device) / 2**30,
         }
         if number % config.train.log_every == 0 or number == config.train.num_steps:
@@ -310,7 +309,9 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="one rank of E4T domain pretraining")
-    parser.add_argument("--config", required=True, help="resolved PretrainConfig as JSON")
+    parser.add_argument(
+        "--config", required=True, help="the resolved PretrainConfig as a JSON file"
+    )
     parser.add_argument("--output", required=True, help="output URL (model, checkpoints)")
     parser.add_argument("--run-id", default=os.environ.get("MLFLOW_RUN_ID"))
     args = parser.parse_args(argv)

@@ -1,5 +1,8 @@
-"""The evaluation job's steps, shared by the ``evaluate`` flow (one task each) and
-``e4t evaluate``: check inputs → evaluate → log the MLflow run → promote → done marker."""
+"""The ``evaluate`` job, written once: check inputs → (skip a recorded evaluation) →
+evaluate → log the MLflow run → promote → done marker.
+
+``e4t evaluate`` runs it in-process with a progress bar; the ``evaluate`` flow runs each
+step as a Prefect task (the evaluation step reports into a progress artifact)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from typing import Any
 from e4t import io as eio
 from e4t.config import EvaluateConfig, flatten
 from e4t.evaluation import evaluate as ev
+from e4t.jobs.steps import InProcess, StepRunner
 from e4t.tracking import (
+    cached_domain_model,
     find_personalization_runs,
     log_evaluation,
     promote_if_better,
@@ -49,14 +54,16 @@ def record_done(output_url: str, checked: dict[str, Any], result: dict[str, Any]
 
 
 def evaluate(
-    model: Any,
     model_uri: str,
+    device: str,
     concepts_url: str,
     output_url: str,
     config: EvaluateConfig,
     checked: dict[str, Any],
     on_progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
+    """Tune every method at every budget, generate, score; write the report."""
+    model = cached_domain_model(model_uri, device)
     version = checked["model"]
     meta = {
         "model_uri": model_uri,
@@ -138,31 +145,32 @@ def promote(
     )
 
 
-def run_job(
-    model_loader: Callable[[str], Any],
+def run(
     model_uri: str,
     concepts_url: str,
     output_url: str,
     config: EvaluateConfig,
+    steps: StepRunner | None = None,
+    *,
+    device: str = "cpu",
     preset: str | None = None,
     experiment: str = "e4t-evaluate",
     track_run: bool = True,
-    on_progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """The whole job in one process (the CLI's path)."""
-    checked = check_inputs(model_uri, concepts_url, config)
-    previous = previous_result(output_url, checked)
+    """The whole job. Returns the summary, the report URLs, ``mlflow_run_id``, the promotion
+    decision; ``skipped`` when ``output_url`` already holds this evaluation of this version."""
+    steps = steps or InProcess()
+    checked = steps.call(check_inputs, model_uri, concepts_url, config)
+    previous = steps.call(previous_result, output_url, checked)
     if previous is not None:
         return previous
-    out = evaluate(
-        model_loader(model_uri), model_uri, concepts_url, output_url, config, checked, on_progress
-    )
+    out = steps.call(evaluate, model_uri, device, concepts_url, output_url, config, checked)
     run_id, decision = None, None
     if track_run:
-        run_id = track(
-            out, model_uri, concepts_url, output_url, config, checked, preset, experiment
+        run_id = steps.call(
+            track, out, model_uri, concepts_url, output_url, config, checked, preset, experiment
         )
-        decision = promote(run_id, out["summary"], config, checked, experiment)
+        decision = steps.call(promote, run_id, out["summary"], config, checked, experiment)
     result = {**out, "mlflow_run_id": run_id, "promotion": decision}
-    record_done(output_url, checked, result)
+    steps.call(record_done, output_url, checked, result)  # a rerun of the same is skipped
     return result

@@ -1,0 +1,120 @@
+"""``e4t bench personalize``: seconds per concept tuning concepts one at a time and K at a
+time, on an architecture built with random weights."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from e4t.bench.common import model_config
+from e4t.config import CurateConfig, load_config
+from e4t.jobs import curate as curate_job
+from e4t.samples import fetch_sample_photos
+
+
+@dataclass
+class PersonalizeBench:
+    arch: str
+    num_steps: int
+    draws: int
+    resolution_px: int
+    seconds_per_concept: dict[str, float]
+    concept_bytes: int
+    unet_bytes: int
+
+    def report(self) -> str:
+        seq = self.seconds_per_concept["sequential"]
+        lines = [
+            f"personalize bench: arch={self.arch}, {self.num_steps} steps, "
+            f"{self.draws} draws per concept per step, {self.resolution_px} px"
+        ]
+        for name, seconds in self.seconds_per_concept.items():
+            lines.append(
+                f"  {name:<12} {seconds:7.3f} s per concept "
+                f"(throughput × {seq / seconds:.2f} vs sequential)"
+            )
+        lines.append(
+            f"  concept artifact: {self.concept_bytes:,} bytes = "
+            f"{100 * self.concept_bytes / self.unet_bytes:.3f} % of the base UNet's "
+            f"{self.unet_bytes:,} bytes"
+        )
+        return "\n".join(lines)
+
+
+def bench_personalize(
+    arch: str = "tiny",
+    num_steps: int = 5,
+    draws: int = 4,
+    resolution_px: int = 32,
+    passes: tuple[int, ...] = (1, 4, 8),
+    device: str = "cpu",
+    dtype: str = "fp32",
+) -> PersonalizeBench:
+    """Seconds per concept tuning 8 concepts one at a time and K at a time."""
+    import torch
+
+    from e4t.config import TuneConfig
+    from e4t.data.shards import read_shard
+    from e4t.data.transforms import face_tensors
+    from e4t.models.architectures import build_base_models
+    from e4t.models.e4t_model import E4TModel
+    from e4t.training.tune import tune_concepts
+
+    config = model_config(arch, dtype=dtype, device=device, gradient_checkpointing=False)
+    model = E4TModel.from_config(config, base=build_base_models(arch, config))
+    tune = TuneConfig(num_steps=num_steps, draws_per_concept=draws, resolution_px=resolution_px)
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = fetch_sample_photos(Path(tmp) / "photos")
+        curate_job.run(
+            str(photos),
+            str(Path(tmp) / "shards"),
+            load_config(CurateConfig, "curate", "tiny"),
+            track_run=False,
+        )
+        samples = [
+            s for p in sorted((Path(tmp) / "shards").glob("*.tar")) for s in read_shard(str(p))
+        ]
+        faces = [
+            face_tensors(
+                Image.open(io.BytesIO(s["jpg"])),
+                Image.open(io.BytesIO(s["mask.png"])),
+                resolution_px,
+                model.base.image_processor,
+            )
+            for s in samples
+        ]
+    total = max(passes)
+    faces = [faces[i % len(faces)] for i in range(total)]
+    seconds: dict[str, float] = {}
+
+    def timed(k: int) -> float:
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        tune_concepts(model, faces[:k], list(range(k)), tune)  # warm-up at this size
+        sync()
+        start = time.perf_counter()
+        for i in range(0, total, k):
+            tune_concepts(model, faces[i : i + k], list(range(i, i + k)), tune)
+        sync()
+        return (time.perf_counter() - start) / total
+
+    for k in passes:
+        seconds["sequential" if k == 1 else f"K = {k}"] = timed(k)
+    bank = model.concepts
+    assert bank is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        concept_bytes = bank.save(0, Path(tmp) / "c", model.concept_meta(), tune.artifact_dtype)
+    unet_bytes = sum(p.numel() * p.element_size() for p in model.base.unet.parameters())
+    return PersonalizeBench(
+        arch=arch,
+        num_steps=num_steps,
+        draws=draws,
+        resolution_px=resolution_px,
+        seconds_per_concept=seconds,
+        concept_bytes=concept_bytes,
+        unet_bytes=unet_bytes,
+    )

@@ -1,0 +1,121 @@
+"""The ``personalize-bulk`` job, written once: plan passes → check the model → tune the
+passes → ``results.jsonl`` → MLflow parent run + one child run per concept.
+
+``e4t personalize`` runs it in-process with a progress bar; the ``personalize-bulk`` flow
+runs each step as a Prefect task and maps the passes over its task runner (threads,
+processes, Dask). The domain model is loaded once per process (and pinned version) by
+:func:`e4t.tracking.cached_domain_model`, whoever runs the pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from e4t.config import PersonalizeConfig, flatten
+from e4t.data.concepts import ConceptSpec, discover_concepts
+from e4t.jobs.steps import InProcess, StepRunner
+
+logger = logging.getLogger(__name__)
+
+
+def plan(images_url: str, concepts_per_pass: int) -> list[list[ConceptSpec]]:
+    """The folder's concepts in passes of ``concepts_per_pass``: listed once, here; fails
+    fast when the folder is missing or holds no images."""
+    specs = discover_concepts(images_url)
+    if not specs:
+        raise FileNotFoundError(f"{images_url}: no images to personalize")
+    logger.info("%d concepts in passes of %d", len(specs), concepts_per_pass)
+    return [specs[i : i + concepts_per_pass] for i in range(0, len(specs), concepts_per_pass)]
+
+
+def check_model(model_uri: str, device: str) -> str:
+    """Load the domain model up front (an unknown URI fails before any tuning); its
+    fingerprint."""
+    from e4t.tracking import cached_domain_model
+
+    return str(cached_domain_model(model_uri, device).fingerprint())
+
+
+def tune_pass(
+    output_url: str,
+    specs: list[ConceptSpec],
+    model_uri: str,
+    device: str,
+    config: PersonalizeConfig,
+) -> list[dict[str, Any]]:
+    """One pass: its unfinished concepts tuned together; one result row per concept."""
+    from e4t.tracking import cached_domain_model
+    from e4t.training.bulk import personalize_pass
+
+    model = cached_domain_model(model_uri, device)
+    rows = personalize_pass(model, specs, output_url, config, model_uri)
+    done = sum(r["status"] == "done" for r in rows)
+    logger.info("pass of %d concepts: %d done", len(specs), done)
+    return rows
+
+
+def write_results(
+    output_url: str, rows: list[dict[str, Any]], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """``results.jsonl`` (one row per concept) and ``summary.json``."""
+    from e4t.training.bulk import write_results as write
+
+    return write(output_url, rows, extra)
+
+
+def track(
+    output_url: str,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    params: dict[str, Any],
+    experiment: str,
+) -> str:
+    """The job's MLflow parent run and a child run per concept tuned now."""
+    from e4t.tracking import log_personalization
+
+    return log_personalization(output_url, rows, summary, params, experiment)
+
+
+def run(
+    images_url: str,
+    output_url: str,
+    model_uri: str,
+    config: PersonalizeConfig,
+    steps: StepRunner | None = None,
+    *,
+    device: str = "cpu",
+    track_run: bool = True,
+    experiment: str = "e4t-personalize",
+    on_pass: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> dict[str, Any]:
+    """The whole job. Returns ``output_url``, ``summary``, ``rows``, ``mlflow_run_id``."""
+    steps = steps or InProcess()
+    start = time.perf_counter()
+    passes = steps.call(plan, images_url, config.concepts_per_pass)
+    steps.call(check_model, model_uri, device)
+    rows: list[dict[str, Any]] = []
+    calls = [(output_url, specs, model_uri, device, config) for specs in passes]
+    for chunk in steps.map(tune_pass, calls):
+        rows += chunk
+        if on_pass is not None:
+            on_pass(chunk)
+    extra = {
+        "images_url": images_url,
+        "model_uri": model_uri,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    summary = steps.call(write_results, output_url, rows, extra)
+    run_id = None
+    if track_run:
+        params = {
+            "model_uri": model_uri,
+            "images_url": images_url,
+            "output_url": output_url,
+            "device": device,
+            **flatten(config.model_dump(mode="json")),
+        }
+        run_id = steps.call(track, output_url, rows, summary, params, experiment)
+    return {"output_url": output_url, "summary": summary, "rows": rows, "mlflow_run_id": run_id}
