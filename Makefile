@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # The browser tests drive Debian's chromium headless; `make test` installs it when missing.
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install demo test lint samples bench clean stack-up stack-down stack-status
+.PHONY: install demo test test-fast lint samples bench clean stack-up stack-down stack-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: $(STAMP)
 
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier: every test not marked `slow` (no servers, no browser); ~2.5 min on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check e4t tasks flows infra tests

@@ -112,7 +112,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     else:
         result = bench.bench_pretrain(
-            global_batch=args.batch_size,
+            global_batch=args.global_batch,
             num_steps=max(3, args.train_steps),
             resolution_px=args.resolution_px,
         )
@@ -518,7 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="model, personalize: the architecture to measure (random weights)",
     )
     p.add_argument("--resolution-px", type=int, default=64, help="model: image size")
-    p.add_argument("--batch-size", type=int, default=4, help="model: batch; pretrain: global")
+    p.add_argument("--batch-size", type=int, default=4, help="model: samples per training step")
+    p.add_argument(
+        "--global-batch", type=int, default=4, help="pretrain: samples per step over all ranks"
+    )
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--offsets", default="multiplicative", choices=["multiplicative", "lowrank"])

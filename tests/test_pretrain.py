@@ -237,7 +237,7 @@ def test_bench_pretrain_prints_both_rates_and_the_ratio() -> None:
             "e4t.cli",
             "bench",
             "pretrain",
-            "--batch-size",
+            "--global-batch",
             "2",
             "--train-steps",
             "3",

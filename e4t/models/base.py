@@ -100,7 +100,9 @@ def prepare_components(
     for module in (unet, vae, text_encoder, image_encoder):
         module.requires_grad_(False)
         module.eval()
-        module.to(device=config.device, dtype=dtype)
+        module.to(config.device)
+        if module.dtype != dtype:  # built in fp32; loaded ones already are in `dtype`
+            module.to(dtype=dtype)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         text_encoder.gradient_checkpointing_enable()
