@@ -11,23 +11,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from e4t.config import EvaluateConfig
 from e4t.jobs import evaluate as job
-from tasks.retry import retry_transient
+from tasks.retry import retry_transient, retrying_task
 
-check_inputs = task(
-    job.check_inputs,
-    name="check-evaluation-inputs",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-)
+check_inputs = retrying_task(job.check_inputs, "check-evaluation-inputs")
 previous_result = task(job.previous_result, name="previous-evaluation")
-track = task(
-    job.track,
-    name="log-evaluation",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-)
+track = retrying_task(job.track, "log-evaluation")
 promote = task(job.promote, name="promote-if-better")
 record_done = task(job.record_done, name="record-evaluation")
 

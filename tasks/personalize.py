@@ -5,32 +5,13 @@ from __future__ import annotations
 from prefect import task
 
 from e4t.jobs import personalize as job
-from tasks.retry import retry_transient
+from tasks.retry import retrying_task
 
 plan = task(job.plan, name="plan-personalization")
-check_model = task(
-    job.check_model,
-    name="check-model",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-)
-tune_pass = task(
-    job.tune_pass,
-    name="personalize-pass",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-    tags=["e4t-personalize"],
-)
+check_model = retrying_task(job.check_model, "check-model")
+tune_pass = retrying_task(job.tune_pass, "personalize-pass", retries=1, tags=["e4t-personalize"])
 write_results = task(job.write_results, name="write-results")
-track = task(
-    job.track,
-    name="log-personalization",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-)
+track = retrying_task(job.track, "log-personalization")
 
 STEPS = {
     job.plan: plan,

@@ -3,7 +3,10 @@ model fails at once, with its message; a dropped connection or a busy server is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from prefect import Task, task
 
 PERMANENT = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError)
 
@@ -25,3 +28,21 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     except BaseException as err:  # the failed state re-raises its exception
         return not is_permanent(err)
     return True
+
+
+def retrying_task(
+    fn: Callable[..., Any],
+    name: str,
+    retries: int = 2,
+    delay_seconds: int | list[int] = 5,
+    **options: Any,
+) -> Task[Any, Any]:
+    """``fn`` (a job step) as a Prefect task that retries only transient errors."""
+    return task(
+        fn,
+        name=name,
+        retries=retries,
+        retry_delay_seconds=delay_seconds,
+        retry_condition_fn=retry_transient,
+        **options,
+    )

@@ -10,15 +10,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from e4t.config import LaunchConfig, PretrainConfig
 from e4t.jobs import pretrain as job
-from tasks.retry import retry_transient
+from tasks.retry import retry_transient, retrying_task
 
-prepare = task(
-    job.prepare,
-    name="prepare-pretraining",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-)
+prepare = retrying_task(job.prepare, "prepare-pretraining", retries=1)
 
 
 @task(

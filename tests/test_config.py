@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from e4t.config import ConfigError, CurateConfig, config_hash, flatten, load_config
+from e4t.config import (
+    ConfigError,
+    CurateConfig,
+    PretrainConfig,
+    config_hash,
+    flatten,
+    load_config,
+)
 
 
 def test_defaults_preset_and_overrides(tmp_path: Path) -> None:
@@ -40,3 +47,30 @@ def test_unknown_preset_lists_the_known_ones() -> None:
 
 def test_flatten() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_sd15_faces_preset_says_its_batch() -> None:
+    """The preset's comment states the paper's batch of 16; its numbers must make 16."""
+    import re
+
+    from e4t.config import REPO_CONFIGS
+
+    text = (REPO_CONFIGS / "pretrain" / "sd15-faces.yaml").read_text()
+    stated = int(re.search(r"batch (\d+) =", text)[1])
+    config = load_config(PretrainConfig, "pretrain", "sd15-faces")
+    assert stated == 16 == config.train.batch_size * config.optim.grad_accum
+
+
+def test_flat_values_and_mapping_overrides_resolve_once() -> None:
+    """A flow's flat parameters and overrides mapping land in the typed config; None keeps
+    the preset's value; a nested mapping merges into its section."""
+    config = load_config(
+        PretrainConfig,
+        "pretrain",
+        "tiny",
+        {"train": {"batch_size": 8}, "optim.lr": 0.5},
+        values={"train.num_steps": 7, "model.device": None},
+    )
+    assert config.train.batch_size == 8 and config.train.num_steps == 7
+    assert config.train.checkpoint_every == 10  # from the preset, kept by the nested merge
+    assert config.optim.lr == 0.5 and config.model.device == "cpu"

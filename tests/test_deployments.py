@@ -42,6 +42,13 @@ def test_pretrain_deployment_runs_on_a_process_worker(
         }
         _prefect(env, "work-pool", "create", "e4t-process", "--type", "process")
         _prefect(env, "--no-prompt", "deploy", "--all")
+        # typed flow parameters: the server refuses a bad value before any run exists
+        for bad in ("steps=0", "init_arch=huge", "nproc_per_node=zero"):
+            with pytest.raises(RuntimeError, match="failed") as refused:
+                _prefect(env, "deployment", "run", "pretrain-domain/pretrain-domain", "-p", bad)
+            assert bad.split("=")[0] in str(refused.value)
+        with urllib.request.urlopen(f"{api}/flow_runs/count", data=b"{}", timeout=10) as response:
+            assert json.loads(response.read()) == 0
         out = tmp_path / "pretrained"
         started = _prefect(
             env,

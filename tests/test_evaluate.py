@@ -40,6 +40,27 @@ def _register(tiny_dir: Path, out: Path, seed: int) -> dict[str, str]:
     return register_domain_model(run_id, folder, "evaltest", base_model=str(tiny_dir))
 
 
+def test_only_an_unset_alias_means_no_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alias that is not set is "no champion"; an unreachable tracking server raises
+    (it must never read as a free slot and promote)."""
+    from mlflow import MlflowClient
+
+    from e4t.tracking import alias_version
+
+    local = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    local.create_registered_model("e4t-aliastest")
+    assert alias_version(local, "e4t-aliastest", "champion") is None
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    outage = MlflowClient(tracking_uri="http://127.0.0.1:9", registry_uri="http://127.0.0.1:9")
+    with pytest.raises(Exception) as raised:
+        alias_version(outage, "e4t-aliastest", "champion")
+    assert "127.0.0.1:9" in str(raised.value) or "Connection" in type(raised.value).__name__
+
+
 @pytest.mark.slow
 def test_evaluate_flow_reports_tracks_and_promotes(
     prefect_server: None, photos_dir: Path, tiny_dir: Path, tmp_path: Path

@@ -1,0 +1,67 @@
+"""Each stage's job is one sequence of steps; the step runner is the only seam between it and
+whoever runs it (the CLI in-process, the flows as Prefect tasks)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from e4t.config import CurateConfig, load_config
+from e4t.jobs import curate
+from e4t.jobs.steps import InProcess
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _tagged(x: int, on_value: Callable[[int], None] | None = None) -> int:
+    if on_value is not None:
+        on_value(x)
+    return x
+
+
+def test_in_process_runner_maps_over_workers_and_hands_callbacks_to_their_step() -> None:
+    seen: list[int] = []
+    runner = InProcess(num_workers=2, callbacks={_tagged: {"on_value": seen.append}})
+    assert sorted(runner.map(_square, [(i,) for i in range(5)])) == [0, 1, 4, 9, 16]
+    assert runner.call(_tagged, 3) == 3 and seen == [3]
+    assert runner.call(_square, 4) == 16  # no callbacks registered: none passed
+
+
+class Recording(InProcess):
+    """Runs the steps here and records their names, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def call(self, step: Callable[..., Any], *args: Any) -> Any:
+        self.calls.append(step.__name__)
+        return super().call(step, *args)
+
+    def map(self, step: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+        self.calls.append(f"map {step.__name__} × {len(calls)}")
+        return super().map(step, calls)
+
+
+def test_curation_job_runs_its_steps_in_order_and_a_rerun_only_checks(
+    photos_dir: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("obama.jpg", "biden.jpg", "chelsea.png"):
+        shutil.copyfile(photos_dir / name, src / name)
+    config = load_config(CurateConfig, "curate", "tiny", {"shards.num_images_per_partition": 2})
+    runner = Recording()
+    result = curate.run(str(src), str(tmp_path / "out"), config, runner, track_run=False)
+    # in-process, the map runs each partition through call()
+    assert runner.calls == ["plan", "map partition × 2", "partition", "partition", "finalize"]
+    assert result["stats"]["num_inputs"] == 3 and result["mlflow_run_id"] is None
+
+    again = Recording()
+    rerun = curate.run(str(src), str(tmp_path / "out"), config, again, track_run=False)
+    assert again.calls == ["plan", "finalize"]  # finished: the plan is checked, nothing redone
+    assert rerun["stats"] == result["stats"] and rerun["wall_seconds"] == 0.0
