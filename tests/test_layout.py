@@ -242,6 +242,10 @@ def test_every_deployment_entrypoint_loads_its_flow() -> None:
         assert flow.name == deployment["name"]
         params = set(flow.parameters.properties)  # the defaults must be real parameters
         assert set(deployment.get("parameters", {})) <= params
+        undocumented = [
+            name for name, prop in flow.parameters.properties.items() if not prop.get("description")
+        ]
+        assert undocumented == [], f"{flow.name}: no description (docstring Args) for these"
 
 
 def test_scheduled_deployments_ship_inactive() -> None:
