@@ -62,7 +62,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     )
     print(
         f"accepted inputs: {stats['num_accepted_inputs']}, rejected: "
-        f"{stats['num_rejected_inputs']} {json.dumps(stats['rejection_reasons'])}"
+        f"{stats['num_rejected_inputs']} {json.dumps(stats['rejection_reasons'])}, skipped: "
+        f"{stats.get('num_skipped_inputs', 0)} {json.dumps(stats.get('skip_reasons', {}))}"
     )
     print(f"manifest: {args.output.rstrip('/')}/manifest.jsonl")
     if run_id:

@@ -59,12 +59,19 @@ def curate_domain(
     stats = result["stats"]
     rows = [
         {"measure": k, "value": stats[k]}
-        for k in ("num_inputs", "num_accepted_inputs", "num_rejected_inputs", "num_samples")
+        for k in (
+            "num_inputs",
+            "num_accepted_inputs",
+            "num_rejected_inputs",
+            "num_skipped_inputs",
+            "num_samples",
+        )
     ]
     rows.append({"measure": "num_shards", "value": len(stats["shards"])})
     rows += [
         {"measure": f"rejected: {r}", "value": n} for r, n in stats["rejection_reasons"].items()
     ]
+    rows += [{"measure": f"skipped: {r}", "value": n} for r, n in stats["skip_reasons"].items()]
     create_table_artifact(
         table=rows, key=ARTIFACT_KEY, description=f"Curation of {source_url} into {output_url}"
     )

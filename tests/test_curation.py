@@ -16,6 +16,7 @@ from PIL import Image
 
 from e4t.config import CurateConfig, load_config
 from e4t.data.curation import CurationError, part_url
+from e4t.data.inputs import SKIPPED
 from e4t.data.shards import read_shard
 from e4t.jobs import curate as curate_job
 
@@ -56,7 +57,10 @@ def test_every_input_is_accounted_for(bad_run: tuple[Path, dict], bad_inputs_dir
     inputs = sorted(str(p) for p in bad_inputs_dir.rglob("*") if p.is_file())
     assert sorted({r["source"] for r in rows}) == inputs
     assert stats["num_inputs"] == len(inputs) == len(BAD_INPUT_EXPECTED)
-    assert stats["num_accepted_inputs"] + stats["num_rejected_inputs"] == stats["num_inputs"]
+    assert (
+        stats["num_accepted_inputs"] + stats["num_rejected_inputs"] + stats["num_skipped_inputs"]
+        == stats["num_inputs"]
+    )
     by_name = {r["source"][len(str(bad_inputs_dir)) + 1 :]: r for r in rows}
     for name, reason in BAD_INPUT_EXPECTED.items():
         row = by_name[name]
@@ -64,7 +68,8 @@ def test_every_input_is_accounted_for(bad_run: tuple[Path, dict], bad_inputs_dir
             assert row["status"] == "accepted", f"{name}: {row}"
             assert row["key"] and "." not in row["key"]
         else:
-            assert row["status"] == "rejected" and row["reason"] == reason, f"{name}: {row}"
+            status = "skipped" if reason in SKIPPED else "rejected"
+            assert row["status"] == status and row["reason"] == reason, f"{name}: {row}"
     assert stats["num_samples"] == sum(r["status"] == "accepted" for r in rows)
 
 

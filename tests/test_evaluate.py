@@ -89,8 +89,9 @@ def test_evaluate_flow_reports_tracks_and_promotes(
 
     first = run("models:/e4t-evaltest@candidate", "eval-1", {})
     results = json.loads((tmp_path / "eval-1" / "results.json").read_text())
-    assert {c["concept_id"] for c in results["concepts"]} == {"biden", "obama"}
-    assert results["rejected"] == [{"concept_id": "coffee", "reason": "no_face"}]
+    assert {c["name"] for c in results["concepts"]} == {"biden", "obama"}
+    assert [(r["name"], r["reason"]) for r in results["rejected"]] == [("coffee", "no_face")]
+    assert all(c["concept_id"].startswith(f"{c['name']}-") for c in results["concepts"])
     assert all(c["reference_has_face"] for c in results["concepts"])
     assert set(results["summary"]) == {"e4t", "textual-inversion", "no-pretraining"}
     # 2 concepts × 3 methods × 2 budgets × 2 prompts × 2 seeds, each scored

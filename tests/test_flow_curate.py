@@ -40,7 +40,11 @@ def test_flow_curates_publishes_artifacts_and_logs_mlflow(
     result = state.result()
     stats = result["stats"]
     assert stats == json.loads((out / "stats.json").read_text())
-    assert stats["num_accepted_inputs"] + stats["num_rejected_inputs"] == stats["num_inputs"] == 12
+    assert (
+        stats["num_accepted_inputs"] + stats["num_rejected_inputs"] + stats["num_skipped_inputs"]
+        == stats["num_inputs"]
+        == 12
+    )
 
     artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
     # the newest of each key is this run's (other tests curate too)

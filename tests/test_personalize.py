@@ -56,19 +56,25 @@ def test_personalize_bulk_flow(
     )
     result = personalize_bulk(**kwargs)
     rows = {
-        json.loads(x)["concept_id"]: json.loads(x)
+        json.loads(x)["name"]: json.loads(x)
         for x in (out / "results.jsonl").read_text().splitlines()
     }
-    assert set(rows) == {"obama", "biden", "astro", "cat", "corrupt"}  # nothing dropped
+    # nothing dropped: every person a row, and concepts.csv a (skipped) row of its own
+    assert set(rows) == {"obama", "biden", "astro", "cat", "corrupt", "concepts.csv"}
+    assert rows["concepts.csv"]["status"] == "skipped"
     assert {k for k, r in rows.items() if r["status"] == "done"} == {"obama", "biden", "astro"}
     assert rows["cat"]["reason"] == "no_face" and rows["corrupt"]["reason"] == "truncated"
-    for cid in ("obama", "biden", "astro"):
-        assert (out / "concepts" / cid / "concept.safetensors").exists()
-        assert rows[cid]["artifact_bytes"] > 0 and rows[cid]["steps"] == 3
-    assert len(list((out / "previews" / "biden").glob("*.png"))) == 2  # from concepts.csv
-    assert "wearing_a_hat" in " ".join(p.name for p in (out / "previews" / "biden").iterdir())
+    ids = {name: row["concept_id"] for name, row in rows.items()}
+    for name in ("obama", "biden", "astro"):
+        assert ids[name].startswith(f"{name}-")
+        assert (out / "concepts" / ids[name] / "concept.safetensors").exists()
+        assert rows[name]["artifact_bytes"] > 0 and rows[name]["steps"] == 3
+    biden_previews = out / "previews" / ids["biden"]
+    assert len(list(biden_previews.glob("*.png"))) == 2  # from concepts.csv
+    assert "wearing_a_hat" in " ".join(p.name for p in biden_previews.iterdir())
     summary = result["summary"]
     assert summary["num_done"] == 3 and summary["num_rejected"] == 2
+    assert summary["num_files"] == 7  # obama, biden, astro/×2, cat, corrupt, concepts.csv
 
     mlflow.set_tracking_uri(tracking_uri())
     parent = mlflow.get_run(result["mlflow_run_id"])
@@ -78,7 +84,9 @@ def test_personalize_bulk_flow(
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
         output_format="list",
     )
-    assert sorted(c.data.tags["e4t.concept_id"] for c in children) == ["astro", "biden", "obama"]
+    assert sorted(c.data.tags["e4t.concept_id"] for c in children) == sorted(
+        ids[n] for n in ("astro", "biden", "obama")
+    )
     client = mlflow.MlflowClient()
     for child in children:
         listed = {a.path for a in client.list_artifacts(child.info.run_id, "concept")}
@@ -90,10 +98,10 @@ def test_personalize_bulk_flow(
         files = {a.path for a in client.list_logged_model_artifacts(logged.model_id)}
         assert "concept.safetensors" in files
 
-    stamp = (out / "concepts" / "obama" / "concept.json").stat().st_mtime_ns
+    stamp = (out / "concepts" / ids["obama"] / "concept.json").stat().st_mtime_ns
     again = personalize_bulk(**kwargs)
     assert again["summary"]["num_skipped"] == 3
-    assert (out / "concepts" / "obama" / "concept.json").stat().st_mtime_ns == stamp
+    assert (out / "concepts" / ids["obama"] / "concept.json").stat().st_mtime_ns == stamp
 
 
 def test_unknown_model_fails_fast(

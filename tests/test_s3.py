@@ -34,7 +34,9 @@ def test_curate_from_s3_to_s3_and_read_back_with_webdataset(
     out = f"s3://{bucket}/curated/faces"
     config = load_config(CurateConfig, "curate", "tiny")
     stats = curate(src, out, config)
-    assert stats["num_accepted_inputs"] + stats["num_rejected_inputs"] == len(local_inputs)
+    assert stats["num_accepted_inputs"] + stats["num_rejected_inputs"] + stats[
+        "num_skipped_inputs"
+    ] == len(local_inputs)
     assert stats["num_samples"] > 0
     manifest = [json.loads(x) for x in eio.read_text(f"{out}/manifest.jsonl").splitlines()]
     assert {r["source"] for r in manifest} == set(eio.list_files(src))

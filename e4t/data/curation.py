@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,13 +34,16 @@ from PIL import Image
 from e4t import __version__
 from e4t import io as eio
 from e4t.config import CurateConfig, config_hash
-from e4t.data.decode import decode_image, is_image_name
-from e4t.data.shards import read_shard, shard_name, slugify, write_shard
+from e4t.data.decode import IMAGE_EXTENSIONS, decode_image, is_image_name
+from e4t.data.inputs import SKIPPED, InputFile, input_id, list_inputs, read_capped
+from e4t.data.shards import read_shard, shard_name, write_shard
 from e4t.faces.alignment import align_face, face_mask
 from e4t.faces.landmarker import Face, FaceLandmarker, create_landmarker
 from e4t.faces.quality import NearDuplicateIndex, estimate_yaw_deg, perceptual_hash, sharpness
 
 logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSION_LIST = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 
 STAGES = ("read", "decode", "detect", "landmarks", "align", "write")
 
@@ -54,9 +57,11 @@ class CurationError(RuntimeError):
 
 @dataclass(frozen=True)
 class CurationPlan:
+    """The job's fixed inputs: every listed file as a dict of :class:`InputFile`'s fields."""
+
     source_url: str
     output_url: str
-    inputs: list[str]
+    inputs: list[dict[str, Any]]
     num_images_per_partition: int
     config_hash: str
 
@@ -64,9 +69,9 @@ class CurationPlan:
     def num_partitions(self) -> int:
         return -(-len(self.inputs) // self.num_images_per_partition)
 
-    def partition_inputs(self, index: int) -> list[str]:
+    def partition_inputs(self, index: int) -> list[InputFile]:
         n = self.num_images_per_partition
-        return self.inputs[index * n : (index + 1) * n]
+        return [InputFile(**entry) for entry in self.inputs[index * n : (index + 1) * n]]
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1, sort_keys=True)
@@ -91,26 +96,30 @@ def load_stats(output_url: str) -> dict[str, Any] | None:
 
 
 def plan_curation(source_url: str, output_url: str, config: CurateConfig) -> CurationPlan:
-    """List the inputs and fix the partitions; a rerun must see the same inputs and config."""
-    inputs = eio.list_files(source_url)
-    if not inputs:
+    """List the inputs (:func:`e4t.data.inputs.list_inputs`: never opened, classified from
+    ``stat``) and fix the partitions; a rerun must see the same inputs and config."""
+    listed = list_inputs(source_url, config.decode.max_bytes)
+    if not listed:
         raise CurationError(f"{source_url}: no files to curate — point at a folder of photos")
     plan = CurationPlan(
         source_url=source_url,
         output_url=output_url,
-        inputs=inputs,
+        inputs=[asdict(entry) for entry in listed],
         num_images_per_partition=config.shards.num_images_per_partition,
         config_hash=config_hash(config),
     )
     url = work_url(output_url, "plan.json")
     if eio.exists(url):
         previous = json.loads(eio.read_text(url))
-        if previous["inputs"] != plan.inputs or previous["config_hash"] != plan.config_hash:
+        same_inputs = [e.get("relpath") for e in previous["inputs"]] == [
+            e["relpath"] for e in plan.inputs
+        ]
+        if not same_inputs or previous["config_hash"] != plan.config_hash:
             raise CurationError(
                 f"{output_url} already holds a curation of other inputs or another config "
                 f"(see {url}); write to a new output folder, or delete that one to start over"
             )
-        return plan
+        return CurationPlan(**{**previous, "inputs": previous["inputs"]})
     eio.makedirs(eio.join(output_url, "_work"))
     eio.write_text(url, plan.to_json())
     return plan
@@ -148,10 +157,9 @@ class _Timer:
 
 
 def sample_key(relpath: str, face_rank: int) -> str:
-    """Deterministic, dot-free key: a readable slug of the path + a hash of the whole path."""
-    digest = hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:10]
-    stem = relpath.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return f"{slugify(stem, 40)}-{digest}-f{face_rank}"
+    """Deterministic, dot-free key: the input's id (a readable slug of its name + a hash of
+    its relative path's bytes) and the face's rank."""
+    return f"{input_id(relpath)}-f{face_rank}"
 
 
 def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -166,8 +174,15 @@ def _encode_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _rejected(source: str, partition: int, reason: str, detail: str | None, **extra: Any) -> dict:
-    row = {"source": source, "partition": partition, "status": "rejected", "reason": reason}
+def _rejected(
+    source: str,
+    partition: int,
+    reason: str,
+    detail: str | None,
+    status: str = "rejected",
+    **extra: Any,
+) -> dict:
+    row = {"source": source, "partition": partition, "status": status, "reason": reason}
     if detail:
         row["detail"] = detail
     row.update(extra)
@@ -248,6 +263,89 @@ def curate_one(data: bytes, config: CurateConfig) -> CuratedFace:
     return CuratedFace(aligned.image, mask, quality)
 
 
+def _faces_rows(
+    entry: InputFile,
+    image: np.ndarray,
+    faces: list[Face],
+    index: int,
+    config: CurateConfig,
+    timer: _Timer,
+    dedup: NearDuplicateIndex | None,
+    samples: list[dict[str, bytes | str]],
+    landmarker: FaceLandmarker,
+) -> list[dict[str, Any]]:
+    """One decoded photo's faces → manifest rows; accepted faces appended to ``samples``."""
+    source = entry.url
+    if not faces:
+        return [_rejected(source, index, "no_face", "no face detected", id=entry.id)]
+    ranked = sorted(faces, key=lambda f: f.size_px, reverse=True)
+    policy = config.quality.multiple_faces
+    if len(ranked) > 1 and policy == "reject":
+        return [
+            _rejected(
+                source,
+                index,
+                "multiple_faces",
+                f"{len(ranked)} faces and quality.multiple_faces=reject",
+                id=entry.id,
+                num_faces=len(ranked),
+            )
+        ]
+    rows: list[dict[str, Any]] = []
+    chosen = ranked[:1] if policy == "largest" else ranked
+    for rank, face in enumerate(chosen):
+        key = sample_key(entry.relpath, rank)
+        base = {
+            "source": source,
+            "id": entry.id,
+            "partition": index,
+            "face_rank": rank,
+            "num_faces": len(ranked),
+        }
+        quality, reason, detail, aligned = _judge_face(face, image, config, timer)
+        if reason is None and dedup is not None:
+            twin = dedup.find(int(quality["phash"], 16))
+            if twin is not None:
+                reason, detail = "near_duplicate", f"of {twin}"
+        if reason is not None:
+            rows.append(
+                {
+                    **base,
+                    "status": "rejected",
+                    "reason": reason,
+                    "detail": detail,
+                    "quality": quality,
+                }
+            )
+            continue
+        if dedup is not None:
+            dedup.add(int(quality["phash"], 16), key)
+        start = time.perf_counter()
+        meta = {
+            "key": key,
+            "source": source,
+            "face_rank": rank,
+            "num_faces": len(ranked),
+            "bbox": [round(v, 2) for v in face.bbox],
+            "quad": np.round(aligned.quad, 2).tolist(),
+            "landmarks": np.round(aligned.landmarks, 2).tolist(),
+            "resolution_px": config.align.resolution_px,
+            "backend": landmarker.name,
+            "quality": quality,
+        }
+        samples.append(
+            {
+                "__key__": key,
+                "jpg": _encode_jpeg(aligned.image, config.shards.jpeg_quality),
+                "json": json.dumps(meta, sort_keys=True),
+                "mask.png": _encode_png(face_mask(aligned.landmarks, config.align.resolution_px)),
+            }
+        )
+        timer.add("align", start)
+        rows.append({**base, "status": "accepted", "key": key, "quality": quality})
+    return rows
+
+
 def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[str, Any]:
     """Process partition ``index`` of the plan in ``output_url``; skip it when already done.
 
@@ -260,122 +358,57 @@ def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[
     plan = load_plan(output_url)
     if plan.config_hash != config_hash(config):
         raise CurationError(f"partition {index}: config differs from the plan in {output_url}")
-    sources = plan.partition_inputs(index)
+    entries = plan.partition_inputs(index)
     timer = _Timer()
     rows: list[dict[str, Any]] = []
     samples: list[dict[str, bytes | str]] = []
     dedup = NearDuplicateIndex(config.quality.dedup_max_hamming) if config.quality.dedup else None
-
-    decoded: list[tuple[str, np.ndarray]] = []
-    for source in sources:
-        if not is_image_name(source):
-            rows.append(
-                _rejected(
-                    source,
-                    index,
-                    "unsupported_extension",
-                    "not one of jpg/jpeg/png/webp/bmp/tif/tiff",
-                )
-            )
-            continue
-        start = time.perf_counter()
-        try:
-            data = eio.read_bytes(source)
-        except OSError as err:
-            rows.append(_rejected(source, index, "unreadable", f"{type(err).__name__}: {err}"))
-            continue
-        start = timer.add("read", start)
-        result = decode_image(data, config.decode)
-        timer.add("decode", start)
-        if result.image is None:
-            rows.append(_rejected(source, index, result.reason or "undecodable", result.detail))
-            continue
-        decoded.append((source, result.image))
-
     landmarker = _landmarker(config)
-    before = landmarker.timings
-    all_faces: list[list[Face]] = []
-    batch = config.detect.batch_size
-    for start_i in range(0, len(decoded), batch):
-        all_faces.extend(
-            landmarker.detect_batch([img for _, img in decoded[start_i : start_i + batch]])
-        )
-    after = landmarker.timings
-    timer.seconds["detect"] += after["detect"] - before["detect"]
-    timer.seconds["landmarks"] += after["landmarks"] - before["landmarks"]
 
-    for (source, image), faces in zip(decoded, all_faces, strict=True):
-        relpath = eio.relative_to(source, plan.source_url)
-        if relpath in (".", ""):  # the source was a single file
-            relpath = source.rsplit("/", 1)[-1]
-        if not faces:
-            rows.append(_rejected(source, index, "no_face", "no face detected"))
-            continue
-        ranked = sorted(faces, key=lambda f: f.size_px, reverse=True)
-        policy = config.quality.multiple_faces
-        if len(ranked) > 1 and policy == "reject":
-            rows.append(
-                _rejected(
-                    source,
-                    index,
-                    "multiple_faces",
-                    f"{len(ranked)} faces and quality.multiple_faces=reject",
-                    num_faces=len(ranked),
-                )
-            )
-            continue
-        chosen = ranked[:1] if policy == "largest" else ranked
-        for rank, face in enumerate(chosen):
-            key = sample_key(relpath, rank)
-            base = {
-                "source": source,
-                "partition": index,
-                "face_rank": rank,
-                "num_faces": len(ranked),
-            }
-            quality, reason, detail, aligned = _judge_face(face, image, config, timer)
-            if reason is None and dedup is not None:
-                twin = dedup.find(int(quality["phash"], 16))
-                if twin is not None:
-                    reason, detail = "near_duplicate", f"of {twin}"
-            if reason is not None:
+    def row_of(entry: InputFile, reason: str, detail: str | None, **extra: Any) -> dict:
+        status = "skipped" if reason in SKIPPED else "rejected"
+        return _rejected(entry.url, index, reason, detail, status, id=entry.id, **extra)
+
+    # decode → detect → align a few images at a time: a partition holds at most
+    # detect.batch_size decoded full-size images, whatever its size
+    batch = config.detect.batch_size
+    for first in range(0, len(entries), batch):
+        decoded: list[tuple[InputFile, np.ndarray]] = []
+        for entry in entries[first : first + batch]:
+            if entry.reason is not None:
+                rows.append(row_of(entry, entry.reason, entry.detail))
+                continue
+            if not is_image_name(entry.relpath):
                 rows.append(
-                    {
-                        **base,
-                        "status": "rejected",
-                        "reason": reason,
-                        "detail": detail,
-                        "quality": quality,
-                    }
+                    row_of(entry, "unsupported_extension", "not one of " + IMAGE_EXTENSION_LIST)
                 )
                 continue
-            if dedup is not None:
-                dedup.add(int(quality["phash"], 16), key)
             start = time.perf_counter()
-            meta = {
-                "key": key,
-                "source": source,
-                "face_rank": rank,
-                "num_faces": len(ranked),
-                "bbox": [round(v, 2) for v in face.bbox],
-                "quad": np.round(aligned.quad, 2).tolist(),
-                "landmarks": np.round(aligned.landmarks, 2).tolist(),
-                "resolution_px": config.align.resolution_px,
-                "backend": landmarker.name,
-                "quality": quality,
-            }
-            samples.append(
-                {
-                    "__key__": key,
-                    "jpg": _encode_jpeg(aligned.image, config.shards.jpeg_quality),
-                    "json": json.dumps(meta, sort_keys=True),
-                    "mask.png": _encode_png(
-                        face_mask(aligned.landmarks, config.align.resolution_px)
-                    ),
-                }
+            try:
+                data = read_capped(entry.url, config.decode.max_bytes)
+            except OSError as err:  # vanished, unreadable, no longer a regular file
+                rows.append(row_of(entry, "unreadable", f"{type(err).__name__}: {err}"))
+                continue
+            start = timer.add("read", start)
+            result = decode_image(data, config.decode)
+            del data
+            timer.add("decode", start)
+            if result.image is None:
+                rows.append(row_of(entry, result.reason or "undecodable", result.detail))
+                continue
+            decoded.append((entry, result.image))
+        if not decoded:
+            continue
+        before = landmarker.timings
+        found = landmarker.detect_batch([image for _, image in decoded])
+        after = landmarker.timings
+        timer.seconds["detect"] += after["detect"] - before["detect"]
+        timer.seconds["landmarks"] += after["landmarks"] - before["landmarks"]
+        for (entry, image), faces in zip(decoded, found, strict=True):
+            rows += _faces_rows(
+                entry, image, faces, index, config, timer, dedup, samples, landmarker
             )
-            timer.add("align", start)
-            rows.append({**base, "status": "accepted", "key": key, "quality": quality})
+        del decoded, found
 
     start = time.perf_counter()
     shard = None
@@ -387,7 +420,7 @@ def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[
         "rows": rows,
         "num_samples": len(samples),
         "shard": shard,
-        "num_inputs": len(sources),
+        "num_inputs": len(entries),
     }
     eio.write_text(done, json.dumps(record, sort_keys=True))
     timer.add("write", start)
@@ -466,27 +499,33 @@ def finalize_curation(output_url: str, config: CurateConfig) -> dict[str, Any]:
         json.dumps(config.model_dump(mode="json"), indent=1, sort_keys=True),
     )
 
-    by_source: dict[str, list[dict[str, Any]]] = {}
+    by_input: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        by_source.setdefault(row["source"], []).append(row)
-    accepted_sources = sum(any(r["status"] == "accepted" for r in rs) for rs in by_source.values())
+        by_input.setdefault(row.get("id") or row["source"], []).append(row)
+    accepted = sum(any(r["status"] == "accepted" for r in rs) for rs in by_input.values())
+    skipped = sum(all(r["status"] == "skipped" for r in rs) for rs in by_input.values())
     stats = {
         "name": config.shards.name,
         "source_url": plan.source_url,
         "output_url": output_url,
         "num_inputs": len(plan.inputs),
-        "num_accepted_inputs": accepted_sources,
-        "num_rejected_inputs": len(by_source) - accepted_sources,
+        "num_accepted_inputs": accepted,
+        "num_rejected_inputs": len(by_input) - accepted - skipped,
+        "num_skipped_inputs": skipped,
         "num_samples": sum(r["status"] == "accepted" for r in rows),
         "rejection_reasons": dict(
             sorted(Counter(r["reason"] for r in rows if r["status"] == "rejected").items())
+        ),
+        "skip_reasons": dict(
+            sorted(Counter(r["reason"] for r in rows if r["status"] == "skipped").items())
         ),
         "shards": shards,
         "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest(),
         "config_hash": plan.config_hash,
         "e4t_version": __version__,
     }
-    if stats["num_accepted_inputs"] + stats["num_rejected_inputs"] != stats["num_inputs"]:
+    counted = accepted + stats["num_rejected_inputs"] + skipped
+    if counted != stats["num_inputs"] or len(by_input) != stats["num_inputs"]:
         raise CurationError(f"{output_url}: manifest does not account for every input")  # a bug
     eio.write_text(stats_url(output_url), json.dumps(stats, indent=1, sort_keys=True))
     return stats

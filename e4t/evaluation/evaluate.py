@@ -45,6 +45,7 @@ class EvalConcept:
     source: str
     face: FaceInput
     aligned: Image.Image
+    name: str = ""  # the file stem or folder name the concept came from
 
 
 def _jpeg(image: Image.Image, size: int = THUMB_PX) -> bytes:
@@ -66,7 +67,9 @@ def load_concepts(
     if eio.exists(results_url):
         rows = [json.loads(line) for line in eio.read_text(results_url).splitlines() if line]
         specs = [
-            concept_inputs.ConceptSpec(r["concept_id"], [r["source"]])
+            concept_inputs.ConceptSpec(
+                r["concept_id"], [r["source"]], name=r.get("name") or r["concept_id"]
+            )
             for r in rows
             if r.get("status") == "done" and r.get("source")
         ]
@@ -83,10 +86,14 @@ def load_concepts(
             spec, config.curate, config.tune, model.base.image_processor
         )
         if prepared.face is None or prepared.aligned is None:
-            rejected.append({"concept_id": spec.concept_id, "reason": prepared.reason})
+            rejected.append(
+                {"concept_id": spec.concept_id, "name": spec.name, "reason": prepared.reason}
+            )
             continue
         concepts.append(
-            EvalConcept(spec.concept_id, prepared.source or "", prepared.face, prepared.aligned)
+            EvalConcept(
+                spec.concept_id, prepared.source or "", prepared.face, prepared.aligned, spec.name
+            )
         )
     return concepts, rejected
 
@@ -176,7 +183,12 @@ def evaluate_concepts(
         clip_references[c.concept_id] = clip_ref
         result.inputs[c.concept_id] = _jpeg(c.aligned)
         result.concepts.append(
-            {"concept_id": c.concept_id, "source": c.source, "reference_has_face": ref is not None}
+            {
+                "concept_id": c.concept_id,
+                "name": c.name,
+                "source": c.source,
+                "reference_has_face": ref is not None,
+            }
         )
     caption_embeds = dict(
         zip(

@@ -15,20 +15,33 @@ from collections.abc import Callable
 from typing import Any
 
 from e4t.config import PersonalizeConfig, flatten
-from e4t.data.concepts import ConceptSpec, discover_concepts
+from e4t.data.concepts import ConceptSpec, list_concepts
 from e4t.jobs.steps import InProcess, StepRunner
 
 logger = logging.getLogger(__name__)
 
 
-def plan(images_url: str, concepts_per_pass: int) -> list[list[ConceptSpec]]:
-    """The folder's concepts in passes of ``concepts_per_pass``: listed once, here; fails
-    fast when the folder is missing or holds no images."""
-    specs = discover_concepts(images_url)
+def plan(images_url: str, config: PersonalizeConfig) -> dict[str, Any]:
+    """The folder listed once, here: its concepts in passes of ``concepts_per_pass`` and a
+    row for every file that is no concept's; fails fast when the folder is missing or holds
+    no images."""
+    listing = list_concepts(images_url, config.curate.decode.max_bytes)
+    specs = listing.concepts
     if not specs:
         raise FileNotFoundError(f"{images_url}: no images to personalize")
-    logger.info("%d concepts in passes of %d", len(specs), concepts_per_pass)
-    return [specs[i : i + concepts_per_pass] for i in range(0, len(specs), concepts_per_pass)]
+    n = config.concepts_per_pass
+    logger.info(
+        "%d files: %d concepts in passes of %d, %d other files",
+        listing.num_files,
+        len(specs),
+        n,
+        len(listing.others),
+    )
+    return {
+        "passes": [specs[i : i + n] for i in range(0, len(specs), n)],
+        "others": listing.others,
+        "num_files": listing.num_files,
+    }
 
 
 def check_model(model_uri: str, device: str) -> str:
@@ -52,6 +65,10 @@ def tune_pass(
 
     model = cached_domain_model(model_uri, device)
     rows = personalize_pass(model, specs, output_url, config, model_uri)
+    by_id = {spec.concept_id: spec for spec in specs}
+    for row in rows:  # which person, and every file the row accounts for
+        spec = by_id[row["concept_id"]]
+        row.update(kind="concept", name=spec.name, files=list(spec.files))
     done = sum(r["status"] == "done" for r in rows)
     logger.info("pass of %d concepts: %d done", len(specs), done)
     return rows
@@ -94,15 +111,16 @@ def run(
     """The whole job. Returns ``output_url``, ``summary``, ``rows``, ``mlflow_run_id``."""
     steps = steps or InProcess()
     start = time.perf_counter()
-    passes = steps.call(plan, images_url, config.concepts_per_pass)
+    planned = steps.call(plan, images_url, config)
     steps.call(check_model, model_uri, device)
-    rows: list[dict[str, Any]] = []
-    calls = [(output_url, specs, model_uri, device, config) for specs in passes]
+    rows: list[dict[str, Any]] = list(planned["others"])
+    calls = [(output_url, specs, model_uri, device, config) for specs in planned["passes"]]
     for chunk in steps.map(tune_pass, calls):
         rows += chunk
         if on_pass is not None:
             on_pass(chunk)
     extra = {
+        "num_files_listed": planned["num_files"],
         "images_url": images_url,
         "model_uri": model_uri,
         "wall_seconds": time.perf_counter() - start,

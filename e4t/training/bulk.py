@@ -160,19 +160,26 @@ def personalize_pass(
 
 
 def write_results(output_url: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict:
-    """``results.jsonl`` (one row per concept) and ``summary.json`` (counts, seconds)."""
+    """``results.jsonl`` (a row per concept, and a row per file that is no concept's) and
+    ``summary.json``: concept counts, and file counts that add up to the files listed."""
     rows = sorted(rows, key=lambda r: r["concept_id"])
     eio.write_text(
         eio.join(output_url, "results.jsonl"),
         "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows),
     )
-    done = [r for r in rows if r["status"] == "done"]
+    concepts = [r for r in rows if r.get("kind") != "file"]
+    others = [r for r in rows if r.get("kind") == "file"]
+    done = [r for r in concepts if r["status"] == "done"]
     summary = {
-        "num_concepts": len(rows),
+        "num_concepts": len(concepts),
         "num_done": len(done),
-        "num_rejected": sum(r["status"] == "rejected" for r in rows),
-        "num_failed": sum(r["status"] == "failed" for r in rows),
-        "num_skipped": sum(bool(r.get("skipped")) for r in rows),
+        "num_rejected": sum(r["status"] == "rejected" for r in concepts),
+        "num_failed": sum(r["status"] == "failed" for r in concepts),
+        "num_skipped": sum(bool(r.get("skipped")) for r in concepts),  # done by an earlier run
+        "num_files": sum(len(r.get("files") or [1]) for r in rows),
+        "num_files_in_concepts": sum(len(r.get("files") or [1]) for r in concepts),
+        "num_files_skipped": sum(r["status"] == "skipped" for r in others),
+        "num_files_rejected": sum(r["status"] == "rejected" for r in others),
         "seconds_per_concept": (
             sum(r.get("seconds") or 0 for r in done if not r.get("skipped"))
             / max(1, sum(not r.get("skipped") for r in done))
@@ -180,5 +187,8 @@ def write_results(output_url: str, rows: list[dict[str, Any]], extra: dict[str, 
         "artifact_bytes_max": max((r.get("artifact_bytes") or 0 for r in done), default=0),
         **extra,
     }
+    listed = summary.get("num_files_listed")
+    if listed is not None and listed != summary["num_files"]:  # a bug, never bad input
+        raise RuntimeError(f"{output_url}: results account for {summary['num_files']} of {listed}")
     eio.write_text(eio.join(output_url, "summary.json"), json.dumps(summary, indent=1))
     return summary
