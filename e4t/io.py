@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -76,8 +77,17 @@ def read_text(url: str) -> str:
     return read_bytes(url).decode("utf-8")
 
 
+TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+
+
+def is_temp_name(name: str) -> bool:
+    """A temporary file :func:`atomic_open` left behind when its writer was killed."""
+    return bool(TEMP_NAME.match(name.rsplit("/", 1)[-1]))
+
+
 def list_files(url: str) -> list[str]:
-    """Every file under ``url`` (recursive), as URLs of the same scheme, sorted.
+    """Every file under ``url`` (recursive), as URLs of the same scheme, sorted; temporary
+    files of a killed :func:`atomic_open` are never listed (nor uploaded, logged or counted).
 
     Raises FileNotFoundError naming the URL when it does not exist.
     """
@@ -90,7 +100,7 @@ def list_files(url: str) -> list[str]:
     if fs.isfile(path):
         return [url]
     found = fs.find(path)
-    return sorted(_to_url(url, path, p) for p in found)
+    return sorted(_to_url(url, path, p) for p in found if not is_temp_name(p))
 
 
 def _to_url(base_url: str, base_path: str, found_path: str) -> str:
@@ -156,6 +166,27 @@ def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
 def write_bytes(url: str, data: bytes) -> None:
     with atomic_open(url, "wb") as f:
         f.write(data)
+
+
+def upload_folder(local: str | os.PathLike[str], url: str, marker: str) -> int:
+    """Copy a local folder to ``url``, the done ``marker`` file last: a reader that sees the
+    marker sees every other file, and a copy killed half-way is never taken for done.
+    Returns the bytes written."""
+    root = os.fspath(local)
+    files = sorted(
+        os.path.relpath(os.path.join(folder, name), root)
+        for folder, _, names in os.walk(root)
+        for name in names
+    )
+    if marker in files:
+        files = [f for f in files if f != marker] + [marker]
+    total = 0
+    for rel in files:
+        with open(os.path.join(root, rel), "rb") as handle:
+            data = handle.read()
+        write_bytes(join(url, rel.replace(os.sep, "/")), data)
+        total += len(data)
+    return total
 
 
 def write_text(url: str, text: str) -> None:

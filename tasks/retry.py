@@ -8,7 +8,18 @@ from typing import Any
 
 from prefect import Task, task
 
-PERMANENT = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError)
+from e4t.data.curation import CurationError
+from e4t.faces.types import LandmarkerUnavailable
+
+PERMANENT: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    NotADirectoryError,
+    ValueError,  # ConfigError, ArtifactError, pydantic's ValidationError
+    KeyError,
+    TypeError,
+    CurationError,  # another curation in the output folder, a missing partition
+    LandmarkerUnavailable,  # face-model weights missing: a second try finds none either
+)
 
 
 def is_permanent(err: BaseException) -> bool:

@@ -38,6 +38,7 @@ def test_bench_curate_prints_throughput_and_stage_shares() -> None:
     done = _e4t("bench", "curate", "--num-images", "6", "--workers", "1", "--size-px", "512")
     assert done.returncode == 0, done.stderr
     assert re.search(r"→ \d+\.\d+ images/s", done.stdout)
+    assert float(re.search(r"peak RSS: ([\d.]+) GiB in total", done.stdout)[1]) > 0
     shares = [float(m) for m in re.findall(r"(\d+\.\d) %", done.stdout)]
     assert len(shares) == 6 and abs(sum(shares) - 100) < 1.0
 

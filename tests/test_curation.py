@@ -185,6 +185,84 @@ def test_near_duplicates_across_partitions_are_dropped(photos_dir: Path, tmp_pat
     assert not (tmp_path / "out" / "faces-000002.tar").exists()
 
 
+def test_rerun_after_a_kill_before_the_manifest_finishes(photos_dir: Path, tmp_path: Path) -> None:
+    """A near-duplicate dropped across partitions removes its shard; a finalize killed before
+    manifest.jsonl is written must not make every rerun fail on the removed shard."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", src / "a.jpg")
+    shutil.copyfile(photos_dir / "biden.jpg", src / "b.jpg")
+    Image.open(photos_dir / "obama.jpg").save(src / "c.jpg", quality=70)
+    config = _config(**{"shards.num_images_per_partition": 1})
+    out = tmp_path / "out"
+    first = curate(str(src), str(out), config)
+    manifest = (out / "manifest.jsonl").read_bytes()
+    assert not (out / "faces-000002.tar").exists()
+    (out / "stats.json").unlink()  # the kill: after the shard was removed, before the end
+    (out / "manifest.jsonl").unlink()
+    again = curate(str(src), str(out), config)
+    assert (out / "manifest.jsonl").read_bytes() == manifest
+    assert again["shards"] == first["shards"] == ["faces-000000.tar", "faces-000001.tar"]
+
+
+def test_temp_files_of_a_killed_writer_are_never_listed(tmp_path: Path) -> None:
+    from e4t import io as eio
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.safetensors").write_bytes(b"x")
+    (tmp_path / "model" / ".weights.safetensors.tmp-0123456789ab").write_bytes(b"half")
+    assert eio.list_files(str(tmp_path / "model")) == [
+        str(tmp_path / "model" / "weights.safetensors")
+    ]
+
+
+def test_upload_puts_the_done_marker_last(tmp_path: Path) -> None:
+    """A copy killed half-way (here: the writer fails on the second file) has no marker."""
+    from e4t import io as eio
+
+    local = tmp_path / "local"
+    (local / "encoder").mkdir(parents=True)
+    for name in ("e4t_config.json", "encoder/a.safetensors", "offsets.safetensors"):
+        (local / name).write_bytes(name.encode())
+    written: list[str] = []
+    real = eio.write_bytes
+
+    def flaky(url: str, data: bytes) -> None:
+        if len(written) == 2:
+            raise OSError("connection reset")  # the kill
+        written.append(url.rsplit("/", 1)[-1])
+        real(url, data)
+
+    eio.write_bytes = flaky  # type: ignore[assignment]
+    try:
+        with pytest.raises(OSError):
+            eio.upload_folder(local, str(tmp_path / "remote"), marker="e4t_config.json")
+    finally:
+        eio.write_bytes = real  # type: ignore[assignment]
+    assert not (tmp_path / "remote" / "e4t_config.json").exists()
+    eio.upload_folder(local, str(tmp_path / "remote"), marker="e4t_config.json")
+    assert (tmp_path / "remote" / "e4t_config.json").exists()
+
+
+def test_curate_cli_refuses_an_output_of_other_inputs(photos_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", src / "a.jpg")
+    args = [sys.executable, "-m", "e4t.cli", "curate", str(src), str(tmp_path / "out")]
+    first = subprocess.run([*args, "--no-track"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = subprocess.run(
+        [*args, "--no-track", "--set", "align.resolution_px=256"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert other.returncode == 2 and "another config" in other.stderr
+
+
 def test_tar_members_with_unsafe_paths_are_refused(tmp_path: Path) -> None:
     import tarfile
 

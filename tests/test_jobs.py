@@ -65,3 +65,42 @@ def test_curation_job_runs_its_steps_in_order_and_a_rerun_only_checks(
     rerun = curate.run(str(src), str(tmp_path / "out"), config, again, track_run=False)
     assert again.calls == ["plan", "finalize"]  # finished: the plan is checked, nothing redone
     assert rerun["stats"] == result["stats"] and rerun["wall_seconds"] == 0.0
+
+
+def test_personalize_job_redoes_concepts_of_another_model_and_logs_once(
+    photos_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from e4t.config import ModelConfig, PersonalizeConfig
+    from e4t.jobs import personalize
+    from e4t.models.e4t_model import E4TModel
+    from e4t.tracking import log_personalization, tracking_uri
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
+    base = ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32})
+    one = E4TModel.from_config(base, seed=1).save_pretrained(tmp_path / "one")
+    two = E4TModel.from_config(base, seed=2).save_pretrained(tmp_path / "two")
+    config = load_config(PersonalizeConfig, "personalize", "tiny", {"tune.num_steps": 1})
+    out = str(tmp_path / "out")
+
+    first = personalize.run(str(images), out, str(one), config, track_run=False)
+    again = personalize.run(str(images), out, str(one), config, track_run=False)
+    assert first["summary"]["num_done"] == 1 and again["summary"]["num_skipped"] == 1
+    other_model = personalize.run(str(images), out, str(two), config, track_run=False)
+    assert other_model["summary"]["num_skipped"] == 0  # made by another model: redone
+    other_config = load_config(PersonalizeConfig, "personalize", "tiny", {"tune.num_steps": 2})
+    redone = personalize.run(str(images), out, str(two), other_config, track_run=False)
+    assert redone["summary"]["num_skipped"] == 0 and redone["rows"][0]["steps"] == 2
+
+    # a retried logging task: one parent run, its children once
+    rows, summary = redone["rows"], redone["summary"]
+    params = {"model_uri": str(two)}
+    parent = log_personalization(out, rows, summary, params, "e4t-idempotence")
+    assert log_personalization(out, rows, summary, params, "e4t-idempotence") == parent
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.get_experiment_by_name("e4t-idempotence")
+    runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    assert len(runs) == 2  # the parent and one concept run

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e4t.config import LaunchConfig, PretrainConfig, load_config
+from e4t.config import ConfigError, LaunchConfig, PretrainConfig, load_config
 from e4t.training.launch import TrainingFailed, run_pretraining, torchrun_command
 
 pytestmark = pytest.mark.slow
@@ -162,6 +162,12 @@ def test_mlflow_run_previews_and_registered_alias(
     # a rerun of the same job finds it registered and does nothing
     again = run_pretraining(config, str(tmp_path / "out"), track=True)
     assert again["version"] == out["version"]
+    # ... and a rerun with another config into the finished output is refused, not skipped
+    other = config.model_copy(update={"train": config.train.model_copy(update={"num_steps": 5})})
+    with pytest.raises(ConfigError, match="another config"):
+        run_pretraining(other, str(tmp_path / "out"), track=True)
+    with pytest.raises(ConfigError, match="another config"):
+        run_pretraining(other, str(tmp_path / "out"), track=False)
 
 
 def test_a_single_process_copy_of_a_distributed_launch_is_refused(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +29,16 @@ class CurateBench:
     wall_seconds: float
     stage_seconds: dict[str, float]
     num_samples: int
+    peak_rss_bytes_by_worker: dict[str, int]
+    main_peak_rss_bytes: int
+
+    @property
+    def total_peak_rss_bytes(self) -> int:
+        """Each worker's peak plus this process's: an upper bound on the job's memory."""
+        workers = sum(self.peak_rss_bytes_by_worker.values())
+        if any(w.endswith(f":{os.getpid()}") for w in self.peak_rss_bytes_by_worker):
+            return max(workers, self.main_peak_rss_bytes)  # in-process: one and the same
+        return workers + self.main_peak_rss_bytes
 
     @property
     def images_per_second(self) -> float:
@@ -39,6 +51,10 @@ class CurateBench:
             f"backend={self.backend}, workers={self.num_workers}",
             f"  wall {self.wall_seconds:.2f} s → {self.images_per_second:.2f} images/s "
             f"({self.num_samples} samples written)",
+            f"  peak RSS: {self.total_peak_rss_bytes / 2**30:.2f} GiB in total "
+            f"(workers: "
+            + ", ".join(f"{b / 2**20:.0f} MiB" for b in self.peak_rss_bytes_by_worker.values())
+            + f"; this process: {self.main_peak_rss_bytes / 2**20:.0f} MiB)",
             f"  stage time summed over workers: {busy:.2f} s "
             f"(the rest of {self.wall_seconds * self.num_workers:.2f} worker-s is process start, "
             "model loading and finalize)",
@@ -120,4 +136,6 @@ def bench_curate(
         wall_seconds=wall,
         stage_seconds=stats["timings"],
         num_samples=stats["stats"]["num_samples"],
+        peak_rss_bytes_by_worker=stats["peak_rss_bytes_by_worker"],
+        main_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )

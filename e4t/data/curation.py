@@ -482,6 +482,8 @@ def finalize_curation(output_url: str, config: CurateConfig) -> dict[str, Any]:
             continue
         url = eio.join(output_url, part["shard"])
         if dropped:
+            if not eio.exists(url) and len(dropped) == part["num_samples"]:
+                continue  # an earlier finalize, killed before the manifest, removed it
             kept = [s for s in read_shard(url) if s["__key__"] not in dropped]
             for sample in kept:
                 sample.pop("__url__", None)

@@ -9,6 +9,9 @@ its task runner. Reruns skip finished partitions; a finished job is only re-chec
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +49,9 @@ def partition(output_url: str, index: int, config: CurateConfig) -> dict[str, An
         "num_inputs": record["num_inputs"],
         "num_samples": record["num_samples"],
         "timings": record.get("timings", {}),
+        # this worker's peak resident memory so far (benchmarks sum it over workers)
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
 
@@ -80,11 +86,14 @@ def run(
     start = time.perf_counter()
     planned = steps.call(plan, source_url, output_url, config)
     timings = dict.fromkeys(curation.STAGES, 0.0)
+    peak_rss: dict[str, int] = {}
     if not planned["done"]:
         calls = [(output_url, i, config) for i in range(planned["num_partitions"])]
         for record in steps.map(partition, calls):
             for stage, seconds in record.get("timings", {}).items():
                 timings[stage] = timings.get(stage, 0.0) + seconds
+            worker = str(record.get("worker"))
+            peak_rss[worker] = max(peak_rss.get(worker, 0), int(record.get("peak_rss_bytes", 0)))
             if on_partition is not None:
                 on_partition(record)
     stats = steps.call(finalize, output_url, config)
@@ -94,5 +103,6 @@ def run(
         "stats": stats,
         "mlflow_run_id": run_id,
         "timings": timings,
+        "peak_rss_bytes_by_worker": peak_rss,
         "wall_seconds": 0.0 if planned["done"] else time.perf_counter() - start,
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,34 @@ def log_personalization(
     experiment: str = PERSONALIZE_EXPERIMENT,
 ) -> str:
     """One parent run for the job; one child run per concept tuned now, with its metrics,
-    previews and concept artifact. Returns the parent run id."""
+    previews and concept artifact. Returns the parent run id.
+
+    Idempotent: the parent carries a key of what it logs; a retry of the same logging finds
+    the finished parent and returns it, and first deletes a half-logged one (and its
+    children) that a failed try left, so a retried task never makes a second parent."""
     mlflow = mlflow_module()
     experiment_id = get_or_create_experiment(experiment)
+    key = hashlib.sha256(
+        json.dumps([output_url, rows, summary, params], sort_keys=True, default=str).encode()
+    ).hexdigest()[:32]
+    client = mlflow.MlflowClient()
+    earlier = client.search_runs(
+        [experiment_id], filter_string=f"tags.`e4t.log_key` = '{key}'", max_results=50
+    )
+    for run in earlier:
+        if run.info.status == "FINISHED" and run.data.tags.get("e4t.log_complete") == "1":
+            return str(run.info.run_id)
+    for run in earlier:  # a try that failed half-way: remove it and its children
+        children = client.search_runs(
+            [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+        )
+        for child in children:
+            client.delete_run(child.info.run_id)
+        client.delete_run(run.info.run_id)
     with mlflow.start_run(experiment_id=experiment_id, run_name="personalize-bulk") as parent:
         mlflow.set_tags(
             {
+                "e4t.log_key": key,
                 "e4t.stage": "personalize",
                 "e4t.version": __version__,
                 "e4t.output_url": output_url,
@@ -87,6 +111,7 @@ def log_personalization(
                         logged.model_id, str(Path(tmp) / "concept")
                     )
                     mlflow.set_tag("e4t.concept_model_id", logged.model_id)
+        mlflow.set_tag("e4t.log_complete", "1")  # last: every child is logged
         return str(parent.info.run_id)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from e4t import io as eio
-from e4t.config import PersonalizeConfig
+from e4t.config import PersonalizeConfig, config_hash
 from e4t.data.concepts import ConceptSpec, PreparedFace, prepare_face, stable_seed
 from e4t.data.transforms import FaceInput
 from e4t.models.e4t_model import E4TModel
@@ -31,21 +31,27 @@ def concept_url(output_url: str, concept_id: str) -> str:
     return eio.join(output_url, "concepts", concept_id)
 
 
-def is_done(output_url: str, concept_id: str) -> bool:
-    return eio.exists(eio.join(concept_url(output_url, concept_id), "concept.json"))
+def tuning_hash(config: PersonalizeConfig) -> str:
+    """What makes a concept: the tuning and face-preparation settings and the seed."""
+    return config_hash(PersonalizeConfig(tune=config.tune, curate=config.curate, seed=config.seed))
 
 
-def _upload_folder(local: Path, url: str) -> int:
-    """Copy a local folder to ``url``; ``concept.json`` goes last (the done marker)."""
-    files = sorted(
-        (p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == "concept.json"
-    )
-    total = 0
-    for path in files:
-        data = path.read_bytes()
-        total += len(data)
-        eio.write_bytes(eio.join(url, path.relative_to(local).as_posix()), data)
-    return total
+def finished_meta(
+    output_url: str, concept_id: str, fingerprint: str, config: PersonalizeConfig
+) -> dict[str, Any] | None:
+    """The concept's ``concept.json`` when it was finished by this domain model (fingerprint)
+    with these settings; None when it must be (re)done — a folder written by another domain
+    model or another tune config is redone, never skipped."""
+    url = eio.join(concept_url(output_url, concept_id), "concept.json")
+    if not eio.exists(url):
+        return None
+    meta = json.loads(eio.read_text(url))
+    if meta.get("domain_fingerprint") != fingerprint or meta.get("tuning_hash") != tuning_hash(
+        config
+    ):
+        logger.info("%s was made by another model or config: redoing it", concept_id)
+        return None
+    return dict(meta)
 
 
 def personalize_pass(
@@ -62,11 +68,10 @@ def personalize_pass(
 
     rows: list[dict[str, Any]] = []
     ready: list[tuple[ConceptSpec, FaceInput, str]] = []
+    fingerprint = model.fingerprint()
     for spec in specs:
-        if is_done(output_url, spec.concept_id):
-            meta = json.loads(
-                eio.read_text(eio.join(concept_url(output_url, spec.concept_id), "concept.json"))
-            )
+        meta = finished_meta(output_url, spec.concept_id, fingerprint, config)
+        if meta is not None:
             rows.append(
                 {
                     **meta.get("result", {}),
@@ -131,6 +136,7 @@ def personalize_pass(
                     "source": source,
                     "model_uri": model_uri,
                     "steps": tune.num_steps,
+                    "tuning_hash": tuning_hash(config),
                     "result": row,
                 }
             )
@@ -151,8 +157,8 @@ def personalize_pass(
                 GenerationConfig(num_steps=config.preview_steps, batch_size=4),
             )
             save_images(images, previews)
-            _upload_folder(previews, eio.join(output_url, "previews", spec.concept_id))
-            _upload_folder(local, concept_url(output_url, spec.concept_id))
+            eio.upload_folder(previews, eio.join(output_url, "previews", spec.concept_id), "")
+            eio.upload_folder(local, concept_url(output_url, spec.concept_id), "concept.json")
             model.attach_concepts(bank)
         rows.append(row)
     model.detach_concepts()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from e4t import io as eio
-from e4t.config import LaunchConfig, PretrainConfig
+from e4t.config import ConfigError, LaunchConfig, PretrainConfig, config_hash
 from e4t.data.loader import dataset_identity, shard_urls
 from e4t.models.base import check_base_model
 from e4t.training.distributed import EXPECTED_WORLD_ENV
@@ -99,6 +99,12 @@ def run_pretraining(
     run_id = None
     state_url = eio.join(output_url, "launch.json")
     previous = json.loads(eio.read_text(state_url)) if eio.exists(state_url) else {}
+    chash = config_hash(config)
+    if previous.get("config_hash", chash) != chash:
+        raise ConfigError(
+            f"{output_url} already holds a pretraining with another config (see {state_url}): "
+            "write to a new output folder, or delete that one to start over"
+        )
     if previous.get("registered") and main_node:
         logger.info("%s is already trained and registered; nothing to do", output_url)
         return previous
@@ -112,7 +118,11 @@ def run_pretraining(
             config.experiment,
             {"e4t.nproc_per_node": str(launch.nproc_per_node), "e4t.nnodes": str(launch.nnodes)},
         )
-        eio.write_text(state_url, json.dumps({"run_id": run_id, "output_url": output_url}))
+    if main_node:  # tracked or not: the output folder names its config from the start
+        eio.write_text(
+            state_url,
+            json.dumps({"run_id": run_id, "output_url": output_url, "config_hash": chash}),
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         config_path = str(Path(tmp) / "config.json")
@@ -158,7 +168,12 @@ def run_pretraining(
             code = proc.wait()
     if code != 0:
         raise TrainingFailed(f"torchrun exited with {code}; last output:\n" + "\n".join(tail))
-    out: dict[str, Any] = {"output_url": output_url, "run_id": run_id, "result": result}
+    out: dict[str, Any] = {
+        "output_url": output_url,
+        "run_id": run_id,
+        "result": result,
+        "config_hash": chash,
+    }
     if track and main_node and run_id:
         out.update(register(output_url, run_id, config))
         out["registered"] = True

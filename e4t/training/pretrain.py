@@ -47,6 +47,8 @@ from e4t.training.step import Batch, compute_loss
 
 logger = logging.getLogger(__name__)
 
+MODEL_MARKER = "e4t_config.json"  # written last: the model folder is complete
+
 
 class LossModule(nn.Module):
     """What DDP wraps: the batch in, the loss terms out (gradients sync in backward)."""
@@ -146,9 +148,7 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
         emit(world, event="resumed", step=start)
-    if start >= config.train.num_steps and eio.exists(
-        eio.join(output_url, "model", "e4t_config.json")
-    ):
+    if start >= config.train.num_steps and eio.exists(eio.join(output_url, "model", MODEL_MARKER)):
         emit(world, event="already_done", step=start)
         shutdown(world)
         return {"step": start}
@@ -287,12 +287,9 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
     if world.is_main:
         with tempfile.TemporaryDirectory() as tmp:
             folder = model.save_pretrained(Path(tmp) / "model")
-            for path in sorted(folder.rglob("*")):
-                if path.is_file():
-                    eio.write_bytes(
-                        eio.join(output_url, "model", path.relative_to(folder).as_posix()),
-                        path.read_bytes(),
-                    )
+            # e4t_config.json is the done marker: uploaded last, so a killed upload is never
+            # taken for a finished model (nor registered)
+            eio.upload_folder(folder, eio.join(output_url, "model"), marker=MODEL_MARKER)
         eio.write_text(
             eio.join(output_url, "config.json"),
             json.dumps(config.model_dump(mode="json"), indent=1),
