@@ -62,3 +62,30 @@ def test_max_pixels_is_configurable(photos_dir: Path) -> None:
     assert decode_image(data, DecodeConfig()).image is not None
     small = decode_image(data, DecodeConfig(max_pixels=1000))
     assert small.reason == "decompression_bomb" and "max_pixels=1000" in (small.detail or "")
+
+
+def test_an_image_too_big_for_memory_is_a_too_large_row(tmp_path: Path) -> None:
+    """Under both caps (bytes and pixels) yet too big to decode here: a reason, not a
+    MemoryError that kills the partition (the address space is capped in a subprocess)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (8000, 8000), (120, 90, 60)).save(path)  # 192 MB decoded, tiny on disk
+    code = (
+        "import resource, sys\n"
+        "from e4t.config import DecodeConfig\n"
+        "from e4t.data.decode import decode_image\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "size = [l for l in open('/proc/self/status') if l.startswith('VmSize')][0]\n"
+        "limit = int(size.split()[1]) * 1024 + 96 * 2**20\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        "print(decode_image(data, DecodeConfig()).reason)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "too_large"

@@ -282,3 +282,25 @@ def test_ruff_is_clean() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_readme_names_every_rejection_reason() -> None:
+    """Every reason a manifest or results row can carry is explained in the README."""
+    from e4t.data.inputs import REJECTED_BY_LISTING, SKIPPED
+
+    sources = "".join(
+        (ROOT / "e4t" / "data" / name).read_text()
+        for name in ("curation.py", "decode.py", "inputs.py", "concepts.py")
+    )
+    used = set(
+        re.findall(
+            r'(?:DecodeRejection\(|row_of\(entry, |_rejected\(\s*\w+,\s*\w+,\s*)"([a-z_]+)"',
+            sources,
+        )
+    )
+    used |= set(re.findall(r'^\s+"([a-z_]+)",\n\s+f?"', sources, flags=re.M))  # (quality, "x", ...)
+    used |= set(SKIPPED) | set(REJECTED_BY_LISTING) | {"vanished", "unreadable", "near_duplicate"}
+    assert {"no_face", "empty_file", "blurry", "unsupported_extension"} <= used  # the scan works
+    section = _readme_section("Curation: photos in, aligned WebDataset shards out")
+    missing = sorted(r for r in used if f"`{r}`" not in section)
+    assert missing == []

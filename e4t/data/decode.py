@@ -100,6 +100,10 @@ def _decode(data: bytes, config: DecodeConfig) -> Decoded:
             array = np.asarray(rgb, dtype=np.uint8)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise DecodeRejection("decompression_bomb", str(err)) from err
+        except MemoryError as err:  # passes the byte and pixel caps, still too big for here
+            raise DecodeRejection(
+                "too_large", f"{width}x{height} px ({source_mode}) does not fit in memory"
+            ) from err
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             # Pillow reports truncated files as OSError("image file is truncated ...")
             reason = "truncated" if "truncated" in str(err).lower() else "undecodable"
