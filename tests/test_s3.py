@@ -63,3 +63,60 @@ def test_wrong_credentials_fail_with_the_url(
     s3fs.S3FileSystem.clear_instance_cache()
     with pytest.raises((PermissionError, FileNotFoundError, OSError)):
         eio.list_files(f"s3://{s3_env['bucket']}/raw")
+
+
+def test_messy_folder_on_s3_has_the_ids_of_its_local_copy(
+    s3_env: dict[str, str], photos_dir: Path, tmp_path: Path
+) -> None:
+    from e4t.data.inputs import list_inputs
+    from tests.messy import MAX_BYTES, build_messy_folder, copy_for_s3
+
+    messy = tmp_path / "messy"
+    build_messy_folder(photos_dir, messy)
+    local = copy_for_s3(messy, tmp_path / "uploadable")
+    prefix = f"s3://{s3_env['bucket']}/messy"
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        eio.write_bytes(f"{prefix}/{path.relative_to(local).as_posix()}", path.read_bytes())
+    on_s3 = {e.relpath: (e.id, e.reason) for e in list_inputs(prefix, MAX_BYTES)}
+    here = {e.relpath: (e.id, e.reason) for e in list_inputs(str(local), MAX_BYTES)}
+    assert on_s3 == here and len(on_s3) >= 20  # names with spaces, quotes, a newline, CJK, NFD
+
+    out = f"s3://{s3_env['bucket']}/messy-curated"
+    config = load_config(
+        CurateConfig, "curate", "tiny", {"decode.max_bytes": MAX_BYTES, "quality.dedup": False}
+    )
+    stats = curate(prefix, out, config)
+    manifest = [json.loads(x) for x in eio.read_text(f"{out}/manifest.jsonl").splitlines()]
+    assert sorted(r["id"] for r in manifest) == sorted(i for i, _ in on_s3.values())
+    assert stats["num_skipped_inputs"] == sum(r["status"] == "skipped" for r in manifest) >= 3
+
+
+def test_a_large_prefix_is_listed_page_by_page(s3_env: dict[str, str]) -> None:
+    """20,000 objects: every one listed once, through ListObjectsV2 pages, in bounded memory."""
+    import tracemalloc
+
+    from e4t.data.inputs import iter_s3_objects, list_inputs
+
+    fs, path = eio.get_fs(f"s3://{s3_env['bucket']}/many")
+    count = 20_000
+    fs.pipe({f"{path}/d{i % 7}/f{i:05d}.jpg": b"" for i in range(count)})
+    pages = []
+    real_call = fs.call_s3
+
+    def counting(method: str, *args: object, **kwargs: object) -> dict:
+        pages.append(kwargs.get("ContinuationToken"))
+        return real_call(method, *args, **kwargs)
+
+    fs.call_s3 = counting
+    try:
+        tracemalloc.start()
+        listed = sum(1 for _ in iter_s3_objects(fs, path, page_size=1000))
+        _, peak_streaming = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        del fs.call_s3
+    assert listed == count and len(pages) == count // 1000
+    # streaming holds one page at a time: far less than a listing of every object's record
+    assert peak_streaming < 8 * 2**20, peak_streaming
+    entries = list_inputs(f"s3://{s3_env['bucket']}/many")
+    assert len(entries) == count and len({e.id for e in entries}) == count

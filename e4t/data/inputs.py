@@ -26,6 +26,7 @@ import posixpath
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from e4t import io as eio
 from e4t.data.shards import slugify
@@ -154,8 +155,9 @@ def _classify_local(url: str, path: str, rel: str, real_root: str) -> InputFile:
     return InputFile(url, rel, int(info.st_size))
 
 
-def _walk_remote(root_url: str) -> Iterator[InputFile]:
-    """An object store: keys under the prefix, as listed (names and sizes only)."""
+def _walk_remote(root_url: str, page_size: int = 1000) -> Iterator[InputFile]:
+    """An object store: keys under the prefix, page by page (names and sizes only; an S3
+    prefix of 100k objects is never held as one listing of full object records)."""
     fs, path = eio.get_fs(root_url)
     if not fs.exists(path):
         raise FileNotFoundError(
@@ -166,11 +168,31 @@ def _walk_remote(root_url: str) -> Iterator[InputFile]:
         yield InputFile(root_url, posixpath.basename(path.rstrip("/")), fs.size(path))
         return
     base = path.rstrip("/")
-    for found, info in sorted(fs.find(path, detail=True).items()):
-        if info.get("type") == "directory":
-            continue
-        rel = posixpath.relpath(found, base)
-        yield InputFile(eio.join(root_url, rel), rel, int(info.get("size") or 0))
+    if not hasattr(fs, "call_s3"):  # another object store: fsspec's listing
+        for found, info in sorted(fs.find(path, detail=True).items()):
+            if info.get("type") != "directory":
+                rel = posixpath.relpath(found, base)
+                yield InputFile(eio.join(root_url, rel), rel, int(info.get("size") or 0))
+        return
+    for key, size in iter_s3_objects(fs, base, page_size):
+        rel = key[len(base) + 1 :]
+        if rel and not key.endswith("/"):
+            yield InputFile(eio.join(root_url, rel), rel, size)
+
+
+def iter_s3_objects(fs: Any, prefix_path: str, page_size: int = 1000) -> Iterator[tuple[str, int]]:
+    """(``bucket/key``, size) of every object under ``bucket/prefix``, one ListObjectsV2 page
+    of ``page_size`` at a time."""
+    bucket, _, prefix = prefix_path.partition("/")
+    request: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+    request["MaxKeys"] = page_size
+    while True:
+        page = fs.call_s3("list_objects_v2", **request)
+        for obj in page.get("Contents", []):
+            yield f"{bucket}/{obj['Key']}", int(obj.get("Size") or 0)
+        if not page.get("IsTruncated"):
+            return
+        request["ContinuationToken"] = page["NextContinuationToken"]
 
 
 def _err(err: OSError) -> str:
