@@ -53,6 +53,12 @@ class DetectConfig(StrictModel):
     )
     device: str = Field("cpu", description="face-alignment only: torch device")
     batch_size: int = Field(8, gt=0, description="images per backend call where it batches")
+    max_batch_megapixels: float = Field(
+        30.0,
+        gt=0,
+        description="decoded pixels held for one backend call: bounds a worker's memory "
+        "(30 MP of RGB ≈ 90 MB, plus the detector's copies)",
+    )
 
 
 class AlignConfig(StrictModel):

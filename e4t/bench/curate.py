@@ -8,6 +8,7 @@ import random
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,10 @@ def bench_curate(
     """Curate a fresh folder of photos end to end; time it and split the time by stage."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "photos"
-        make_bench_photos(src, num_images, size_px)
+        # in a child process, so this process's peak memory is the curation's, not the
+        # generation's
+        with ProcessPoolExecutor(max_workers=1) as pool:
+            pool.submit(make_bench_photos, src, num_images, size_px).result()
         per_partition = max(1, math.ceil(num_images / (2 * num_workers)))
         config = load_config(
             CurateConfig,

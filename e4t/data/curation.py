@@ -370,45 +370,58 @@ def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[
         return _rejected(entry.url, index, reason, detail, status, id=entry.id, **extra)
 
     # decode → detect → align a few images at a time: a partition holds at most
-    # detect.batch_size decoded full-size images, whatever its size
-    batch = config.detect.batch_size
-    for first in range(0, len(entries), batch):
-        decoded: list[tuple[InputFile, np.ndarray]] = []
-        for entry in entries[first : first + batch]:
-            if entry.reason is not None:
-                rows.append(row_of(entry, entry.reason, entry.detail))
-                continue
-            if not is_image_name(entry.relpath):
-                rows.append(
-                    row_of(entry, "unsupported_extension", "not one of " + IMAGE_EXTENSION_LIST)
-                )
-                continue
-            start = time.perf_counter()
-            try:
-                data = read_capped(entry.url, config.decode.max_bytes)
-            except OSError as err:  # vanished, unreadable, no longer a regular file
-                rows.append(row_of(entry, "unreadable", f"{type(err).__name__}: {err}"))
-                continue
-            start = timer.add("read", start)
-            result = decode_image(data, config.decode)
-            del data
-            timer.add("decode", start)
-            if result.image is None:
-                rows.append(row_of(entry, result.reason or "undecodable", result.detail))
-                continue
-            decoded.append((entry, result.image))
+    # detect.batch_size decoded images and about detect.max_batch_megapixels of pixels
+    # (the last image may overshoot by itself), whatever its size
+    decoded: list[tuple[InputFile, np.ndarray]] = []
+    pixels = 0
+
+    def flush() -> None:
+        nonlocal decoded, pixels
         if not decoded:
-            continue
+            return
         before = landmarker.timings
         found = landmarker.detect_batch([image for _, image in decoded])
         after = landmarker.timings
         timer.seconds["detect"] += after["detect"] - before["detect"]
         timer.seconds["landmarks"] += after["landmarks"] - before["landmarks"]
         for (entry, image), faces in zip(decoded, found, strict=True):
-            rows += _faces_rows(
-                entry, image, faces, index, config, timer, dedup, samples, landmarker
+            rows.extend(
+                _faces_rows(entry, image, faces, index, config, timer, dedup, samples, landmarker)
             )
-        del decoded, found
+        decoded, pixels = [], 0
+
+    budget = config.detect.max_batch_megapixels * 1e6
+    for entry in entries:
+        if entry.reason is not None:
+            rows.append(row_of(entry, entry.reason, entry.detail))
+            continue
+        if not is_image_name(entry.relpath):
+            rows.append(
+                row_of(entry, "unsupported_extension", "not one of " + IMAGE_EXTENSION_LIST)
+            )
+            continue
+        start = time.perf_counter()
+        try:
+            data = read_capped(entry.url, config.decode.max_bytes)
+        except OSError as err:  # vanished, unreadable, no longer a regular file
+            rows.append(row_of(entry, "unreadable", f"{type(err).__name__}: {err}"))
+            continue
+        start = timer.add("read", start)
+        result = decode_image(data, config.decode)
+        del data
+        timer.add("decode", start)
+        if result.image is None:
+            rows.append(row_of(entry, result.reason or "undecodable", result.detail))
+            continue
+        image_pixels = result.image.shape[0] * result.image.shape[1]
+        if decoded and pixels + image_pixels > budget:
+            flush()
+        decoded.append((entry, result.image))
+        pixels += image_pixels
+        del result
+        if len(decoded) >= config.detect.batch_size:
+            flush()
+    flush()
 
     start = time.perf_counter()
     shard = None

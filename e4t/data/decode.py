@@ -96,8 +96,11 @@ def _decode(data: bytes, config: DecodeConfig) -> Decoded:
         source_mode = pil.mode
         try:
             pil.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(pil))
+            ImageOps.exif_transpose(pil, in_place=True)  # no full-size copy
+            rgb = _to_rgb(pil)
+            del pil
             array = np.asarray(rgb, dtype=np.uint8)
+            del rgb
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise DecodeRejection("decompression_bomb", str(err)) from err
         except MemoryError as err:  # passes the byte and pixel caps, still too big for here

@@ -72,32 +72,38 @@ def source_to_crop(points: np.ndarray, quad: np.ndarray, size: int) -> np.ndarra
     return uv * size
 
 
-def _pad_with_fade(img: np.ndarray, pad: tuple[int, int, int, int], qsize: float) -> np.ndarray:
+def _pad_with_fade(
+    img: np.ndarray, pad: tuple[int, int, int, int], qsize: float, strip_rows: int = 256
+) -> np.ndarray:
     """Reflect-pad (left, top, right, bottom) and fade the padding to blur and median colour.
 
-    img: (H, W, 3) float32. The fade weight grows with the distance from the original
-    photo, reaching 1 at ``0.3 · qsize`` px (the padding width the recipe uses).
+    img: (H, W, 3) uint8 → (H + top + bottom, W + left + right, 3) uint8. The fade weight
+    grows with the distance from the original photo, reaching 1 at ``0.3 · qsize`` px (the
+    padding width the recipe uses). The blend runs in float32 a strip of rows at a time, so a
+    large face's padding never holds full-size float copies.
     """
     left, top, right, bottom = pad
     padded = np.pad(img, ((top, bottom), (left, right), (0, 0)), mode="reflect")
     h, w = padded.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    dist = np.maximum.reduce(
-        [left - xs, xs - (w - 1 - right), top - ys, ys - (h - 1 - bottom), np.zeros_like(xs)]
-    )
-    ramp = np.clip(dist / max(1.0, 0.3 * qsize), 0.0, 1.0)[..., None]
     sigma = max(1.0, qsize * 0.02)
-    blurred = np.asarray(
-        Image.fromarray(np.clip(padded, 0, 255).astype(np.uint8)).filter(
-            ImageFilter.GaussianBlur(radius=sigma)
-        ),
-        dtype=np.float32,
-    )
-    # towards the blur quickly, towards the median colour slowly
-    padded = padded + (blurred - padded) * np.clip(ramp * 3.0, 0.0, 1.0)
-    median = np.median(img.reshape(-1, 3), axis=0)
-    padded = padded + (median - padded) * ramp
-    return padded
+    blurred = np.asarray(Image.fromarray(padded).filter(ImageFilter.GaussianBlur(radius=sigma)))
+    median = np.median(img.reshape(-1, 3), axis=0).astype(np.float32)
+    # the distance from the photo is separable: max(distance along x, along y, 0)
+    xs = np.arange(w, dtype=np.float32)
+    ys = np.arange(h, dtype=np.float32)
+    dx = np.maximum(np.maximum(left - xs, xs - (w - 1 - right)), 0.0)
+    dy = np.maximum(np.maximum(top - ys, ys - (h - 1 - bottom)), 0.0)
+    scale = np.float32(max(1.0, 0.3 * qsize))
+    out = np.empty_like(padded)
+    for y0 in range(0, h, strip_rows):
+        rows = slice(y0, min(y0 + strip_rows, h))
+        ramp = np.clip(np.maximum(dy[rows, None], dx[None, :]) / scale, 0.0, 1.0)[..., None]
+        strip = padded[rows].astype(np.float32)
+        # towards the blur quickly, towards the median colour slowly
+        strip += (blurred[rows].astype(np.float32) - strip) * np.clip(ramp * 3.0, 0.0, 1.0)
+        strip += (median - strip) * ramp
+        out[rows] = np.clip(np.rint(strip), 0, 255).astype(np.uint8)
+    return out
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, config: AlignConfig) -> AlignedFace:
@@ -109,24 +115,24 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, config: AlignConfig) ->
     quad_source = compute_quad(landmarks)
     quad = quad_source.copy()
     qsize = float(np.hypot(*(quad[3] - quad[0])))
-    pil = Image.fromarray(image)
+    height, width = image.shape[:2]
 
-    # 1. shrink very large faces by an integer factor (cheap and alias-free enough)
-    shrink = math.floor(qsize / size * 0.5)
-    if shrink > 1:
-        small = (round(pil.width / shrink), round(pil.height / shrink))
-        pil = pil.resize(small, Image.Resampling.BOX)
-        quad /= shrink
-        qsize /= shrink
-
-    # 2. crop to the quad's bounding box plus a border
+    # 1-2. crop to the quad's bounding box plus a border, then shrink very large faces by an
+    # integer factor (cheap and alias-free enough). The crop is cut from the array first, on
+    # multiples of the factor, so only the face region is ever copied or resized (a 24 MP
+    # photo is not converted whole).
+    shrink = max(1, math.floor(qsize / size * 0.5))
+    qsize /= shrink
     border = max(round(qsize * 0.1), 3)
-    lo = np.floor(quad.min(axis=0)).astype(int) - border
-    hi = np.ceil(quad.max(axis=0)).astype(int) + border
-    crop = (max(lo[0], 0), max(lo[1], 0), min(hi[0], pil.width), min(hi[1], pil.height))
-    if crop[2] - crop[0] < pil.width or crop[3] - crop[1] < pil.height:
-        pil = pil.crop(crop)
-        quad -= np.array(crop[:2], dtype=np.float64)
+    lo = np.floor(quad.min(axis=0) / shrink).astype(int) - border
+    hi = np.ceil(quad.max(axis=0) / shrink).astype(int) + border
+    x0, y0 = max(int(lo[0]), 0) * shrink, max(int(lo[1]), 0) * shrink
+    x1, y1 = min(int(hi[0]) * shrink, width), min(int(hi[1]) * shrink, height)
+    pil = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+    if shrink > 1:
+        small = (max(1, round(pil.width / shrink)), max(1, round(pil.height / shrink)))
+        pil = pil.resize(small, Image.Resampling.BOX)
+    quad = (quad - np.array([x0, y0], dtype=np.float64)) / shrink
 
     # 3. pad where the quad leaves the photo
     lo = np.floor(quad.min(axis=0)).astype(int) - border
@@ -143,8 +149,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, config: AlignConfig) ->
             min(pad[3], pil.height - 1),
         )
         if max(pad) > 0:
-            arr = _pad_with_fade(np.asarray(pil, dtype=np.float32), pad, qsize)
-            pil = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+            pil = Image.fromarray(_pad_with_fade(np.asarray(pil), pad, qsize))
             quad += np.array(pad[:2], dtype=np.float64)
 
     # 4. quad transform at an oversampled size, then Lanczos down to the target

@@ -15,6 +15,7 @@ So a fix to a stage lands in its job, and both entry points run it.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol, TypeVar
@@ -57,7 +58,10 @@ class InProcess:
             for args in calls:
                 yield self.call(step, *args)
             return
-        with ProcessPoolExecutor(max_workers=self.num_workers) as pool:
+        # spawned, not forked: a worker starts clean (no copy of this process's threads,
+        # models and memory) and imports only what its step needs
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=self.num_workers, mp_context=context) as pool:
             futures = [pool.submit(step, *args) for args in calls]
             for future in as_completed(futures):
                 yield future.result()
