@@ -149,3 +149,20 @@ def test_personalize_cli_keeps_every_person_apart(
     assert summary["num_files"] == len(expected) == sum(len(r["files"]) for r in rows)
     assert summary["num_concepts"] == 18 and summary["num_done"] == 18
     assert f"{summary['num_done']} of {summary['num_concepts']} concepts" in done.stdout
+
+
+def test_a_read_never_takes_more_than_the_cap(tmp_path: Path) -> None:
+    """A file that grew past the cap after it was listed: at most cap + 1 bytes are read,
+    and the decoder calls it too_large."""
+    from e4t.config import DecodeConfig
+    from e4t.data.decode import decode_image
+    from e4t.data.inputs import read_capped
+
+    path = tmp_path / "grown.jpg"
+    path.write_bytes(b"\xff" * 10_000)
+    data = read_capped(str(path), 1_000)
+    assert len(data) == 1_001
+    assert decode_image(data, DecodeConfig(max_bytes=1_000)).reason == "too_large"
+    os.mkfifo(tmp_path / "swapped.jpg")  # a FIFO swapped in after the listing: no hang
+    with pytest.raises(OSError, match="no longer a regular file"):
+        read_capped(str(tmp_path / "swapped.jpg"), 1_000)
