@@ -117,3 +117,31 @@ def test_unknown_model_fails_fast(
     )
     assert state.is_failed()
     assert not (tmp_path / "o").exists()
+
+
+def test_four_threads_give_the_concepts_of_one(
+    prefect_server: None, concept_images: Path, domain_dir: Path, tmp_path: Path
+) -> None:
+    """Threads share the worker's one cached model: passes take turns on it (a lock), so
+    the concepts are the same bytes as with one thread."""
+    from flows.personalize_bulk import personalize_bulk
+
+    outs = {}
+    for workers in (1, 4):
+        out = tmp_path / f"threads-{workers}"
+        result = personalize_bulk(
+            images_url=str(concept_images),
+            model_uri=str(domain_dir),
+            output_url=str(out),
+            preset="tiny",
+            steps=2,
+            concepts_per_pass=1,
+            task_runner="threads",
+            max_workers=workers,
+            track=False,
+        )
+        assert result["summary"]["num_done"] == 3 and result["summary"]["num_failed"] == 0
+        outs[workers] = {
+            p.parent.name: p.read_bytes() for p in out.glob("concepts/*/concept.safetensors")
+        }
+    assert len(outs[1]) == 3 and outs[1] == outs[4]

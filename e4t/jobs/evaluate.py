@@ -18,6 +18,7 @@ from e4t.tracking import (
     cached_domain_model,
     find_personalization_runs,
     log_evaluation,
+    model_lock,
     promote_if_better,
     resolve_model_version,
 )
@@ -64,6 +65,19 @@ def evaluate(
 ) -> dict[str, Any]:
     """Tune every method at every budget, generate, score; write the report."""
     model = cached_domain_model(model_uri, device)
+    with model_lock(model):  # it attaches concepts and baselines to the shared model
+        return _evaluate(model, model_uri, concepts_url, output_url, config, checked, on_progress)
+
+
+def _evaluate(
+    model: Any,
+    model_uri: str,
+    concepts_url: str,
+    output_url: str,
+    config: EvaluateConfig,
+    checked: dict[str, Any],
+    on_progress: Callable[[float], None] | None,
+) -> dict[str, Any]:
     version = checked["model"]
     meta = {
         "model_uri": model_uri,

@@ -60,11 +60,12 @@ def tune_pass(
     config: PersonalizeConfig,
 ) -> list[dict[str, Any]]:
     """One pass: its unfinished concepts tuned together; one result row per concept."""
-    from e4t.tracking import cached_domain_model
+    from e4t.tracking import cached_domain_model, model_lock
     from e4t.training.bulk import personalize_pass
 
     model = cached_domain_model(model_uri, device)
-    rows = personalize_pass(model, specs, output_url, config, model_uri)
+    with model_lock(model):  # threads of one worker share its model: one pass at a time
+        rows = personalize_pass(model, specs, output_url, config, model_uri)
     by_id = {spec.concept_id: spec for spec in specs}
     for row in rows:  # which person, and every file the row accounts for
         spec = by_id[row["concept_id"]]

@@ -11,6 +11,7 @@ import functools
 import shutil
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,18 @@ def _cached_model(model_uri: str, device: str) -> Any:
 
 
 _CACHE_LOCK = threading.Lock()
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+
+
+def model_lock(model: Any) -> threading.Lock:
+    """The lock of one cached model: a step that attaches concepts to it (tuning, sampling)
+    holds it, so threads sharing the process's model take turns instead of mixing their
+    concept banks (one model per process, used by one pass at a time)."""
+    with _CACHE_LOCK:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
 
 
 def cached_domain_model(model_uri: str, device: str) -> Any:
