@@ -110,3 +110,30 @@ def test_bench_personalize_prints_rates_ratio_and_sizes() -> None:
         assert re.search(rf"{label}\s+[\d.]+ s per concept \(throughput × [\d.]+", done.stdout)
     share = float(re.search(r"= ([\d.]+) % of the base UNet", done.stdout)[1])
     assert 0 < share < 1.0  # a concept is under 1 % of the UNet
+
+
+def test_the_encoder_feature_pass_reads_the_base_unet_with_a_concept_attached(
+    model: E4TModel, faces: list
+) -> None:
+    """Concept deltas act on the denoising UNet, never inside the encoder's feature pass."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    z_t = torch.randn(1, 4, 16, 16, generator=gen)
+    t = torch.tensor([500])
+    alone = [f.clone() for f in model.unet_block_outputs(z_t, t)]
+    cls = model.clip_cls(faces[0].clip_pixel_values[None])
+    bank = model.attach_concepts(model.new_concepts(cls, rank=2, seeds=[7]))
+    try:
+        with torch.no_grad():
+            for up in bank.up.values():
+                up.normal_(0, 1.0, generator=gen)  # a concept that changes the UNet a lot
+        attached = model.unet_block_outputs(z_t, t)
+        assert all(torch.equal(a, b) for a, b in zip(alone, attached, strict=True))
+        prompt = model.encode_prompt(["a photo of {}"], model.class_embedding()[None])
+        with_deltas = model.base.unet(z_t, t, prompt).sample
+        with bank.disabled():
+            without = model.base.unet(z_t, t, prompt).sample
+        assert not torch.allclose(with_deltas, without)  # the deltas do act on denoising
+    finally:
+        model.detach_concepts()

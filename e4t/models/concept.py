@@ -13,8 +13,10 @@ concept is exactly the domain model's prediction (a "0-step" concept).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,7 @@ class ConceptBank(nn.Module):
         self.down = nn.ParameterDict(downs)
         self.up = nn.ParameterDict(ups)
         self._handles: list[Any] = []
+        self._enabled = True
 
     # ------------------------------------------------------------------ grouping
 
@@ -99,12 +102,24 @@ class ConceptBank(nn.Module):
     def detach(self) -> None:
         remove_hooks(self._handles)
 
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The deltas off inside the block: the encoder's UNet-feature pass reads the base
+        UNet, as it did in pretraining (the domain offsets are off there too)."""
+        previous, self._enabled = self._enabled, False
+        try:
+            yield
+        finally:
+            self._enabled = previous
+
     def _hook_for(self, path: str) -> Any:
         key = _key(path)
 
         def hook(
             module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
         ) -> torch.Tensor:
+            if not self._enabled:
+                return output
             x = inputs[0]
             k = self.num_concepts
             grouped = x.reshape(k, -1, x.shape[-1])  # (K, n·T, in): samples are grouped

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +270,10 @@ class E4TModel(nn.Module):
         handles.append(unet.mid_block.register_forward_hook(grab_and_stop))
         stopped = False
         try:
-            with self.offsets.disabled():
+            # the base UNet: domain offsets AND concept deltas off, as the encoder saw it in
+            # pretraining
+            concepts_off = self.concepts.disabled() if self.concepts is not None else nullcontext()
+            with self.offsets.disabled(), concepts_off:
                 unet(
                     z_t.to(unet.dtype), t, self.empty_prompt_embedding(z_t.shape[0]).to(unet.dtype)
                 )
