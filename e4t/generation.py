@@ -97,8 +97,15 @@ def generate(
     """Images for each prompt (``{}`` = the concept), ``num_images`` seeds each.
 
     cls: the concept's CLIP [CLS] tokens (1, L, C). Image k of a prompt uses seed + k, so
-    any batch size gives the same images.
+    any batch size gives the same images (stochastic schedulers too: each image draws its
+    step noise from its own generator). One concept at a time: with a bank of several
+    attached, the CFG batch would break its one-group-per-concept layout, so it is refused.
     """
+    if model.concepts is not None and model.concepts.num_concepts > 1:
+        raise ValueError(
+            f"generate takes one concept; {model.concepts.num_concepts} are attached: "
+            "attach bank.subset(i) for concept i"
+        )
     config = config or GenerationConfig()
     pipe = build_pipeline(model, config.scheduler)
     unet = model.base.unet
@@ -173,6 +180,8 @@ def _generate_chunk(
         output_type="pil",
         callback_on_step_end=on_step_end,
         callback_on_step_end_tensor_inputs=["latents"],
+        # step noise (ddpm, euler-a) per image from its own seed: batch-size independent
+        generator=[torch.Generator("cpu").manual_seed(s + 1_000_003) for _, s in jobs],
     )
     return [
         GeneratedImage(image=img, prompt=p, seed=s, v_star_history=[h[i] for h in history])

@@ -375,6 +375,37 @@ def test_generation_end_to_end(
     assert np.abs(pixels[0] - pixels[2]).mean() > 0  # prompts differ
 
 
+@pytest.mark.parametrize("scheduler", ["ddpm", "euler-a"])
+def test_stochastic_schedulers_give_a_seed_its_image_at_any_batch_size(
+    tiny_dir: Path, photos_dir: Path, scheduler: str
+) -> None:
+    model = make_model(tiny_dir)
+    randomize(model)
+    cls = model.clip_cls(clip_pixels(model, Image.open(photos_dir / "obama.jpg")))
+
+    def run(batch: int) -> list[np.ndarray]:
+        config = GenerationConfig(num_steps=3, batch_size=batch, scheduler=scheduler)
+        images = generate(model, cls, ["a photo of {}"], 3, 11, config)
+        return [np.asarray(i.image, dtype=float) for i in images]
+
+    alone, together = run(1), run(3)
+    assert all(np.abs(a - b).max() <= 1 for a, b in zip(alone, together, strict=True))
+    assert np.abs(alone[0] - alone[1]).mean() > 1  # seeds still differ
+
+
+def test_generate_refuses_a_bank_of_several_concepts(tiny_dir: Path, photos_dir: Path) -> None:
+    model = make_model(tiny_dir)
+    cls = model.clip_cls(clip_pixels(model, Image.open(photos_dir / "obama.jpg")))
+    bank = model.attach_concepts(model.new_concepts(cls.expand(2, -1, -1).clone()))
+    try:
+        with pytest.raises(ValueError, match="one concept"):
+            generate(model, cls, ["a photo of {}"], 1, 0, GenerationConfig(num_steps=2))
+        model.attach_concepts(bank.subset(1))
+        assert len(generate(model, cls, ["{}"], 1, 0, GenerationConfig(num_steps=2))) == 1
+    finally:
+        model.detach_concepts()
+
+
 def test_concept_in_a_stock_pipeline(tiny_dir: Path, photos_dir: Path) -> None:
     model = make_model(tiny_dir, offsets={"form": "lowrank"})
     randomize(model)
