@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -221,6 +228,19 @@ class PretrainConfig(StrictModel):
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _trainable_dtype(self) -> PretrainConfig:
+        if self.model.dtype == "fp16":
+            raise ValueError(FP16_REFUSAL)
+        return self
+
+
+FP16_REFUSAL = (
+    "model.dtype=fp16 cannot be trained or tuned: there is no loss scaling for the weight "
+    "offsets, and W0 ⊙ Δ products underflow in fp16. Use model.dtype=bf16 (GPUs since "
+    "Ampere), or fp32 weights with train.mixed_precision=fp16 (autocast + GradScaler)."
+)
 
 
 # --------------------------------------------------------------------------- personalization

@@ -74,3 +74,11 @@ def test_flat_values_and_mapping_overrides_resolve_once() -> None:
     assert config.train.batch_size == 8 and config.train.num_steps == 7
     assert config.train.checkpoint_every == 10  # from the preset, kept by the nested merge
     assert config.optim.lr == 0.5 and config.model.device == "cpu"
+
+
+def test_fp16_weights_are_refused_for_training_with_the_way_out() -> None:
+    with pytest.raises(ConfigError, match="fp16 cannot be trained") as refused:
+        load_config(PretrainConfig, "pretrain", "tiny", {"model.dtype": "fp16"})
+    assert "bf16" in str(refused.value) and "mixed_precision=fp16" in str(refused.value)
+    bf16 = load_config(PretrainConfig, "pretrain", "tiny", {"model.dtype": "bf16"})
+    assert bf16.model.dtype == "bf16"

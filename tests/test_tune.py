@@ -137,3 +137,34 @@ def test_the_encoder_feature_pass_reads_the_base_unet_with_a_concept_attached(
         assert not torch.allclose(with_deltas, without)  # the deltas do act on denoising
     finally:
         model.detach_concepts()
+
+
+def test_tuning_fp16_weights_is_refused(tiny_dir: Path, faces: list) -> None:
+    half = E4TModel.from_config(
+        ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}, dtype="fp16")
+    )
+    with pytest.raises(ValueError, match="fp16 cannot be trained or tuned"):
+        tune_concepts(half, faces[:1], [0], CONFIG)
+
+
+def test_textual_inversion_tunes_without_running_the_encoder(
+    model: E4TModel, faces: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The word alone is tuned, the encoder's output is zero: its pass is skipped (fair
+    tuning seconds) and the result is what the zeroed encoder would have given."""
+    config = CONFIG.model_copy(update={"trainable": ["word"], "num_steps": 2})
+    calls = []
+    real = model.encoder.hidden
+    monkeypatch.setattr(model.encoder, "hidden", lambda *a: calls.append(1) or real(*a))
+    skipped = tune_concepts(model, faces[:2], [5, 6], config, use_encoder=False)
+    assert calls == []
+    word = skipped.bank.word.detach().clone()
+    assert word.abs().sum() > 0
+    skipped.bank.use_encoder = True  # the encoder run with the zeroed head: the same offsets
+    import torch
+
+    z_t, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 900])
+    cls = skipped.bank.cls
+    assert calls == [] and torch.equal(model.predict_offset(cls, z_t, t), torch.zeros(2, 32))
+    assert len(calls) == 1
+    model.detach_concepts()

@@ -51,6 +51,7 @@ class ConceptBank(nn.Module):
         super().__init__()
         k = cls.shape[0]
         self.num_concepts = k
+        self.use_encoder = True  # False: the encoder's output is known to be zero (TI)
         self.rank = rank
         self.paths = sorted(shapes)
         self.shapes = {p: tuple(shapes[p]) for p in self.paths}
@@ -167,6 +168,7 @@ class ConceptBank(nn.Module):
         )
         with torch.no_grad():
             one.load_state_dict({k: v[index : index + 1] for k, v in self.state_dict().items()})
+        one.use_encoder = self.use_encoder
         return one.to(self.word.device)
 
     # ------------------------------------------------------------------ storage

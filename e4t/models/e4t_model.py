@@ -288,8 +288,12 @@ class E4TModel(nn.Module):
     def predict_offset(self, cls: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """E(x, z_t, t): CLIP [CLS] tokens (B, L, C), noisy latents, timesteps → (B, D).
 
-        With concepts attached, each sample's concept supplies the output layer.
+        With concepts attached, each sample's concept supplies the output layer; a bank whose
+        output layer is zero and frozen (Textual Inversion) skips the encoder: zeros.
         """
+        if self.concepts is not None and not self.concepts.use_encoder:
+            width = self.encoder.output_layer.out_features
+            return torch.zeros(z_t.shape[0], width, device=z_t.device, dtype=torch.float32)
         hidden = self.encoder.hidden(
             self.encoder.clip_features(cls), self.unet_block_outputs(z_t, t)
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from e4t.config import TuneConfig
+from e4t.config import FP16_REFUSAL, TuneConfig
 from e4t.data.transforms import FaceInput
 from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel
@@ -122,6 +122,8 @@ def tune_concepts(
     """
     if len(faces) != len(seeds):
         raise ValueError(f"{len(faces)} faces but {len(seeds)} seeds")
+    if model.base.dtype == torch.float16:
+        raise ValueError(FP16_REFUSAL)
     start = time.perf_counter()
     latents, cls, weights = _prepare(model, faces, config)
     bank = model.attach_concepts(model.new_concepts(cls, config.rank, seeds))
@@ -129,6 +131,9 @@ def tune_concepts(
         with torch.no_grad():
             bank.head_weight.zero_()
             bank.head_bias.zero_()
+        # its output is zero whatever the image and step: skip the pass, so Textual
+        # Inversion's tuning seconds are its own (unless the head itself is tuned)
+        bank.use_encoder = "head" in config.trainable
     excluded = 0.0
 
     def report(step: int) -> None:
