@@ -249,7 +249,19 @@ FP16_REFUSAL = (
 class TuneConfig(StrictModel):
     num_steps: int = Field(15, ge=0, description="tuning steps per concept (5–15)")
     draws_per_concept: int = Field(8, ge=1, description="(noise, t, prompt) draws per step")
-    lr: float = Field(1e-2, gt=0)
+    lr: float = Field(1e-2, gt=0, description="the rate of every group not set below")
+    # Per-group rates. AdamW normalises each parameter's step to about lr, so one rate moves
+    # every group by the same amount per entry. That suits the word correction (an offset
+    # in text-embedding space whose entries are ~1e-2) and the deltas' B factors (they start
+    # at zero; a step of lr is a small, visible change). The head is the pretrained output
+    # layer itself: a step of lr on each of its weights moves E(·) by up to lr × hidden width,
+    # so it gets a tenth by default — the concept tunes around the domain encoder instead of
+    # overwriting it in its first steps.
+    lr_word: float | None = Field(None, gt=0, description="the word correction (default lr)")
+    lr_head: float | None = Field(
+        None, gt=0, description="the concept's output layer (default lr / 10)"
+    )
+    lr_deltas: float | None = Field(None, gt=0, description="the low-rank deltas (default lr)")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0, description="per concept")
     rank: int = Field(4, ge=1, description="rank of each concept's weight deltas")

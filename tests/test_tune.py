@@ -168,3 +168,16 @@ def test_textual_inversion_tunes_without_running_the_encoder(
     assert calls == [] and torch.equal(model.predict_offset(cls, z_t, t), torch.zeros(2, 32))
     assert len(calls) == 1
     model.detach_concepts()
+
+
+def test_per_group_rates_and_the_distance_of_v_star_per_step(model: E4TModel, faces: list) -> None:
+    from e4t.training.tune import parameter_groups
+
+    config = CONFIG.model_copy(update={"num_steps": 3, "lr_word": 0.5})
+    result = tune_concepts(model, faces[:2], [1, 2], config)
+    rates = [g["lr"] for g in parameter_groups(result.bank, config)]
+    assert rates == [0.5, CONFIG.lr / 10, CONFIG.lr]  # word set, head lr/10, deltas lr
+    assert [len(d) for d in result.v_star_distances] == [3, 3]
+    # measured in each step's forward: 0 at first (a fresh model's output layer is zero)
+    assert all(per[0] >= 0 and per[-1] > 0 for per in result.v_star_distances)
+    model.detach_concepts()

@@ -126,6 +126,11 @@ def personalize_pass(
             "steps": tune.num_steps,
             "seconds": round(per_concept, 3),
             "final_loss": round(result.losses[index][-1], 5) if result.losses[index] else None,
+            "v_star_distance": (
+                round(result.v_star_distances[index][-1], 5)
+                if result.v_star_distances[index]
+                else None
+            ),
             "concepts_in_pass": len(ready),
         }
         with tempfile.TemporaryDirectory() as tmp:

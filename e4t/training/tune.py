@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,6 +32,8 @@ class TuneResult:
     losses: list[list[float]]  # per concept, per step (the objective)
     seconds: float
     num_steps: int
+    # per concept, per step: ‖v* − e(class)‖ (root mean square over the step's draws)
+    v_star_distances: list[list[float]] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -147,19 +150,14 @@ def tune_concepts(
         excluded += time.perf_counter() - began
 
     model.requires_grad_(False)
-    params = []
-    if "word" in config.trainable:
-        params.append(bank.word)
-    if "head" in config.trainable:
-        params += [bank.head_weight, bank.head_bias]
-    if "offsets" in config.trainable:
-        params += list(bank.down.values()) + list(bank.up.values())
+    groups = parameter_groups(bank, config)
+    params = [p for group in groups for p in group["params"]]
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     n = config.draws_per_concept
-    losses: list[list[float]] = [[] for _ in faces]
+    history: list[torch.Tensor] = []  # per step: (2, K) objective and ‖v* − e(class)‖
     report(0)
     for step in range(config.num_steps):
         diff, emb = concept_losses(
@@ -170,17 +168,33 @@ def tune_concepts(
         bank.clip_grad_norm_(config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        for c, value in enumerate(objective.detach().tolist()):
-            losses[c].append(value)
+        # kept on the device: no host sync inside the step loop
+        history.append(torch.stack([objective.detach(), emb.detach().sqrt()]))
         report(step + 1)
     for p in params:
         p.requires_grad_(False)
+    per_step = torch.stack(history).cpu().tolist() if history else []  # (steps, 2, K)
     return TuneResult(
         bank=bank,
-        losses=losses,
+        losses=[[row[0][c] for row in per_step] for c in range(len(faces))],
         seconds=time.perf_counter() - start - excluded,
         num_steps=config.num_steps,
+        v_star_distances=[[row[1][c] for row in per_step] for c in range(len(faces))],
     )
+
+
+def parameter_groups(bank: ConceptBank, config: TuneConfig) -> list[dict[str, Any]]:
+    """The trainable tensors of ``config.trainable`` in AdamW groups with their rates."""
+    groups = []
+    if "word" in config.trainable:
+        groups.append({"params": [bank.word], "lr": config.lr_word or config.lr})
+    if "head" in config.trainable:
+        lr_head = config.lr_head or config.lr / 10
+        groups.append({"params": [bank.head_weight, bank.head_bias], "lr": lr_head})
+    if "offsets" in config.trainable:
+        deltas = list(bank.down.values()) + list(bank.up.values())
+        groups.append({"params": deltas, "lr": config.lr_deltas or config.lr})
+    return groups
 
 
 @torch.no_grad()
