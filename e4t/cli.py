@@ -441,7 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune-steps", type=int, nargs="+", help="tuning budgets reported, e.g. 0 5 15 50"
     )
     p.add_argument(
-        "--baselines", nargs="*", choices=["textual-inversion", "no-pretraining"], default=None
+        "--baselines",
+        nargs="*",
+        choices=["e4t-full", "textual-inversion", "no-pretraining"],
+        default=None,
+        help="methods beside e4t (e4t-full: the paper's per-concept full tuning)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-track", action="store_true", help="no MLflow run, no promotion")

@@ -285,7 +285,9 @@ class PersonalizeConfig(StrictModel):
 
 # --------------------------------------------------------------------------- evaluation
 
-EvalMethod = Literal["e4t", "textual-inversion", "no-pretraining"]
+EvalMethod = Literal["e4t", "e4t-full", "textual-inversion", "no-pretraining"]
+# e4t-full (the paper's per-concept tuning of the encoder and domain offsets, one concept at
+# a time) is the reference for what batched low-rank tuning gives up: in the GPU presets
 EVAL_METHODS: list[EvalMethod] = ["e4t", "textual-inversion", "no-pretraining"]
 
 
@@ -327,6 +329,9 @@ class EvaluateConfig(StrictModel):
         list(EVAL_METHODS), description="E4T and the baselines, same budgets and seeds"
     )
     max_concepts: int = Field(8, ge=1, description="concepts evaluated (sorted by id)")
+    full_tune_lr: float = Field(
+        1e-5, gt=0, description="e4t-full: the rate of the encoder + domain offsets"
+    )
     concepts_per_pass: int = Field(8, ge=1)
     tune: TuneConfig = TuneConfig()
     curate: CurateConfig = CurateConfig(align=AlignConfig(resolution_px=256))

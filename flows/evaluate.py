@@ -29,7 +29,7 @@ def evaluate(
     prompts: list[str] | None = None,
     seeds: list[int] | None = None,
     steps: list[int] | None = None,
-    baselines: list[Literal["textual-inversion", "no-pretraining"]] | None = None,
+    baselines: list[Literal["e4t-full", "textual-inversion", "no-pretraining"]] | None = None,
     device: str = "cpu",
     experiment: str = "e4t-evaluate",
     track: bool = True,
@@ -45,7 +45,8 @@ def evaluate(
         prompts: Prompts with {} for the concept (default: the preset's).
         seeds: Image seeds per prompt (default: the preset's).
         steps: Tuning budgets reported, e.g. [0, 5, 15, 50] (default: the preset's).
-        baselines: Any of textual-inversion, no-pretraining (default: the preset's).
+        baselines: Any of e4t-full (the paper's per-concept full tuning, the reference),
+            textual-inversion, no-pretraining (default: the preset's).
         device: Torch device, e.g. cpu or cuda.
         experiment: MLflow experiment of the evaluation run.
         track: Log the MLflow run and apply the promotion rule.

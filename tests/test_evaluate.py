@@ -256,3 +256,39 @@ def test_evaluate_command(photos_dir: Path, tiny_dir: Path, tmp_path: Path) -> N
         [*args[:4], str(tmp_path / "nowhere"), *args[5:]], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "no such folder" in bad.stderr
+
+
+def test_the_full_tuning_reference_runs_beside_e4t(
+    photos_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """e4t-full (the paper's per-concept tuning of the encoder + domain offsets) is scored at
+    the same budgets; its artifact is the whole encoder + offsets; the domain model comes
+    back unchanged."""
+    from e4t.config import EvaluateConfig, ModelConfig, load_config
+    from e4t.jobs import evaluate as job
+    from e4t.models.e4t_model import E4TModel
+    from e4t.tracking import cached_domain_model
+
+    model = E4TModel.from_config(
+        ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}), seed=3
+    )
+    folder = model.save_pretrained(tmp_path / "domain")
+    images = tmp_path / "faces"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "biden.jpg", images / "biden.jpg")
+    config = load_config(
+        EvaluateConfig,
+        "evaluate",
+        "tiny",
+        {"methods": ["e4t", "e4t-full"], "full_tune_lr": 1e-3, **CHEAP},
+    )
+    before = cached_domain_model(str(folder), "cpu").fingerprint()
+    out = job.run(str(folder), str(images), str(tmp_path / "eval"), config, track_run=False)
+    summary = out["summary"]
+    assert set(summary) == {"e4t", "e4t-full"} and set(summary["e4t-full"]) == {"0", "2"}
+    full, batched = summary["e4t-full"]["2"], summary["e4t"]["2"]
+    assert full["artifact_bytes"] > 4 * batched["artifact_bytes"]  # the whole domain model
+    assert full["tune_seconds"] > summary["e4t-full"]["0"]["tune_seconds"]
+    assert cached_domain_model(str(folder), "cpu").fingerprint() == before  # restored
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert "e4t-full" in report

@@ -34,7 +34,7 @@ from e4t.evaluation.identity import IdentityBackend, create_identity_backend, id
 from e4t.evaluation.results import EvalResult, thumb_key
 from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel
-from e4t.training.tune import tune_concepts
+from e4t.training.tune import tune_concepts, tune_full
 
 THUMB_PX = 160
 
@@ -96,6 +96,12 @@ def load_concepts(
             )
         )
     return concepts, rejected
+
+
+def full_artifact_bytes(model: E4TModel, dtype: str) -> int:
+    """e4t-full stores a concept's whole tuned encoder and domain offsets."""
+    size = {"fp16": 2, "bf16": 2, "fp32": 4}[dtype]
+    return sum(p.numel() for m in (model.encoder, model.offsets) for p in m.parameters()) * size
 
 
 def artifact_bytes(bank: ConceptBank, index: int, method: str, dtype: str) -> int:
@@ -209,8 +215,57 @@ def evaluate_concepts(
     total = len(config.methods) * len(concepts) * len(budgets)
     done = 0
 
+    def score(method: str, step: int, concept: EvalConcept, cls: torch.Tensor) -> None:
+        """Generate each prompt × seed for the concept as the model stands, and score it."""
+        nonlocal done
+        images = []
+        for seed in config.seeds:
+            images += generate(model, cls, config.prompts, 1, seed, gen)
+        result.samples += _score(
+            images,
+            concept.concept_id,
+            method,
+            step,
+            references[concept.concept_id],
+            clip_references[concept.concept_id],
+            caption_embeds,
+            identity,
+            scorer,
+        )
+        for img in images:
+            if img.seed == config.seeds[0]:
+                key = thumb_key(concept.concept_id, method, step, img.prompt)
+                result.thumbnails[key] = _jpeg(img.image)
+        done += 1
+        if on_progress:
+            on_progress(done / total)
+
     for method in config.methods:
         tune = config.tune.model_copy(update={"num_steps": max(budgets)})
+        if method == "e4t-full":  # one concept at a time, the domain weights themselves
+            for concept in concepts:
+                cls = model.clip_cls(concept.face.clip_pixel_values[None].to(model.base.device))
+
+                def on_full_step(
+                    step: int,
+                    seconds: float,
+                    concept: EvalConcept = concept,
+                    cls: Any = cls,
+                    tune_dtype: str = tune.artifact_dtype,
+                ) -> None:
+                    if step not in budgets:
+                        return
+                    extra = extras.setdefault(("e4t-full", step), {})
+                    extra.setdefault("tune_seconds", []).append(seconds)
+                    extra.setdefault("artifact_bytes", []).append(
+                        full_artifact_bytes(model, tune_dtype)
+                    )
+                    score("e4t-full", step, concept, cls)
+
+                with model.restoring_domain_weights():
+                    seed = config.seed + concept_inputs.stable_seed(concept.concept_id)
+                    tune_full(model, concept.face, seed, tune, config.full_tune_lr, on_full_step)
+            continue
         if method == "textual-inversion":
             tune = tune.model_copy(update={"trainable": ["word"]})
         with _method_context(model, method, config.seed):
@@ -225,7 +280,6 @@ def evaluate_concepts(
                     method: str = method,
                     tune_dtype: str = tune.artifact_dtype,
                 ) -> None:
-                    nonlocal done
                     if step not in budgets:
                         return
                     extra = extras.setdefault((method, step), {})
@@ -235,27 +289,7 @@ def evaluate_concepts(
                             artifact_bytes(bank, index, method, tune_dtype)
                         )
                         single = model.attach_concepts(bank.subset(index))
-                        images = []
-                        for seed in config.seeds:
-                            images += generate(model, single.cls, config.prompts, 1, seed, gen)
-                        result.samples += _score(
-                            images,
-                            concept.concept_id,
-                            method,
-                            step,
-                            references[concept.concept_id],
-                            clip_references[concept.concept_id],
-                            caption_embeds,
-                            identity,
-                            scorer,
-                        )
-                        for img in images:
-                            if img.seed == config.seeds[0]:
-                                key = thumb_key(concept.concept_id, method, step, img.prompt)
-                                result.thumbnails[key] = _jpeg(img.image)
-                        done += 1
-                        if on_progress:
-                            on_progress(done / total)
+                        score(method, step, concept, single.cls)
 
                 seeds = [config.seed + concept_inputs.stable_seed(c.concept_id) for c in chunk]
                 tune_concepts(

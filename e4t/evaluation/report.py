@@ -10,7 +10,12 @@ from typing import Any
 
 from e4t.evaluation.results import METRICS, EvalResult, thumb_key
 
-COLOURS = {"e4t": "#d62728", "textual-inversion": "#1f77b4", "no-pretraining": "#2ca02c"}
+COLOURS = {
+    "e4t": "#d62728",
+    "e4t-full": "#9467bd",
+    "textual-inversion": "#1f77b4",
+    "no-pretraining": "#2ca02c",
+}
 LABELS = {
     "identity": "identity (no face = 0)",
     "identity_detected": "identity (faces found)",

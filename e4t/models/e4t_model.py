@@ -163,6 +163,20 @@ class E4TModel(nn.Module):
                     {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
                 )
 
+    @contextmanager
+    def restoring_domain_weights(self) -> Iterator[E4TModel]:
+        """The encoder and domain offsets as they are now come back on exit, whatever the
+        block trained (the full-tuning reference method tunes them per concept)."""
+        saved = {k: v.detach().clone() for k, v in self._trained_state().items()}
+        try:
+            yield self
+        finally:
+            for prefix, module in (("encoder.", self.encoder), ("offsets.", self.offsets)):
+                module.load_state_dict(
+                    {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
+                )
+            self.set_trainable([])
+
     def _single_token_id(self, word: str) -> int:
         ids = self.tokenizer(word, add_special_tokens=False).input_ids
         if len(ids) != 1:

@@ -211,3 +211,54 @@ def held_out_losses(
     prompts = [config.templates[0]] * (num_draws * len(faces))
     diff, _ = concept_losses(model, latents, cls, weights, gens, num_draws, prompts)
     return diff.tolist()
+
+
+def tune_full(
+    model: E4TModel,
+    face: FaceInput,
+    seed: int,
+    config: TuneConfig,
+    lr: float,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """The paper's own domain tuning (E4T §3.4), one concept at a time: the encoder and the
+    domain offsets themselves are tuned on the one image, ``config.num_steps`` steps of
+    ``config.draws_per_concept`` draws. The reference that batched low-rank tuning is
+    measured against. Call inside :meth:`E4TModel.restoring_domain_weights`.
+
+    on_step(step, seconds) runs before the first step and after each one (its own time
+    excluded from the seconds). Returns the objective per step.
+    """
+    if model.base.dtype == torch.float16:
+        raise ValueError(FP16_REFUSAL)
+    start = time.perf_counter()
+    model.detach_concepts()
+    latents, cls, weights = _prepare(model, [face], config)
+    params = model.set_trainable(["encoder", "offsets"])
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    gens = [torch.Generator().manual_seed(int(seed))]
+    n = config.draws_per_concept
+    excluded = 0.0
+
+    def report(step: int) -> None:
+        nonlocal excluded
+        if on_step is not None:
+            began = time.perf_counter()
+            on_step(step, began - start - excluded)
+            excluded += time.perf_counter() - began
+
+    history: list[torch.Tensor] = []
+    report(0)
+    for step in range(config.num_steps):
+        diff, emb = concept_losses(
+            model, latents, cls, weights, gens, n, _prompts(config.templates, [seed], step, n)
+        )
+        objective = diff + config.lambda_emb * emb + config.lambda_w * model.offsets.squared_norm()
+        objective.sum().backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append(objective.detach())
+        report(step + 1)
+    model.set_trainable([])
+    return torch.cat(history).cpu().tolist() if history else []
