@@ -273,6 +273,10 @@ class TuneConfig(StrictModel):
     templates: list[str] = DEFAULT_TEMPLATES
     resolution_px: int = Field(64, ge=16, description="faces are resized to this")
     artifact_dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+    autocast: Literal["auto", "bf16", "off"] = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA (trainable tensors stay fp32), none on a CPU",
+    )
 
 
 class PersonalizeConfig(StrictModel):

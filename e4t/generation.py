@@ -28,6 +28,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from e4t.models.e4t_model import E4TModel
+from e4t.models.precision import AutocastMode, autocast
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class GenerationConfig:
     height: int | None = None
     width: int | None = None
     batch_size: int = 4
+    autocast: AutocastMode = "auto"  # bf16 on CUDA (e4t.models.precision)
 
 
 @dataclass
@@ -115,7 +117,8 @@ def generate(
     results: list[GeneratedImage] = []
     for start in range(0, len(jobs), config.batch_size):
         chunk = jobs[start : start + config.batch_size]
-        results += _generate_chunk(model, pipe, cls, chunk, height, width, config, keep_v_star)
+        with autocast(model.base.device, config.autocast):
+            results += _generate_chunk(model, pipe, cls, chunk, height, width, config, keep_v_star)
     return results
 
 

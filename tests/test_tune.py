@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -180,4 +181,29 @@ def test_per_group_rates_and_the_distance_of_v_star_per_step(model: E4TModel, fa
     assert [len(d) for d in result.v_star_distances] == [3, 3]
     # measured in each step's forward: 0 at first (a fresh model's output layer is zero)
     assert all(per[0] >= 0 and per[-1] > 0 for per in result.v_star_distances)
+    model.detach_concepts()
+
+
+def test_bf16_autocast_by_default_on_cuda_with_fp32_trainable_tensors(
+    model: E4TModel, faces: list
+) -> None:
+    import torch
+
+    from e4t.models.precision import autocast_dtype
+
+    assert autocast_dtype("cuda", "auto") == torch.bfloat16
+    assert autocast_dtype("cpu", "auto") is None and autocast_dtype("cuda", "off") is None
+    seen = []
+    handle = model.base.unet.conv_in.register_forward_hook(
+        lambda module, inputs, output: seen.append(output.dtype)
+    )
+    try:  # asked for on this CPU, the same path a GPU takes by default
+        result = tune_concepts(
+            model, faces[:1], [4], CONFIG.model_copy(update={"num_steps": 2, "autocast": "bf16"})
+        )
+    finally:
+        handle.remove()
+    assert torch.bfloat16 in seen  # the frozen fp32 UNet ran its convolutions in bf16
+    assert all(p.dtype == torch.float32 for p in result.bank.parameters())
+    assert all(map(math.isfinite, result.losses[0]))
     model.detach_concepts()

@@ -22,6 +22,7 @@ from e4t.config import FP16_REFUSAL, TuneConfig
 from e4t.data.transforms import FaceInput
 from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel
+from e4t.models.precision import autocast
 from e4t.training.losses import latent_mask
 from e4t.training.step import objective_terms
 
@@ -160,10 +161,11 @@ def tune_concepts(
     history: list[torch.Tensor] = []  # per step: (2, K) objective and ‖v* − e(class)‖
     report(0)
     for step in range(config.num_steps):
-        diff, emb = concept_losses(
-            model, latents, cls, weights, gens, n, _prompts(config.templates, seeds, step, n)
-        )
-        objective = diff + config.lambda_emb * emb + config.lambda_w * bank.squared_norms()
+        with autocast(model.base.device, config.autocast):  # the forward; backward outside
+            diff, emb = concept_losses(
+                model, latents, cls, weights, gens, n, _prompts(config.templates, seeds, step, n)
+            )
+            objective = diff + config.lambda_emb * emb + config.lambda_w * bank.squared_norms()
         objective.sum().backward()  # a sum: each concept's gradient is its own
         bank.clip_grad_norm_(config.max_grad_norm)
         optimizer.step()
@@ -250,10 +252,12 @@ def tune_full(
     history: list[torch.Tensor] = []
     report(0)
     for step in range(config.num_steps):
-        diff, emb = concept_losses(
-            model, latents, cls, weights, gens, n, _prompts(config.templates, [seed], step, n)
-        )
-        objective = diff + config.lambda_emb * emb + config.lambda_w * model.offsets.squared_norm()
+        with autocast(model.base.device, config.autocast):
+            diff, emb = concept_losses(
+                model, latents, cls, weights, gens, n, _prompts(config.templates, [seed], step, n)
+            )
+            offsets_norm = model.offsets.squared_norm()
+            objective = diff + config.lambda_emb * emb + config.lambda_w * offsets_norm
         objective.sum().backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
