@@ -102,6 +102,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             num_steps=args.train_steps,
             gradient_checkpointing=args.gradient_checkpointing,
         )
+    elif args.what == "personalize" and args.count_ops:
+        result = bench.bench_personalize_ops(
+            arch=args.arch, resolution_px=args.resolution_px, draws=args.draws, dtype=args.dtype
+        )
     elif args.what == "personalize":
         result = bench.bench_personalize(
             arch=args.arch,
@@ -539,6 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--tune-steps", type=int, default=5, help="personalize: tuning steps")
     p.add_argument("--draws", type=int, default=4, help="personalize: draws per concept")
+    p.add_argument(
+        "--count-ops",
+        action="store_true",
+        help="personalize: count the non-view ATen ops of one tuning step (K = 1, 4) and of "
+        "the bare UNet instead of timing (device-independent: the launch-cost proxy)",
+    )
     p.set_defaults(func=_cmd_bench)
     return parser
 

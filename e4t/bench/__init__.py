@@ -10,17 +10,24 @@ concept, one at a time and K at a time). Model benchmarks build an architecture
 from e4t.bench.common import model_config
 from e4t.bench.curate import CurateBench, bench_curate, make_bench_photos
 from e4t.bench.model import ModelBench, bench_model
-from e4t.bench.personalize import PersonalizeBench, bench_personalize
+from e4t.bench.personalize import (
+    OpsBench,
+    PersonalizeBench,
+    bench_personalize,
+    bench_personalize_ops,
+)
 from e4t.bench.pretrain import PretrainBench, bench_pretrain
 
 __all__ = [
     "CurateBench",
     "ModelBench",
+    "OpsBench",
     "PersonalizeBench",
     "PretrainBench",
     "bench_curate",
     "bench_model",
     "bench_personalize",
+    "bench_personalize_ops",
     "bench_pretrain",
     "make_bench_photos",
     "model_config",

@@ -118,3 +118,55 @@ def bench_personalize(
         concept_bytes=concept_bytes,
         unet_bytes=unet_bytes,
     )
+
+
+@dataclass
+class OpsBench:
+    arch: str
+    resolution_px: int
+    draws: int
+    step_ops: dict[int, int]  # concepts per pass → non-view ops of one tuning step
+    top_ops: list[tuple[str, int]]  # the most dispatched ops of a K=1 step
+    unet_forward_backward: int
+    unet_forward: int
+
+    def report(self) -> str:
+        lines = [
+            f"personalize ops: arch={self.arch}, {self.resolution_px} px, {self.draws} draws "
+            "per concept (non-view ATen ops; device-independent)"
+        ]
+        for k, ops in sorted(self.step_ops.items()):
+            lines.append(f"  tuning step, K = {k}: {ops:,} ops ({ops / k:,.0f} per concept)")
+        lines.append(
+            f"  bare UNet forward + backward (batch {self.draws}): "
+            f"{self.unet_forward_backward:,} ops; forward alone {self.unet_forward:,}"
+        )
+        lines.append("  most dispatched (K = 1): " + ", ".join(f"{n} {c}" for n, c in self.top_ops))
+        return "\n".join(lines)
+
+
+def bench_personalize_ops(
+    arch: str = "tiny",
+    resolution_px: int = 64,
+    draws: int = 4,
+    passes: tuple[int, ...] = (1, 4),
+    dtype: str = "fp32",
+) -> OpsBench:
+    """Non-view ATen ops of one tuning step at K = 1 and K = 4 (synthetic faces, CPU)."""
+    from e4t.bench.ops import count_tuning_step_ops, count_unet_ops, synthetic_faces
+    from e4t.config import TuneConfig
+    from e4t.models.architectures import build_base_models
+    from e4t.models.e4t_model import E4TModel
+
+    config = model_config(arch, dtype=dtype, device="cpu", gradient_checkpointing=False)
+    model = E4TModel.from_config(config, base=build_base_models(arch, config))
+    tune = TuneConfig(draws_per_concept=draws, resolution_px=resolution_px, autocast="off")
+    faces = synthetic_faces(model, max(passes), resolution_px)
+    counts, top = {}, []
+    for k in passes:
+        counter = count_tuning_step_ops(model, faces[:k], tune)
+        counts[k] = counter.total
+        if k == 1:
+            top = counter.counts.most_common(8)
+    both, forward = count_unet_ops(model, draws, resolution_px)
+    return OpsBench(arch, resolution_px, draws, counts, top, both, forward)
