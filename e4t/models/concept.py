@@ -125,8 +125,8 @@ class ConceptBank(nn.Module):
             k = self.num_concepts
             grouped = x.reshape(k, -1, x.shape[-1])  # (K, n·T, in): samples are grouped
             down, up = self.down[key].to(x.dtype), self.up[key].to(x.dtype)
-            low = torch.einsum("kti,kri->ktr", grouped, down)
-            extra = torch.einsum("ktr,kor->kto", low, up)
+            # two batched matmuls: (K, n·T, in) @ (K, in, r) @ (K, r, out)
+            extra = torch.bmm(torch.bmm(grouped, down.transpose(1, 2)), up.transpose(1, 2))
             return output + extra.reshape(output.shape)
 
         return hook
@@ -137,21 +137,25 @@ class ConceptBank(nn.Module):
 
     def squared_norms(self) -> torch.Tensor:
         """Σ‖B_c A_c‖² per concept, (K,), via r × r products."""
-        total = torch.zeros(self.num_concepts, device=self.word.device)
-        for key in self.up:
-            up, down = self.up[key].float(), self.down[key].float()
-            gram_up = torch.einsum("kor,kos->krs", up, up)
-            gram_down = torch.einsum("kri,ksi->krs", down, down)
-            total = total + (gram_up * gram_down).sum(dim=(1, 2))
-        return total
+        if not self.up:
+            return torch.zeros(self.num_concepts, device=self.word.device)
+        ups = [self.up[key].float() for key in self.up]
+        downs = [self.down[key].float() for key in self.up]
+        gram_up = torch.stack([torch.bmm(u.transpose(1, 2), u) for u in ups])  # (P, K, r, r)
+        gram_down = torch.stack([torch.bmm(d, d.transpose(1, 2)) for d in downs])
+        return (gram_up * gram_down).sum(dim=(0, 2, 3))
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        """Clip each concept's gradient to ``max_norm`` on its own; returns the (K,) norms."""
+        """Clip each concept's gradient to ``max_norm`` on its own; returns the (K,) norms.
+
+        One norm kernel per tensor (its K rows at once), one to combine them, one scale per
+        tensor: few kernels per step whatever K."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        squares = torch.zeros(self.num_concepts, device=self.word.device)
-        for grad in grads:
-            squares = squares + grad.float().pow(2).reshape(self.num_concepts, -1).sum(dim=1)
-        norms = squares.sqrt()
+        k = self.num_concepts
+        rows = torch.stack(
+            [torch.linalg.vector_norm(g.reshape(k, -1), dim=1, dtype=torch.float32) for g in grads]
+        )  # (tensors, K)
+        norms = torch.linalg.vector_norm(rows, dim=0)
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         for grad in grads:
             grad.mul_(scale.reshape(-1, *([1] * (grad.dim() - 1))).to(grad.dtype))
