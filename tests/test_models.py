@@ -445,3 +445,37 @@ def test_training_step_in_bf16_and_v_prediction(
     # trainable weights stay fp32 (the optimiser's master copy) and get finite gradients
     for p in model.trainable_parameters():
         assert p.dtype == torch.float32 and p.grad is not None and torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("form", ["multiplicative", "lowrank"])
+def test_folded_offsets_match_the_hooks_and_restore_the_unet_exactly(
+    tiny_dir: Path, form: str
+) -> None:
+    model = make_model(tiny_dir, offsets={"form": form, "rank": 3})
+    randomize(model)
+    model.set_trainable([])
+    unet = model.base.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    z_t, t = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([100, 700])
+    prompt = model.encode_prompt(["a photo of {}"] * 2, model.class_embedding()[None].expand(2, -1))
+    with torch.no_grad():
+        hooked = unet(z_t, t, prompt).sample
+        features = model.unet_block_outputs(z_t, t)
+        with model.offsets_folded():
+            assert not torch.equal(
+                unet.state_dict()[next(iter(model.offsets.paths)) + ".weight"],
+                before[next(iter(model.offsets.paths)) + ".weight"],
+            )
+            folded = unet(z_t, t, prompt).sample
+            folded_features = model.unet_block_outputs(z_t, t)  # the base UNet, unfolded
+    assert torch.allclose(folded, hooked, atol=1e-5, rtol=1e-4)
+    assert all(
+        torch.allclose(a, b, atol=1e-5) for a, b in zip(features, folded_features, strict=True)
+    )
+    after = unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical
+    model.set_trainable(["offsets"])
+    with pytest.raises(RuntimeError, match="freeze"):
+        with model.offsets.folded(unet):
+            pass

@@ -164,6 +164,17 @@ class E4TModel(nn.Module):
                 )
 
     @contextmanager
+    def offsets_folded(self) -> Iterator[E4TModel]:
+        """The frozen domain offsets folded into the UNet's weights for the block (tuning
+        concepts, generating): fewer ops per step; restored bit-identically on exit. Offsets
+        being trained (pretraining's previews, full tuning) stay hooked."""
+        if any(p.requires_grad for p in self.offsets.parameters()):
+            yield self
+            return
+        with self.offsets.folded(self.base.unet):
+            yield self
+
+    @contextmanager
     def restoring_domain_weights(self) -> Iterator[E4TModel]:
         """The encoder and domain offsets as they are now come back on exit, whatever the
         block trained (the full-tuning reference method tunes them per concept)."""
@@ -287,7 +298,7 @@ class E4TModel(nn.Module):
             # the base UNet: domain offsets AND concept deltas off, as the encoder saw it in
             # pretraining
             concepts_off = self.concepts.disabled() if self.concepts is not None else nullcontext()
-            with self.offsets.disabled(), concepts_off:
+            with self.offsets.disabled(), self.offsets.unfolded(), concepts_off:
                 unet(
                     z_t.to(unet.dtype), t, self.empty_prompt_embedding(z_t.shape[0]).to(unet.dtype)
                 )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +117,7 @@ class WeightOffsets(ModelMixin, ConfigMixin):
             )
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._enabled = True
+        self._folded: tuple[nn.Module, dict[str, torch.Tensor]] | None = None
 
     @classmethod
     def for_unet(
@@ -151,6 +152,72 @@ class WeightOffsets(ModelMixin, ConfigMixin):
             yield
         finally:
             self._enabled = previous
+
+    def extra_weight(self, path: str, base: torch.Tensor) -> torch.Tensor:
+        """What the offset adds to the projection's weight ``base`` (out, in):
+        W0 ⊙ Δ (multiplicative) or B·A (low rank)."""
+        key = _key(path)
+        if self.config.form == "multiplicative":
+            return base * self.delta[key].to(base.dtype)
+        return (self.up[key] @ self.down[key]).to(base.dtype)
+
+    @contextlib.contextmanager
+    def folded(self, unet: nn.Module) -> Iterator[None]:
+        """Fold the (frozen) offsets into the UNet's weights for the block: W ← W0 + extra,
+        hooks off, so a forward dispatches one linear per projection instead of three ops
+        more, and its backward none for the offsets. Inside, :meth:`unfolded` gives the base
+        UNet back for the encoder's feature pass. On exit every W0 is copied back from a saved
+        clone: the UNet's state dict is bit-identical afterwards.
+        """
+        if any(p.requires_grad for p in self.parameters()):
+            raise RuntimeError("folding trainable offsets would freeze them: freeze them first")
+        if self._folded is not None:  # already folded by an enclosing block
+            yield
+            return
+        saved: dict[str, torch.Tensor] = {}
+        extras: dict[str, torch.Tensor] = {}
+        previous = self._enabled
+        try:
+            with torch.no_grad():
+                for path in self.paths:
+                    linear = cast(nn.Linear, unet.get_submodule(path))
+                    saved[path] = linear.weight.detach().clone()
+                    extras[path] = self.extra_weight(path, saved[path])
+                    linear.weight.add_(extras[path])
+            self._folded = (unet, extras)
+            self._enabled = False
+            yield
+        finally:
+            self._folded = None
+            self._enabled = previous
+            with torch.no_grad():
+                for path, weight in saved.items():
+                    cast(nn.Linear, unet.get_submodule(path)).weight.copy_(weight)
+
+    @contextlib.contextmanager
+    def unfolded(self) -> Iterator[None]:
+        """Inside :meth:`folded`: the base UNet for the block (each folded projection's extra
+        subtracted by a forward hook); outside it, nothing to undo."""
+        if self._folded is None:
+            yield
+            return
+        unet, extras = self._folded
+
+        def undo(path: str) -> Any:
+            extra = extras[path]
+
+            def hook(module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
+                return output - F.linear(inputs[0], extra.to(inputs[0].dtype))
+
+            return hook
+
+        handles = hook_projections(
+            unet, {p: tuple(e.shape) for p, e in extras.items()}, undo, "folded offset"
+        )
+        try:
+            yield
+        finally:
+            remove_hooks(handles)
 
     def _hook_for(self, path: str):
         key = _key(path)

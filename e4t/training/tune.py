@@ -160,9 +160,38 @@ def tune_concepts(
         groups, lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    n = config.draws_per_concept
     history: list[torch.Tensor] = []  # per step: (2, K) objective and ‖v* − e(class)‖
     report(0)
+    with model.offsets_folded():  # frozen here: folded into the UNet, restored after
+        _tune_loop(
+            model, bank, config, latents, cls, weights, gens, seeds, optimizer, history, report
+        )
+    for p in params:
+        p.requires_grad_(False)
+    per_step = torch.stack(history).cpu().tolist() if history else []  # (steps, 2, K)
+    return TuneResult(
+        bank=bank,
+        losses=[[row[0][c] for row in per_step] for c in range(len(faces))],
+        seconds=time.perf_counter() - start - excluded,
+        num_steps=config.num_steps,
+        v_star_distances=[[row[1][c] for row in per_step] for c in range(len(faces))],
+    )
+
+
+def _tune_loop(
+    model: E4TModel,
+    bank: ConceptBank,
+    config: TuneConfig,
+    latents: torch.Tensor,
+    cls: torch.Tensor,
+    weights: torch.Tensor,
+    gens: list[torch.Generator],
+    seeds: list[int],
+    optimizer: torch.optim.Optimizer,
+    history: list[torch.Tensor],
+    report: Callable[[int], None],
+) -> None:
+    n = config.draws_per_concept
     for step in range(config.num_steps):
         with autocast(model.base.device, config.autocast):  # the forward; backward outside
             diff, emb = concept_losses(
@@ -176,16 +205,6 @@ def tune_concepts(
         # kept on the device: no host sync inside the step loop
         history.append(torch.stack([objective.detach(), emb.detach().sqrt()]))
         report(step + 1)
-    for p in params:
-        p.requires_grad_(False)
-    per_step = torch.stack(history).cpu().tolist() if history else []  # (steps, 2, K)
-    return TuneResult(
-        bank=bank,
-        losses=[[row[0][c] for row in per_step] for c in range(len(faces))],
-        seconds=time.perf_counter() - start - excluded,
-        num_steps=config.num_steps,
-        v_star_distances=[[row[1][c] for row in per_step] for c in range(len(faces))],
-    )
 
 
 def parameter_groups(bank: ConceptBank, config: TuneConfig) -> list[dict[str, Any]]:
