@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # The browser tests drive Debian's chromium headless; `make test` installs it when missing.
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install demo test test-fast lint samples bench clean stack-up stack-down stack-status
+.PHONY: install demo test test-fast bench-gpu lint samples bench clean stack-up stack-down stack-status
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ samples: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/e4t bench curate
+
+# The GPU check: one JSON line per figure (infra/gpu-check.sh; ARCH=tiny DEVICE=cpu on a CPU).
+bench-gpu:
+	bash infra/gpu-check.sh
 
 # The local stack (infra/stack.py): SeaweedFS S3, MLflow server, Prefect server + worker.
 STACK_DIR ?= .stack

@@ -102,6 +102,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             num_steps=args.train_steps,
             gradient_checkpointing=args.gradient_checkpointing,
         )
+    elif args.what == "gpu":
+        from e4t.bench.gpu import bench_gpu, print_json_lines
+
+        figures = bench_gpu(
+            arch=args.arch,
+            device=args.device,
+            dtype=args.dtype,
+            resolution_px=args.resolution_px,
+            faces_dir=args.faces,
+            tune_steps=args.tune_steps,
+            skip=tuple(args.skip or ()),
+        )
+        return 0 if print_json_lines(figures) else 1
     elif args.what == "personalize" and args.count_ops:
         result = bench.bench_personalize_ops(
             arch=args.arch, resolution_px=args.resolution_px, draws=args.draws, dtype=args.dtype
@@ -515,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench", help="print speed figures", description="Benchmarks that print figures."
     )
-    p.add_argument("what", choices=["curate", "model", "pretrain", "personalize"])
+    p.add_argument("what", choices=["curate", "model", "pretrain", "personalize", "gpu"])
     p.add_argument("--num-images", type=int, default=48)
     p.add_argument("--size-px", type=int, default=1024, help="long side of the test photos")
     p.add_argument("--workers", type=int, default=2)
@@ -543,6 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--tune-steps", type=int, default=5, help="personalize: tuning steps")
     p.add_argument("--draws", type=int, default=4, help="personalize: draws per concept")
+    p.add_argument(
+        "--faces", help="personalize, gpu: a folder of aligned crops (+ NAME.mask.png) to tune"
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        choices=["tune", "ops", "generate", "pretrain"],
+        help="gpu: figures to leave out",
+    )
     p.add_argument(
         "--count-ops",
         action="store_true",

@@ -1,0 +1,184 @@
+"""``e4t bench gpu``: every figure the GPU check asks for, one JSON line each.
+
+Runs on a machine that has neither the face models nor the sample photos: faces come from a
+folder of aligned crops (``--faces DIR``, with optional ``NAME.mask.png``) or are synthetic
+(compute does not depend on the pixels), and the architecture is built in memory with
+random weights. On a CPU with ``--arch tiny`` it checks the script itself.
+
+Figures: tuning seconds per concept (K = 1 with 16 and 4 draws, the best K with 16 draws),
+peak memory at K = 1, generation seconds per image (CFG, batch 8), pretraining samples/s and
+peak memory at batch 16 with and without gradient checkpointing, and the ops per K = 1 step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e4t.bench.common import model_config
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak(device: str) -> int:
+    import resource
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def load_faces(folder: str | Path, resolution_px: int, image_processor: Any) -> list[Any]:
+    """Aligned crops of a folder (``*.png``/``*.jpg``; ``NAME.mask.png`` is NAME's mask)."""
+    from PIL import Image
+
+    from e4t.data.transforms import face_tensors
+
+    root = Path(folder)
+    faces = []
+    for path in sorted(root.iterdir()):
+        if path.name.endswith(".mask.png") or path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            continue
+        mask_path = path.with_name(path.stem + ".mask.png")
+        mask = Image.open(mask_path) if mask_path.exists() else None
+        faces.append(face_tensors(Image.open(path), mask, resolution_px, image_processor))
+    if not faces:
+        raise FileNotFoundError(f"{folder}: no aligned face crops (.png, .jpg)")
+    return faces
+
+
+def _timed(device: str, fn: Callable[[], Any], repeats: int = 1) -> float:
+    fn()  # warm-up: allocator, kernels, lazy init
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_gpu(
+    arch: str = "sd15-random",
+    device: str = "cuda",
+    dtype: str = "bf16",
+    resolution_px: int = 512,
+    faces_dir: str | None = None,
+    tune_steps: int = 15,
+    generation_steps: int = 30,
+    best_k: tuple[int, ...] = (2, 4),
+    pretrain_batch: int = 16,
+    skip: tuple[str, ...] = (),
+) -> Iterator[dict[str, Any]]:
+    """Yield one figure at a time: ``{"figure", "value", "unit", ...context}``."""
+    from e4t.bench.ops import count_tuning_step_ops, synthetic_faces
+    from e4t.config import LossConfig, TuneConfig
+    from e4t.generation import GenerationConfig, generate
+    from e4t.models.architectures import build_base_models
+    from e4t.models.e4t_model import E4TModel
+    from e4t.training.step import Batch, compute_loss
+    from e4t.training.tune import tune_concepts
+
+    context = {"arch": arch, "device": device, "dtype": dtype, "resolution_px": resolution_px}
+    if device.startswith("cuda"):
+        context["card"] = torch.cuda.get_device_name()
+    config = model_config(arch, dtype=dtype, device=device, gradient_checkpointing=False)
+    model = E4TModel.from_config(config, base=build_base_models(arch, config))
+    k_max = max((1, *best_k))
+    faces = (
+        load_faces(faces_dir, resolution_px, model.base.image_processor)
+        if faces_dir
+        else synthetic_faces(model, k_max, resolution_px)
+    )
+    faces = [faces[i % len(faces)] for i in range(k_max)]
+
+    def figure(name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+        return {"figure": name, "value": round(float(value), 4), "unit": unit, **context, **extra}
+
+    def tune(k: int, draws: int) -> Callable[[], Any]:
+        cfg = TuneConfig(num_steps=tune_steps, draws_per_concept=draws, resolution_px=resolution_px)
+        return lambda: tune_concepts(model, faces[:k], list(range(k)), cfg)
+
+    if "tune" not in skip:
+        for draws in (16, 4):
+            _reset_peak(device)
+            seconds = _timed(device, tune(1, draws))
+            yield figure(
+                "tune_seconds_per_concept", seconds, "s", k=1, draws=draws, steps=tune_steps
+            )
+            if draws == 16:
+                yield figure("tune_peak_memory", _peak(device) / 2**30, "GiB", k=1, draws=16)
+        best = min(((_timed(device, tune(k, 16)) / k, k) for k in best_k), default=None)
+        if best is not None:
+            yield figure(
+                "tune_seconds_per_concept_best_k", best[0], "s", k=best[1], draws=16,
+                concepts_per_gpu_hour=round(3600 / best[0]),
+            )  # fmt: skip
+        model.detach_concepts()
+    if "ops" not in skip:
+        cfg = TuneConfig(draws_per_concept=16, resolution_px=min(resolution_px, 64))
+        ops = count_tuning_step_ops(model, faces[:1], cfg).total
+        yield figure("tune_step_ops", ops, "non-view ATen ops", k=1, draws=16, count_px=64)
+    if "generate" not in skip:
+        cls = model.clip_cls(faces[0].clip_pixel_values[None].to(model.base.device))
+        gen = GenerationConfig(num_steps=generation_steps, guidance_scale=7.5, batch_size=8)
+        seconds = _timed(device, lambda: generate(model, cls, ["a photo of {}"], 8, 0, gen))
+        yield figure(
+            "generate_seconds_per_image", seconds / 8, "s", steps=generation_steps, batch=8
+        )
+    if "pretrain" not in skip:
+        size = model.image_encoder.config.image_size
+        batch = Batch(
+            pixel_values=torch.rand(pretrain_batch, 3, resolution_px, resolution_px) * 2 - 1,
+            clip_pixel_values=torch.randn(pretrain_batch, 3, size, size),
+            prompts=["a photo of {}"] * pretrain_batch,
+            mask=torch.ones(pretrain_batch, 1, resolution_px, resolution_px),
+        )
+        batch = Batch(
+            batch.pixel_values.to(device),
+            batch.clip_pixel_values.to(device),
+            batch.prompts,
+            batch.mask.to(device) if batch.mask is not None else None,
+        )
+        params = model.set_trainable(["encoder", "offsets"])
+        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.startswith("cuda"))
+        for checkpointing in (False, True):
+            if checkpointing:
+                model.base.unet.enable_gradient_checkpointing()
+
+            def step() -> None:
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                    loss = compute_loss(model, batch, LossConfig()).loss
+                loss.backward()
+                optimizer.step()
+
+            _reset_peak(device)
+            seconds = _timed(device, step, repeats=3)
+            yield figure(
+                "pretrain_samples_per_second", pretrain_batch / seconds, "samples/s",
+                batch=pretrain_batch, gradient_checkpointing=checkpointing,
+                peak_memory_gib=round(_peak(device) / 2**30, 2),
+            )  # fmt: skip
+        model.base.unet.disable_gradient_checkpointing()
+        model.set_trainable([])
+
+
+def print_json_lines(figures: Iterator[dict[str, Any]]) -> int:
+    count = 0
+    for item in figures:
+        print(json.dumps(item), flush=True)
+        count += 1
+    return count
