@@ -12,10 +12,22 @@ import logging
 from prefect.logging.handlers import APILogHandler
 
 
+class _InPrefectRun(logging.Filter):
+    """Only records written inside a flow or task run go to the Prefect API (the CLI and
+    notebooks that import the tasks log as usual, without API warnings)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 def _send_library_logs_to_prefect() -> None:
     library = logging.getLogger("e4t")
     if not any(isinstance(h, APILogHandler) for h in library.handlers):
-        library.addHandler(APILogHandler())
+        handler = APILogHandler()
+        handler.addFilter(_InPrefectRun())
+        library.addHandler(handler)
     if library.level == logging.NOTSET:
         library.setLevel(logging.INFO)
 
