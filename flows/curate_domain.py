@@ -14,6 +14,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import Field
 
 from e4t.config import CurateConfig, Overrides, load_config
+from e4t.data.curation import COUNT_KEYS
 from e4t.jobs import curate as job
 from flows.runners import RunnerKind, make_task_runner
 from flows.steps import PrefectSteps
@@ -57,16 +58,7 @@ def curate_domain(
     )
     result = job.run(source_url, output_url, config, steps, track_run=track, experiment=experiment)
     stats = result["stats"]
-    rows = [
-        {"measure": k, "value": stats[k]}
-        for k in (
-            "num_inputs",
-            "num_accepted_inputs",
-            "num_rejected_inputs",
-            "num_skipped_inputs",
-            "num_samples",
-        )
-    ]
+    rows = [{"measure": k, "value": stats[k]} for k in COUNT_KEYS]
     rows.append({"measure": "num_shards", "value": len(stats["shards"])})
     rows += [
         {"measure": f"rejected: {r}", "value": n} for r, n in stats["rejection_reasons"].items()

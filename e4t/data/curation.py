@@ -46,6 +46,14 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSION_LIST = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 
 STAGES = ("read", "decode", "detect", "landmarks", "align", "write")
+#: the counts of ``stats.json`` (MLflow metrics, the flow's table)
+COUNT_KEYS = (
+    "num_inputs",
+    "num_accepted_inputs",
+    "num_rejected_inputs",
+    "num_skipped_inputs",
+    "num_samples",
+)
 
 
 class CurationError(RuntimeError):

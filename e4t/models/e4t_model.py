@@ -150,18 +150,12 @@ class E4TModel(nn.Module):
     def without_pretraining(self, seed: int = 0) -> Iterator[E4TModel]:
         """Temporarily a fresh encoder and zero offsets (the "no domain pretraining" baseline);
         the pretrained weights come back on exit."""
-        saved = {k: v.detach().clone() for k, v in self._trained_state().items()}
-        with torch.random.fork_rng():
-            encoder, offsets = self._fresh_parts(self.config, self.base, seed)
-        self.encoder.load_state_dict(encoder.state_dict())
-        self.offsets.load_state_dict(offsets.state_dict())
-        try:
+        with self.restoring_domain_weights():
+            with torch.random.fork_rng():
+                encoder, offsets = self._fresh_parts(self.config, self.base, seed)
+            self.encoder.load_state_dict(encoder.state_dict())
+            self.offsets.load_state_dict(offsets.state_dict())
             yield self
-        finally:
-            for prefix, module in (("encoder.", self.encoder), ("offsets.", self.offsets)):
-                module.load_state_dict(
-                    {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
-                )
 
     @contextmanager
     def offsets_folded(self) -> Iterator[E4TModel]:
@@ -179,6 +173,7 @@ class E4TModel(nn.Module):
         """The encoder and domain offsets as they are now come back on exit, whatever the
         block trained (the full-tuning reference method tunes them per concept)."""
         saved = {k: v.detach().clone() for k, v in self._trained_state().items()}
+        trainable = {p: p.requires_grad for p in self.parameters()}
         try:
             yield self
         finally:
@@ -186,7 +181,8 @@ class E4TModel(nn.Module):
                 module.load_state_dict(
                     {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
                 )
-            self.set_trainable([])
+            for param, flag in trainable.items():
+                param.requires_grad_(flag)
 
     def _single_token_id(self, word: str) -> int:
         ids = self.tokenizer(word, add_special_tokens=False).input_ids

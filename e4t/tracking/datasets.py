@@ -73,17 +73,9 @@ def log_dataset_run(
         )
         params = {"source_url": stats["source_url"], "output_url": output_url, **flatten(config)}
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        metrics: dict[str, float] = {
-            k: float(stats[k])
-            for k in (
-                "num_inputs",
-                "num_accepted_inputs",
-                "num_rejected_inputs",
-                "num_skipped_inputs",
-                "num_samples",
-            )
-            if k in stats
-        }
+        from e4t.data.curation import COUNT_KEYS
+
+        metrics: dict[str, float] = {k: float(stats[k]) for k in COUNT_KEYS if k in stats}
         metrics["num_shards"] = float(len(stats["shards"]))
         metrics.update({f"rejected.{r}": float(n) for r, n in stats["rejection_reasons"].items()})
         metrics.update({f"skipped.{r}": float(n) for r, n in stats.get("skip_reasons", {}).items()})
