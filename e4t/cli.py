@@ -127,6 +127,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             resolution_px=args.resolution_px,
             device=args.device,
             dtype=args.dtype,
+            faces_dir=args.faces,
         )
     else:
         result = bench.bench_pretrain(

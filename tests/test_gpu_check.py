@@ -45,3 +45,27 @@ def test_gpu_check_prints_one_json_line_per_figure() -> None:
         False,
         True,
     }
+
+
+def test_faces_come_from_a_folder_of_aligned_crops(tmp_path: Path) -> None:
+    """The GPU machine has no face models: aligned crops (+ NAME.mask.png) are read as is."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from e4t.bench.gpu import load_faces
+
+    Image.new("RGB", (128, 128), (200, 150, 120)).save(tmp_path / "a.png")
+    Image.new("L", (128, 128), 255).save(tmp_path / "a.mask.png")
+    Image.new("RGB", (96, 96), (90, 60, 40)).save(tmp_path / "b.jpg")
+    (tmp_path / "notes.txt").write_text("not a face")
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    faces = load_faces(tmp_path, 64, processor)
+    assert len(faces) == 2
+    assert faces[0].pixel_values.shape == (3, 64, 64) and faces[0].mask is not None
+    assert faces[1].mask is None and faces[1].clip_pixel_values.shape == (3, 32, 32)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no aligned face crops"):
+        load_faces(empty, 64, processor)

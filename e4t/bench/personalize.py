@@ -8,6 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -54,13 +55,14 @@ def bench_personalize(
     passes: tuple[int, ...] = (1, 4, 8),
     device: str = "cpu",
     dtype: str = "fp32",
+    faces_dir: str | None = None,
 ) -> PersonalizeBench:
-    """Seconds per concept tuning 8 concepts one at a time and K at a time."""
+    """Seconds per concept tuning 8 concepts one at a time and K at a time. Faces: a folder
+    of aligned crops (``faces_dir``: no face models needed, as on a GPU machine) or the
+    sample photos curated here."""
     import torch
 
     from e4t.config import TuneConfig
-    from e4t.data.shards import read_shard
-    from e4t.data.transforms import face_tensors
     from e4t.models.architectures import build_base_models
     from e4t.models.e4t_model import E4TModel
     from e4t.training.tune import tune_concepts
@@ -68,26 +70,12 @@ def bench_personalize(
     config = model_config(arch, dtype=dtype, device=device, gradient_checkpointing=False)
     model = E4TModel.from_config(config, base=build_base_models(arch, config))
     tune = TuneConfig(num_steps=num_steps, draws_per_concept=draws, resolution_px=resolution_px)
-    with tempfile.TemporaryDirectory() as tmp:
-        photos = fetch_sample_photos(Path(tmp) / "photos")
-        curate_job.run(
-            str(photos),
-            str(Path(tmp) / "shards"),
-            load_config(CurateConfig, "curate", "tiny"),
-            track_run=False,
-        )
-        samples = [
-            s for p in sorted((Path(tmp) / "shards").glob("*.tar")) for s in read_shard(str(p))
-        ]
-        faces = [
-            face_tensors(
-                Image.open(io.BytesIO(s["jpg"])),
-                Image.open(io.BytesIO(s["mask.png"])),
-                resolution_px,
-                model.base.image_processor,
-            )
-            for s in samples
-        ]
+    if faces_dir:
+        from e4t.bench.gpu import load_faces
+
+        faces = load_faces(faces_dir, resolution_px, model.base.image_processor)
+    else:
+        faces = _sample_faces(resolution_px, model.base.image_processor)
     total = max(passes)
     faces = [faces[i % len(faces)] for i in range(total)]
     seconds: dict[str, float] = {}
@@ -170,3 +158,30 @@ def bench_personalize_ops(
             top = counter.counts.most_common(8)
     both, forward = count_unet_ops(model, draws, resolution_px)
     return OpsBench(arch, resolution_px, draws, counts, top, both, forward)
+
+
+def _sample_faces(resolution_px: int, image_processor: Any) -> list[Any]:
+    """The sample photos, curated (tiny preset), as tuning inputs."""
+    from e4t.data.shards import read_shard
+    from e4t.data.transforms import face_tensors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = fetch_sample_photos(Path(tmp) / "photos")
+        curate_job.run(
+            str(photos),
+            str(Path(tmp) / "shards"),
+            load_config(CurateConfig, "curate", "tiny"),
+            track_run=False,
+        )
+        samples = [
+            s for p in sorted((Path(tmp) / "shards").glob("*.tar")) for s in read_shard(str(p))
+        ]
+        return [
+            face_tensors(
+                Image.open(io.BytesIO(s["jpg"])),
+                Image.open(io.BytesIO(s["mask.png"])),
+                resolution_px,
+                image_processor,
+            )
+            for s in samples
+        ]

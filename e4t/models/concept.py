@@ -152,6 +152,12 @@ class ConceptBank(nn.Module):
         tensor: few kernels per step whatever K."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         k = self.num_concepts
+        if k == 1 and all(g.dtype == torch.float32 for g in grads):
+            # one concept: one norm over the gradients laid end to end, one multi-tensor scale
+            norm = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
+            scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(grads, scale)
+            return norm.reshape(1)
         rows = torch.stack(
             [torch.linalg.vector_norm(g.reshape(k, -1), dim=1, dtype=torch.float32) for g in grads]
         )  # (tensors, K)
