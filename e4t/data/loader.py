@@ -1,7 +1,8 @@
 """Streaming the curated shards for training, composed stage by stage with WebDataset.
 
     shards (resampled per rank and worker, seeded) → tar samples → shuffle buffer
-    → skip (resume) → decode jpg + mask.png + json → augment → prompt → batch
+    → skip (resume: each DataLoader worker its own share) → decode jpg + mask.png + json
+    → augment → prompt → batch
 
 Every stage is seeded from (seed, rank, worker), so a run's data order is a function of
 its config: a resumed run replays the stream and skips what it consumed, before any pixel
@@ -57,17 +58,32 @@ def dataset_identity(shards_url: str) -> dict[str, str]:
     return {"manifest_sha256": stats["manifest_sha256"], "num_samples": str(stats["num_samples"])}
 
 
-def _stream_seed(seed: int, rank: int) -> int:
+def worker_role(consumed_batches: int = 0) -> tuple[int, int]:
+    """(role, number of workers) of this DataLoader worker: which worker's stream it makes.
+
+    A DataLoader takes batches from its workers in turn, starting with worker 0. After
+    ``consumed_batches`` the uninterrupted run's next batch comes from worker
+    ``consumed_batches mod W``; a resumed loader starts with its worker 0 again, so its
+    worker w continues the stream of worker ``(w + consumed_batches) mod W``.
+    """
     info = torch.utils.data.get_worker_info()
-    worker = info.id if info is not None else 0
-    return seed * 1_000_003 + rank * 1009 + worker
+    if info is None:
+        return 0, 1
+    return (info.id + consumed_batches) % info.num_workers, info.num_workers
 
 
-def resampled_shards(urls: list[str], seed: int, rank: int) -> Callable[[], Iterator[dict]]:
+def _stream_seed(seed: int, rank: int, consumed_batches: int = 0) -> int:
+    role, _ = worker_role(consumed_batches)
+    return seed * 1_000_003 + rank * 1009 + role
+
+
+def resampled_shards(
+    urls: list[str], seed: int, rank: int, consumed_batches: int = 0
+) -> Callable[[], Iterator[dict]]:
     """An endless, seeded stream of shard picks, distinct per rank and DataLoader worker."""
 
     def source() -> Iterator[dict]:
-        rng = random.Random(_stream_seed(seed, rank))
+        rng = random.Random(_stream_seed(seed, rank, consumed_batches))
         while True:
             yield {"url": rng.choice(urls)}
 
@@ -81,8 +97,22 @@ def number(data: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield sample
 
 
-def skip(n: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def samples_to_skip(consumed: int, batch_size: int, num_workers: int, worker: int) -> int:
+    """Samples worker ``worker`` of ``num_workers`` produced for the first ``consumed``
+    samples the training loop took. A DataLoader takes whole batches from its workers in
+    turn (batch j from worker j mod W), so each worker replays and skips only its own share
+    — not every consumed sample, which would skip W times too many."""
+    batches = consumed // batch_size
+    mine = (batches - worker + num_workers - 1) // num_workers if batches > worker else 0
+    return mine * batch_size
+
+
+def skip(consumed: int, batch_size: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """Drop what this rank's loop already took (resume), this worker's share of it."""
+
     def stage(data: Iterator[Any]) -> Iterator[Any]:
+        role, workers = worker_role(consumed // batch_size)
+        n = samples_to_skip(consumed, batch_size, workers, role)
         for i, sample in enumerate(data):
             if i >= n:
                 yield sample
@@ -152,10 +182,12 @@ def make_train_pipeline(
     exclude_keys: frozenset[str] = frozenset(),
 ) -> DataPipeline:
     """The endless training stream of one rank, as batches of ``batch_size`` (per rank, per
-    micro-step: ``train.batch_size``) dicts, see :func:`collate`."""
+    micro-step: ``train.batch_size``) dicts, see :func:`collate`. ``skip_samples``: what
+    this rank's loop already took (a resume); with DataLoader workers each replays and
+    skips its own share (:func:`worker_role`, :func:`samples_to_skip`)."""
     eio.register_webdataset_openers()
     return DataPipeline(
-        resampled_shards(urls, seed, rank),
+        resampled_shards(urls, seed, rank, skip_samples // batch_size),
         tarfile_to_samples(),
         refuse_unsafe_members,
         select(lambda s: s["__key__"] not in exclude_keys),
@@ -165,7 +197,7 @@ def make_train_pipeline(
             rng=random.Random(_stream_seed(seed, rank) + 1),
         ),
         number,
-        skip(skip_samples),
+        skip(skip_samples, batch_size),
         map_samples(transform),
         batched(batch_size, collation_fn=collate, partial=False),
     )
