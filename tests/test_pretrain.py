@@ -134,6 +134,8 @@ def test_mlflow_run_previews_and_registered_alias(
     run = mlflow.get_run(out["run_id"])
     assert run.data.params["model.encoder.hidden_dim"] == "32"
     assert run.data.params["train.num_steps"] == "4"
+    global_batch = config.train.batch_size * config.optim.grad_accum  # one process
+    assert run.data.params["global_batch"] == str(global_batch)
     stats = json.loads((curated_shards / "stats.json").read_text())
     assert run.data.tags["e4t.dataset.manifest_sha256"] == stats["manifest_sha256"]
     assert run.data.tags["e4t.dataset.run_id"] == find_dataset_run_by_manifest(

@@ -50,6 +50,8 @@ def start_pretrain_run(
         experiment_id, tags=run_tags, run_name=f"pretrain-{config.get('domain', 'domain')}"
     )
     params = flatten(config)
+    if "e4t.global_batch" in tags:  # batch × accumulation × ranks: what one step averages
+        params["global_batch"] = tags["e4t.global_batch"]
     for start in range(0, len(params), 100):
         chunk = dict(list(params.items())[start : start + 100])
         client.log_batch(

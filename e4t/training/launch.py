@@ -116,7 +116,14 @@ def run_pretraining(
             output_url,
             dataset_identity(config.data.shards),
             config.experiment,
-            {"e4t.nproc_per_node": str(launch.nproc_per_node), "e4t.nnodes": str(launch.nnodes)},
+            {
+                "e4t.nproc_per_node": str(launch.nproc_per_node),
+                "e4t.nnodes": str(launch.nnodes),
+                # samples per optimizer step over all ranks
+                "e4t.global_batch": str(
+                    config.train.batch_size * config.optim.grad_accum * launch.world_size
+                ),
+            },
         )
     if main_node:  # tracked or not: the output folder names its config from the start
         eio.write_text(

@@ -221,8 +221,9 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
                 if last_micro
                 else cast(DistributedDataParallel, loss_module).no_sync()
             )
-            with sync, autocast:
-                terms = loss_module(to_batch(raw, world.device), generator)
+            with sync:
+                with autocast:  # the forward only: backward runs outside autocast
+                    terms = loss_module(to_batch(raw, world.device), generator)
                 scaler.scale(terms[0] / accum).backward()
             totals += torch.stack([t.detach().float() for t in terms]) / accum
         scaler.unscale_(optimizer)
