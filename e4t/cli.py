@@ -204,7 +204,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from e4t.config import LaunchConfig, PretrainConfig, load_config
+    from e4t.config import LaunchConfig, PretrainConfig, for_world, load_config
     from e4t.jobs import pretrain as job
     from e4t.jobs.steps import InProcess
 
@@ -226,6 +226,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         node_rank=args.node_rank,
         rdzv_endpoint=args.rdzv_endpoint,
     )
+    config = for_world(config, launch.world_size)  # train.global_batch → optim.grad_accum
     print(
         f"global batch {config.train.batch_size * config.optim.grad_accum * launch.world_size}"
         f" = {config.train.batch_size} per rank × {config.optim.grad_accum} accumulation × "

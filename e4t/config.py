@@ -194,6 +194,12 @@ class OptimConfig(StrictModel):
 class TrainConfig(StrictModel):
     num_steps: int = Field(100, ge=1)
     batch_size: int = Field(4, ge=1, description="per rank, per micro-step")
+    global_batch: int | None = Field(
+        None,
+        ge=1,
+        description="samples per optimizer step over all ranks; when set, optim.grad_accum "
+        "is global_batch / (batch_size × ranks), fixed at launch for the world it gets",
+    )
     seed: int = 0
     trainable: list[Literal["encoder", "offsets", "clip"]] = ["encoder", "offsets"]
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast on GPU")
@@ -241,6 +247,23 @@ FP16_REFUSAL = (
     "offsets, and W0 ⊙ Δ products underflow in fp16. Use model.dtype=bf16 (GPUs since "
     "Ampere), or fp32 weights with train.mixed_precision=fp16 (autocast + GradScaler)."
 )
+
+
+def for_world(config: PretrainConfig, world_size: int) -> PretrainConfig:
+    """The config a launch of ``world_size`` ranks trains: with ``train.global_batch`` set,
+    ``optim.grad_accum`` makes that batch on this many GPUs (16 = 4 × 4 × 1 = 4 × 1 × 4)."""
+    target = config.train.global_batch
+    if target is None:
+        return config
+    per_step = config.train.batch_size * world_size
+    if target % per_step:
+        raise ConfigError(
+            f"train.global_batch={target} is not a multiple of train.batch_size × ranks = "
+            f"{config.train.batch_size} × {world_size}: change train.batch_size, the number of "
+            "processes, or train.global_batch"
+        )
+    optim = config.optim.model_copy(update={"grad_accum": target // per_step})
+    return config.model_copy(update={"optim": optim})
 
 
 # --------------------------------------------------------------------------- personalization

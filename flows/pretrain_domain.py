@@ -90,7 +90,7 @@ def pretrain_domain(
         track_run=track,
     )
     final = result["final"]
-    global_batch = config.train.batch_size * config.optim.grad_accum * launch.world_size
+    global_batch = result["global_batch"]
     create_markdown_artifact(
         key="pretrain-domain-result",
         markdown=(

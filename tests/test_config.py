@@ -12,6 +12,7 @@ from e4t.config import (
     PretrainConfig,
     config_hash,
     flatten,
+    for_world,
     load_config,
 )
 
@@ -58,7 +59,14 @@ def test_sd15_faces_preset_says_its_batch() -> None:
     text = (REPO_CONFIGS / "pretrain" / "sd15-faces.yaml").read_text()
     stated = int(re.search(r"batch (\d+) =", text)[1])
     config = load_config(PretrainConfig, "pretrain", "sd15-faces")
-    assert stated == 16 == config.train.batch_size * config.optim.grad_accum
+    for gpus, accum in ((1, 4), (2, 2), (4, 1)):
+        on = for_world(config, gpus)
+        assert on.optim.grad_accum == accum
+        assert stated == 16 == on.train.batch_size * on.optim.grad_accum * gpus
+    with pytest.raises(ConfigError, match="not a multiple"):
+        for_world(config, 3)
+    tiny = load_config(PretrainConfig, "pretrain", "tiny")
+    assert for_world(tiny, 4) is tiny  # no global_batch: the accumulation as configured
 
 
 def test_flat_values_and_mapping_overrides_resolve_once() -> None:

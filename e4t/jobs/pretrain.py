@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from e4t.config import LaunchConfig, PretrainConfig
+from e4t.config import LaunchConfig, PretrainConfig, for_world
 from e4t.jobs.steps import InProcess, StepRunner
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def run(
     """The whole job; returns what :func:`train` returns."""
     steps = steps or InProcess()
     launch = launch or LaunchConfig()
+    config = for_world(config, launch.world_size)  # train.global_batch → optim.grad_accum
     logger.info(
         "global batch %d = %d per rank × %d accumulation × %d ranks",
         config.train.batch_size * config.optim.grad_accum * launch.world_size,
@@ -67,4 +68,6 @@ def run(
         launch.world_size,
     )
     steps.call(prepare, config, init_arch)
-    return steps.call(train, config, output_url, launch, track_run)
+    result = steps.call(train, config, output_url, launch, track_run)
+    global_batch = config.train.batch_size * config.optim.grad_accum * launch.world_size
+    return {**result, "global_batch": global_batch, "grad_accum": config.optim.grad_accum}
