@@ -294,7 +294,7 @@ class E4TModel(nn.Module):
             # the base UNet: domain offsets AND concept deltas off, as the encoder saw it in
             # pretraining
             concepts_off = self.concepts.disabled() if self.concepts is not None else nullcontext()
-            with self.offsets.disabled(), self.offsets.unfolded(), concepts_off:
+            with self.offsets.disabled(), concepts_off:
                 unet(
                     z_t.to(unet.dtype), t, self.empty_prompt_embedding(z_t.shape[0]).to(unet.dtype)
                 )

@@ -117,7 +117,7 @@ class WeightOffsets(ModelMixin, ConfigMixin):
             )
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._enabled = True
-        self._folded: tuple[nn.Module, dict[str, torch.Tensor]] | None = None
+        self._folded: dict[str, torch.Tensor] | None = None  # path → extra, while folded
 
     @classmethod
     def for_unet(
@@ -164,10 +164,10 @@ class WeightOffsets(ModelMixin, ConfigMixin):
     @contextlib.contextmanager
     def folded(self, unet: nn.Module) -> Iterator[None]:
         """Fold the (frozen) offsets into the UNet's weights for the block: W ← W0 + extra,
-        hooks off, so a forward dispatches one linear per projection instead of three ops
-        more, and its backward none for the offsets. Inside, :meth:`unfolded` gives the base
-        UNet back for the encoder's feature pass. On exit every W0 is copied back from a saved
-        clone: the UNet's state dict is bit-identical afterwards.
+        so a forward dispatches one linear per projection instead of three ops more, and its
+        backward none for the offsets. :meth:`disabled` still gives the base UNet (the
+        encoder's feature pass): there the hooks subtract the folded extra. On exit every
+        W0 is copied back from a saved clone: the UNet's state dict is bit-identical.
         """
         if any(p.requires_grad for p in self.parameters()):
             raise RuntimeError("folding trainable offsets would freeze them: freeze them first")
@@ -176,7 +176,6 @@ class WeightOffsets(ModelMixin, ConfigMixin):
             return
         saved: dict[str, torch.Tensor] = {}
         extras: dict[str, torch.Tensor] = {}
-        previous = self._enabled
         try:
             with torch.no_grad():
                 for path in self.paths:
@@ -184,40 +183,13 @@ class WeightOffsets(ModelMixin, ConfigMixin):
                     saved[path] = linear.weight.detach().clone()
                     extras[path] = self.extra_weight(path, saved[path])
                     linear.weight.add_(extras[path])
-            self._folded = (unet, extras)
-            self._enabled = False
+            self._folded = extras
             yield
         finally:
             self._folded = None
-            self._enabled = previous
             with torch.no_grad():
                 for path, weight in saved.items():
                     cast(nn.Linear, unet.get_submodule(path)).weight.copy_(weight)
-
-    @contextlib.contextmanager
-    def unfolded(self) -> Iterator[None]:
-        """Inside :meth:`folded`: the base UNet for the block (each folded projection's extra
-        subtracted by a forward hook); outside it, nothing to undo."""
-        if self._folded is None:
-            yield
-            return
-        unet, extras = self._folded
-
-        def undo(path: str) -> Any:
-            extra = extras[path]
-
-            def hook(module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
-                return output - F.linear(inputs[0], extra.to(inputs[0].dtype))
-
-            return hook
-
-        handles = hook_projections(
-            unet, {p: tuple(e.shape) for p, e in extras.items()}, undo, "folded offset"
-        )
-        try:
-            yield
-        finally:
-            remove_hooks(handles)
 
     def _hook_for(self, path: str):
         key = _key(path)
@@ -225,9 +197,13 @@ class WeightOffsets(ModelMixin, ConfigMixin):
         def hook(
             module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
         ) -> torch.Tensor:
+            x = inputs[0]
+            if self._folded is not None:  # the weight holds W0 + extra already
+                if self._enabled:
+                    return output
+                return output - F.linear(x, self._folded[path].to(x.dtype))
             if not self._enabled:
                 return output
-            x = inputs[0]
             if self.config.form == "multiplicative":
                 delta = self.delta[key]
                 extra = F.linear(x, module.weight * delta.to(module.weight.dtype))
