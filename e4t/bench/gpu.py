@@ -140,17 +140,12 @@ def bench_gpu(
         )
     if "pretrain" not in skip:
         size = model.image_encoder.config.image_size
+        shape = (pretrain_batch, 3, resolution_px, resolution_px)
         batch = Batch(
-            pixel_values=torch.rand(pretrain_batch, 3, resolution_px, resolution_px) * 2 - 1,
-            clip_pixel_values=torch.randn(pretrain_batch, 3, size, size),
+            pixel_values=torch.rand(shape, device=device) * 2 - 1,
+            clip_pixel_values=torch.randn(pretrain_batch, 3, size, size, device=device),
             prompts=["a photo of {}"] * pretrain_batch,
-            mask=torch.ones(pretrain_batch, 1, resolution_px, resolution_px),
-        )
-        batch = Batch(
-            batch.pixel_values.to(device),
-            batch.clip_pixel_values.to(device),
-            batch.prompts,
-            batch.mask.to(device) if batch.mask is not None else None,
+            mask=torch.ones(pretrain_batch, 1, resolution_px, resolution_px, device=device),
         )
         params = model.set_trainable(["encoder", "offsets"])
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.startswith("cuda"))

@@ -66,31 +66,19 @@ def evaluate(
     """Tune every method at every budget, generate, score; write the report."""
     model = cached_domain_model(model_uri, device)
     with model_lock(model):  # it attaches concepts and baselines to the shared model
-        return _evaluate(model, model_uri, concepts_url, output_url, config, checked, on_progress)
-
-
-def _evaluate(
-    model: Any,
-    model_uri: str,
-    concepts_url: str,
-    output_url: str,
-    config: EvaluateConfig,
-    checked: dict[str, Any],
-    on_progress: Callable[[float], None] | None,
-) -> dict[str, Any]:
-    version = checked["model"]
-    meta = {
-        "model_uri": model_uri,
-        "model_version": f"{version[0]} v{version[1]}" if version else "(not registered)",
-        "concepts_url": concepts_url,
-    }
-    result, urls = ev.run_evaluation(model, concepts_url, output_url, config, meta, on_progress)
-    return {
-        "summary": ev.clean_json(result.summary),
-        "urls": urls,
-        "num_concepts": len(result.concepts),
-        "num_rejected": len(result.rejected),
-    }
+        version = checked["model"]
+        meta = {
+            "model_uri": model_uri,
+            "model_version": f"{version[0]} v{version[1]}" if version else "(not registered)",
+            "concepts_url": concepts_url,
+        }
+        result, urls = ev.run_evaluation(model, concepts_url, output_url, config, meta, on_progress)
+        return {
+            "summary": ev.clean_json(result.summary),
+            "urls": urls,
+            "num_concepts": len(result.concepts),
+            "num_rejected": len(result.rejected),
+        }
 
 
 def track(

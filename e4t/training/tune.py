@@ -162,10 +162,28 @@ def tune_concepts(
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     history: list[torch.Tensor] = []  # per step: (2, K) objective and ‖v* − e(class)‖
     report(0)
+    n = config.draws_per_concept
     with model.offsets_folded():  # frozen here: folded into the UNet, restored after
-        _tune_loop(
-            model, bank, config, latents, cls, weights, gens, seeds, optimizer, history, report
-        )
+        for step in range(config.num_steps):
+            with autocast(model.base.device, config.autocast):  # the forward; backward after
+                diff, emb = concept_losses(
+                    model,
+                    latents,
+                    cls,
+                    weights,
+                    gens,
+                    n,
+                    _prompts(config.templates, seeds, step, n),
+                )
+                squared = bank.squared_norms()
+                objective = diff + config.lambda_emb * emb + config.lambda_w * squared
+            objective.sum().backward()  # a sum: each concept's gradient is its own
+            bank.clip_grad_norm_(config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            # kept on the device: no host sync inside the step loop
+            history.append(torch.stack([objective.detach(), emb.detach().sqrt()]))
+            report(step + 1)
     for p in params:
         p.requires_grad_(False)
     per_step = torch.stack(history).cpu().tolist() if history else []  # (steps, 2, K)
@@ -176,35 +194,6 @@ def tune_concepts(
         num_steps=config.num_steps,
         v_star_distances=[[row[1][c] for row in per_step] for c in range(len(faces))],
     )
-
-
-def _tune_loop(
-    model: E4TModel,
-    bank: ConceptBank,
-    config: TuneConfig,
-    latents: torch.Tensor,
-    cls: torch.Tensor,
-    weights: torch.Tensor,
-    gens: list[torch.Generator],
-    seeds: list[int],
-    optimizer: torch.optim.Optimizer,
-    history: list[torch.Tensor],
-    report: Callable[[int], None],
-) -> None:
-    n = config.draws_per_concept
-    for step in range(config.num_steps):
-        with autocast(model.base.device, config.autocast):  # the forward; backward outside
-            diff, emb = concept_losses(
-                model, latents, cls, weights, gens, n, _prompts(config.templates, seeds, step, n)
-            )
-            objective = diff + config.lambda_emb * emb + config.lambda_w * bank.squared_norms()
-        objective.sum().backward()  # a sum: each concept's gradient is its own
-        bank.clip_grad_norm_(config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        # kept on the device: no host sync inside the step loop
-        history.append(torch.stack([objective.detach(), emb.detach().sqrt()]))
-        report(step + 1)
 
 
 def parameter_groups(bank: ConceptBank, config: TuneConfig) -> list[dict[str, Any]]:
