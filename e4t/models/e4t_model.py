@@ -426,11 +426,15 @@ class E4TModel(nn.Module):
         bank.save(0, out_dir, self.concept_meta(extra), dtype)
         return Path(out_dir)
 
-    def concept_meta(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def concept_meta(
+        self, extra: dict[str, Any] | None = None, fingerprint: str | None = None
+    ) -> dict[str, Any]:
+        """A concept's ``concept.json``; ``fingerprint``: this model's, when the caller has
+        it already (hashing every encoder and offset weight is not free on SD 1.5)."""
         return {
             "class_word": self.config.class_word,
             "placeholder_token": self.config.placeholder_token,
-            "domain_fingerprint": self.fingerprint(),
+            "domain_fingerprint": fingerprint or self.fingerprint(),
             **(extra or {}),
         }
 

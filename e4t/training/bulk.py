@@ -37,18 +37,17 @@ def tuning_hash(config: PersonalizeConfig) -> str:
 
 
 def finished_meta(
-    output_url: str, concept_id: str, fingerprint: str, config: PersonalizeConfig
+    output_url: str, concept_id: str, fingerprint: str, made_by: str
 ) -> dict[str, Any] | None:
     """The concept's ``concept.json`` when it was finished by this domain model (fingerprint)
-    with these settings; None when it must be (re)done — a folder written by another domain
-    model or another tune config is redone, never skipped."""
+    with these settings (``made_by``: :func:`tuning_hash`); None when it must be (re)done —
+    a folder written by another domain model or another tune config is redone, never
+    skipped."""
     url = eio.join(concept_url(output_url, concept_id), "concept.json")
     if not eio.exists(url):
         return None
     meta = json.loads(eio.read_text(url))
-    if meta.get("domain_fingerprint") != fingerprint or meta.get("tuning_hash") != tuning_hash(
-        config
-    ):
+    if meta.get("domain_fingerprint") != fingerprint or meta.get("tuning_hash") != made_by:
         logger.info("%s was made by another model or config: redoing it", concept_id)
         return None
     return dict(meta)
@@ -68,9 +67,9 @@ def personalize_pass(
 
     rows: list[dict[str, Any]] = []
     ready: list[tuple[ConceptSpec, FaceInput, str]] = []
-    fingerprint = model.fingerprint()
+    fingerprint, made_by = model.fingerprint(), tuning_hash(config)  # once per pass
     for spec in specs:
-        meta = finished_meta(output_url, spec.concept_id, fingerprint, config)
+        meta = finished_meta(output_url, spec.concept_id, fingerprint, made_by)
         if meta is not None:
             rows.append(
                 {
@@ -141,9 +140,10 @@ def personalize_pass(
                     "source": source,
                     "model_uri": model_uri,
                     "steps": tune.num_steps,
-                    "tuning_hash": tuning_hash(config),
+                    "tuning_hash": made_by,
                     "result": row,
-                }
+                },
+                fingerprint,
             )
             row["artifact_bytes"] = bank.save(index, local, meta, tune.artifact_dtype)
             (local / "concept.json").write_text(
