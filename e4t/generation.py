@@ -117,7 +117,7 @@ def generate(
     results: list[GeneratedImage] = []
     for start in range(0, len(jobs), config.batch_size):
         chunk = jobs[start : start + config.batch_size]
-        with autocast(model.base.device, config.autocast), model.offsets_folded():
+        with autocast(model.base.device, config.autocast):
             results += _generate_chunk(model, pipe, cls, chunk, height, width, config, keep_v_star)
     return results
 

@@ -18,33 +18,37 @@ import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from e4t.models.offsets import hook_projections, remove_hooks
+from e4t.models.fused import FusedAttnProcessor, ProjectionGroup, check_plain
+from e4t.models.offsets import WeightOffsets
 
 CONCEPT_TENSORS = "concept.safetensors"
 CONCEPT_CONFIG = "concept.json"
 FORMAT = "e4t-concept-v1"
 
 
-def _key(path: str) -> str:
-    return path.replace(".", "__")
-
-
 class ConceptBank(nn.Module):
     """Stacked state of K concepts. cls: (K, L, C); head: (D, H) weight + (D,) bias to start
-    from; shapes: {projection path: (out, in)} of the low-rank deltas."""
+    from; groups: the fused projection groups (:func:`~e4t.models.fused.group_projections`)
+    that carry low-rank deltas.
+
+    The deltas of one shape class are one tensor each: ``down[class]`` (K, n, j, r, in) and
+    ``up[class]`` (K, n, j, out, r) for the class's n groups of j projections, so
+    ``up @ down`` is every delta of the class in one matmul.
+    """
 
     def __init__(
         self,
         cls: torch.Tensor,
         head_weight: torch.Tensor,
         head_bias: torch.Tensor,
-        shapes: dict[str, tuple[int, int]],
+        groups: list[ProjectionGroup],
         rank: int = 4,
         seeds: list[int] | None = None,
     ) -> None:
@@ -53,8 +57,22 @@ class ConceptBank(nn.Module):
         self.num_concepts = k
         self.use_encoder = True  # False: the encoder's output is known to be zero (TI)
         self.rank = rank
-        self.paths = sorted(shapes)
-        self.shapes = {p: tuple(shapes[p]) for p in self.paths}
+        self.groups = list(groups)
+        self.classes: dict[str, list[int]] = {}
+        for index, group in enumerate(self.groups):
+            self.classes.setdefault(group.shape_class, []).append(index)
+        # path → (class, group's place in the class, projection's place in the group)
+        self.where = {
+            path: (group.shape_class, self.classes[group.shape_class].index(i), j)
+            for i, group in enumerate(self.groups)
+            for j, path in enumerate(group.paths)
+        }
+        self.paths = sorted(self.where)
+        self.shapes = {
+            p: (self.groups[i].out_features, self.groups[i].in_features)
+            for i, group in enumerate(self.groups)
+            for p in group.paths
+        }
         self.cls: torch.Tensor
         self.register_buffer("cls", cls.detach().clone())
         self.word = nn.Parameter(torch.zeros(k, head_weight.shape[0], device=cls.device))
@@ -62,46 +80,104 @@ class ConceptBank(nn.Module):
         self.head_bias = nn.Parameter(head_bias.detach().float().expand(k, -1).clone())
         seeds = seeds if seeds is not None else list(range(k))
         downs, ups = {}, {}
-        for path in self.paths:
-            out_f, in_f = self.shapes[path]
-            # each concept's A from its own seed: tuning it alone or in a bank starts the same
-            rows = []
-            for seed in seeds:
-                gen = torch.Generator().manual_seed(int(seed) * 7919 + zlib.crc32(path.encode()))
-                rows.append(torch.randn(rank, in_f, generator=gen) / in_f**0.5)
-            downs[_key(path)] = nn.Parameter(torch.stack(rows).to(cls.device))
-            ups[_key(path)] = nn.Parameter(torch.zeros(k, out_f, rank, device=cls.device))
+        for key, members in self.classes.items():
+            first = self.groups[members[0]]
+            j, out_f, in_f = len(first.names), first.out_features, first.in_features
+            down = torch.empty(k, len(members), j, rank, in_f)
+            for c, seed in enumerate(seeds):
+                for m, index in enumerate(members):
+                    for p, path in enumerate(self.groups[index].paths):
+                        # each concept's A from its own seed and the projection's name:
+                        # tuning it alone or in a bank starts the same
+                        gen = torch.Generator().manual_seed(
+                            int(seed) * 7919 + zlib.crc32(path.encode())
+                        )
+                        down[c, m, p] = torch.randn(rank, in_f, generator=gen) / in_f**0.5
+            downs[key] = nn.Parameter(down.to(cls.device))
+            ups[key] = nn.Parameter(torch.zeros(k, len(members), j, out_f, rank, device=cls.device))
         self.down = nn.ParameterDict(downs)
         self.up = nn.ParameterDict(ups)
-        self._handles: list[Any] = []
         self._enabled = True
+        # what the bank is attached to, kept outside nn.Module's registry (not submodules)
+        self._unet: nn.Module | None
+        self._offsets: WeightOffsets | None
+        object.__setattr__(self, "_unet", None)
+        object.__setattr__(self, "_offsets", None)
+        self._originals: dict[str, Any] = {}
+        self._handle: Any = None
+        self._linears: dict[str, nn.Linear] = {}
+        # per folded-or-not: (what they were made of, per class (weights, biases))
+        self._stacks: dict[
+            bool, tuple[Any, dict[str, tuple[torch.Tensor, torch.Tensor | None]]]
+        ] = {}
+        self._deltas: tuple[Any, dict[str, torch.Tensor]] | None = None
+        self._current: dict[int, tuple[torch.Tensor, torch.Tensor | None, bool]] | None = None
+        self._made_of: tuple[Any, ...] = ()
 
     # ------------------------------------------------------------------ grouping
 
-    def concept_index(self, batch: int, device: torch.device) -> torch.Tensor:
-        """Concept of each sample when a batch of ``batch`` is K equal contiguous groups."""
-        if batch % self.num_concepts:
-            raise ValueError(f"batch {batch} does not split into {self.num_concepts} concepts")
-        return torch.arange(batch, device=device) // (batch // self.num_concepts)
+    def per_sample(self, values: torch.Tensor, batch: int) -> torch.Tensor:
+        """Each sample's row of a (K, ...) tensor when a batch of ``batch`` is K equal
+        contiguous groups: (batch, ...)."""
+        k = self.num_concepts
+        if batch % k:
+            raise ValueError(f"batch {batch} does not split into {k} concepts")
+        if k == 1:
+            return values.expand(batch, *values.shape[1:])
+        return values.repeat_interleave(batch // k, dim=0)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The per-concept output layer: (N, H) → (N, D)."""
-        idx = self.concept_index(hidden.shape[0], hidden.device)
-        w, b = self.head_weight[idx], self.head_bias[idx]
-        return torch.einsum("nh,ndh->nd", hidden.to(w.dtype), w) + b
+        k = self.num_concepts
+        grouped = hidden.to(self.head_weight.dtype).reshape(k, -1, hidden.shape[-1])
+        out = torch.baddbmm(self.head_bias[:, None], grouped, self.head_weight.transpose(1, 2))
+        return out.reshape(hidden.shape[0], -1)
 
     def word_for(self, batch: int, device: torch.device) -> torch.Tensor:
-        return self.word[self.concept_index(batch, device)]
+        return self.per_sample(self.word, batch)
 
     # ------------------------------------------------------------------ UNet deltas
 
-    def attach(self, unet: nn.Module) -> ConceptBank:
+    def attach(self, unet: nn.Module, offsets: WeightOffsets | None = None) -> ConceptBank:
+        """Route ``unet``'s attentions through fused processors reading this bank's weights:
+        W0 (+ the frozen domain ``offsets``, folded) + each concept's B·A."""
         self.detach()
-        self._handles = hook_projections(unet, self.shapes, self._hook_for, "concept delta")
+        for path, (out_f, in_f) in self.shapes.items():
+            try:
+                linear = unet.get_submodule(path)
+            except AttributeError as err:
+                raise ValueError(f"concept delta {path!r} has no projection in this UNet") from err
+            if (linear.out_features, linear.in_features) != (out_f, in_f):
+                raise ValueError(
+                    f"concept delta {path}: UNet projection is "
+                    f"{(linear.out_features, linear.in_features)}, concept {(out_f, in_f)}"
+                )
+        by_attention: dict[str, dict[str, int]] = {}
+        for index, group in enumerate(self.groups):
+            by_attention.setdefault(group.attention, {})[group.role] = index
+        object.__setattr__(self, "_unet", unet)
+        object.__setattr__(self, "_offsets", offsets)
+        self._linears = {p: cast(nn.Linear, unet.get_submodule(p)) for p in self.paths}
+        for attention, roles in by_attention.items():
+            module = check_plain(attention, unet.get_submodule(attention))
+            self._originals[attention] = module.processor
+            module.set_processor(FusedAttnProcessor(self, roles, module.processor))
+        self._handle = unet.register_forward_pre_hook(self._refresh)
         return self
 
     def detach(self) -> None:
-        remove_hooks(self._handles)
+        if self._unet is not None:
+            for attention, original in self._originals.items():
+                check_plain(attention, self._unet.get_submodule(attention)).set_processor(original)
+            self._handle.remove()
+        object.__setattr__(self, "_unet", None)
+        object.__setattr__(self, "_offsets", None)
+        self._handle = None
+        self._originals.clear()
+        self._linears.clear()
+        self._stacks.clear()
+        self._deltas = self._current = None
+        self._made_of = ()
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
@@ -113,37 +189,136 @@ class ConceptBank(nn.Module):
         finally:
             self._enabled = previous
 
-    def _hook_for(self, path: str) -> Any:
-        key = _key(path)
+    def project(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Group ``index``'s projections of x (B, T, in) → (B, T, Σout), one matmul; with the
+        deltas on, each concept's contiguous share of the batch meets its own weights."""
+        if self._current is None:
+            self._refresh()
+        assert self._current is not None
+        weight, bias, per_concept = self._current[index]
+        if not per_concept:
+            return F.linear(x, weight, bias)
+        grouped = x.reshape(weight.shape[0], -1, x.shape[-1])  # (K, n·T, in)
+        if bias is None:
+            y = torch.bmm(grouped, weight.transpose(1, 2))
+        else:
+            y = torch.baddbmm(bias, grouped, weight.transpose(1, 2))
+        return y.reshape(*x.shape[:-1], -1)
 
-        def hook(
-            module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
-        ) -> torch.Tensor:
-            if not self._enabled:
-                return output
-            x = inputs[0]
-            k = self.num_concepts
-            grouped = x.reshape(k, -1, x.shape[-1])  # (K, n·T, in): samples are grouped
-            down, up = self.down[key].to(x.dtype), self.up[key].to(x.dtype)
-            # two batched matmuls: (K, n·T, in) @ (K, in, r) @ (K, r, out)
-            extra = torch.bmm(torch.bmm(grouped, down.transpose(1, 2)), up.transpose(1, 2))
-            return output + extra.reshape(output.shape)
+    def _refresh(self, *_: Any) -> None:
+        """The weights of this UNet forward (a forward pre-hook): per group (weight, bias,
+        per-concept?); rebuilt only when something they are made of changed."""
+        assert self._unet is not None
+        device = self.word.device.type
+        dtype = (
+            torch.get_autocast_dtype(device)
+            if torch.is_autocast_enabled(device)
+            else next(iter(self._linears.values())).weight.dtype
+        )
+        folded = self._offsets is not None and self._offsets.enabled
+        stacks = self._base_stacks(folded, dtype)
+        deltas = self.delta_weights() if self._enabled else None
+        made_of = (stacks, deltas, dtype)
+        if self._current is not None and all(
+            a is b for a, b in zip(self._made_of, made_of, strict=True)
+        ):
+            return
+        current: dict[int, tuple[torch.Tensor, torch.Tensor | None, bool]] = {}
+        for key, members in self.classes.items():
+            weight, bias = stacks[key]
+            if deltas is None:
+                pieces = weight.unbind(0)  # (Σout, in) each
+            else:
+                pieces = (weight + deltas[key]).to(dtype).unbind(1)  # (K, Σout, in) each
+            for m, index in enumerate(members):
+                current[index] = (pieces[m], None if bias is None else bias[m], deltas is not None)
+        self._current, self._made_of = current, made_of
 
-        return hook
+    def _base_stacks(
+        self, folded: bool, dtype: torch.dtype
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per class the UNet's weights (n, Σout, in) and biases (n, Σout) or None, with the
+        domain offsets folded in when ``folded``; rebuilt when a weight or offset changed."""
+        offsets = self._offsets if folded else None
+        key: tuple[Any, ...] = (
+            dtype,
+            *((lin.weight.data_ptr(), lin.weight._version) for lin in self._linears.values()),
+        )
+        if offsets is not None:
+            if torch.is_grad_enabled() and any(p.requires_grad for p in offsets.parameters()):
+                raise RuntimeError(
+                    "concept deltas fold the domain offsets in as constants: freeze the "
+                    "offsets (set_trainable) or detach the concepts to train them"
+                )
+            key += tuple((p.data_ptr(), p._version) for p in offsets.parameters())
+        cached = self._stacks.get(folded)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        stacks = {}
+        with torch.no_grad():
+            for cls_key, members in self.classes.items():
+                weights, biases = [], []
+                for index in members:
+                    for path in self.groups[index].paths:
+                        linear = self._linears[path]
+                        w = linear.weight.float()
+                        if offsets is not None and path in offsets.config.shapes:
+                            w = w + offsets.extra_weight(path, w)
+                        weights.append(w)
+                        biases.append(
+                            torch.zeros_like(w[:, 0])
+                            if linear.bias is None
+                            else linear.bias.float()
+                        )
+                n = len(members)
+                has_bias = any(
+                    self._linears[p].bias is not None for i in members for p in self.groups[i].paths
+                )
+                stacks[cls_key] = (
+                    torch.cat(weights).reshape(n, -1, weights[0].shape[1]).to(dtype),
+                    torch.cat(biases).reshape(n, -1).to(dtype) if has_bias else None,
+                )
+        self._stacks[folded] = (key, stacks)
+        return stacks
+
+    def delta_weights(self) -> dict[str, torch.Tensor]:
+        """Per class every concept's B·A: (K, n, Σout, in), one matmul each; shared by the
+        UNet forward and the regulariser while the deltas are unchanged."""
+        device = self.word.device.type
+        key = (
+            torch.is_grad_enabled(),
+            torch.is_autocast_enabled(device),
+            tuple((p.data_ptr(), p._version, p.requires_grad) for p in self.down.values()),
+            tuple((p.data_ptr(), p._version, p.requires_grad) for p in self.up.values()),
+        )
+        if self._deltas is not None and self._deltas[0] == key:
+            return self._deltas[1]
+        deltas = {}
+        for cls_key in self.classes:
+            up, down = self.up[cls_key], self.down[cls_key]
+            delta = torch.matmul(up, down)  # (K, n, j, out, in)
+            deltas[cls_key] = delta.flatten(2, 3)  # (K, n, j·out, in)
+            if delta.requires_grad:
+                # a backward through it ends its use: the next forward builds it anew
+                delta.register_hook(self._spent)
+        self._deltas = (key, deltas)
+        return deltas
+
+    def _spent(self, grad: torch.Tensor) -> None:
+        self._deltas = None
 
     def delta_weight(self, path: str, index: int = 0) -> torch.Tensor:
-        key = _key(path)
-        return self.up[key][index] @ self.down[key][index]
+        key, m, j = self.where[path]
+        return self.up[key][index, m, j] @ self.down[key][index, m, j]
 
     def squared_norms(self) -> torch.Tensor:
-        """Σ‖B_c A_c‖² per concept, (K,), via r × r products."""
-        if not self.up:
-            return torch.zeros(self.num_concepts, device=self.word.device)
-        ups = [self.up[key].float() for key in self.up]
-        downs = [self.down[key].float() for key in self.up]
-        gram_up = torch.stack([torch.bmm(u.transpose(1, 2), u) for u in ups])  # (P, K, r, r)
-        gram_down = torch.stack([torch.bmm(d, d.transpose(1, 2)) for d in downs])
-        return (gram_up * gram_down).sum(dim=(0, 2, 3))
+        """Σ‖B_c A_c‖² per concept, (K,): one norm over every delta weight of the concept."""
+        k = self.num_concepts
+        deltas = self.delta_weights()
+        if not deltas:
+            return torch.zeros(k, device=self.word.device)
+        flat = torch.cat([d.reshape(k, -1) for d in deltas.values()], dim=1)
+        return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32).square()
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Clip each concept's gradient to ``max_norm`` on its own; returns the (K,) norms.
@@ -173,7 +348,7 @@ class ConceptBank(nn.Module):
             self.cls[index : index + 1],
             self.head_weight[index],
             self.head_bias[index],
-            self.shapes,  # type: ignore[arg-type]
+            self.groups,
             self.rank,
         )
         with torch.no_grad():
@@ -191,8 +366,9 @@ class ConceptBank(nn.Module):
             "head.bias": self.head_bias[index],
         }
         for path in self.paths:
-            out[f"delta.{path}.down"] = self.down[_key(path)][index]
-            out[f"delta.{path}.up"] = self.up[_key(path)][index]
+            key, m, j = self.where[path]
+            out[f"delta.{path}.down"] = self.down[key][index, m, j]
+            out[f"delta.{path}.up"] = self.up[key][index, m, j]
         return {k: v.detach().to("cpu", dtype).contiguous() for k, v in out.items()}
 
     def save(
@@ -209,26 +385,28 @@ class ConceptBank(nn.Module):
 
     @classmethod
     def from_tensors(
-        cls_, items: list[dict[str, torch.Tensor]], rank: int, device: torch.device
+        cls_,
+        items: list[dict[str, torch.Tensor]],
+        rank: int,
+        device: torch.device,
+        groups: list[ProjectionGroup],
     ) -> ConceptBank:
-        """A bank of the given concepts' tensors (as :meth:`tensors_of` writes them)."""
+        """A bank of the given concepts' tensors (as :meth:`tensors_of` writes them), on the
+        model's projection ``groups``."""
         first = items[0]
-        paths = sorted({k[len("delta.") : -len(".down")] for k in first if k.endswith(".down")})
-        shapes = {
-            p: (first[f"delta.{p}.up"].shape[0], first[f"delta.{p}.down"].shape[1]) for p in paths
-        }
         bank = cls_(
             torch.stack([t["image.clip_cls"].float() for t in items]).to(device),
             first["head.weight"].float(),
             first["head.bias"].float(),
-            shapes,
+            groups,
             rank,
         )
         with torch.no_grad():
             bank.word.copy_(torch.stack([t["word"].float() for t in items]))
             bank.head_weight.copy_(torch.stack([t["head.weight"].float() for t in items]))
             bank.head_bias.copy_(torch.stack([t["head.bias"].float() for t in items]))
-            for p in paths:
-                bank.down[_key(p)].copy_(torch.stack([t[f"delta.{p}.down"].float() for t in items]))
-                bank.up[_key(p)].copy_(torch.stack([t[f"delta.{p}.up"].float() for t in items]))
+            for path, (key, m, j) in bank.where.items():
+                for c, t in enumerate(items):
+                    bank.down[key][c, m, j].copy_(t[f"delta.{path}.down"].float())
+                    bank.up[key][c, m, j].copy_(t[f"delta.{path}.up"].float())
         return bank.to(device)

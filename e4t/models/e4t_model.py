@@ -30,6 +30,7 @@ from e4t.config import ModelConfig
 from e4t.models.base import BaseModels, load_base_models
 from e4t.models.concept import CONCEPT_CONFIG, CONCEPT_TENSORS, ConceptBank
 from e4t.models.encoder import E4TEncoder
+from e4t.models.fused import ProjectionGroup, group_projections
 from e4t.models.offsets import WeightOffsets
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class E4TModel(nn.Module):
         embedding.register_forward_hook(self._inject_word_embedding)
         self._empty_prompt: torch.Tensor | None = None
         self.concepts: ConceptBank | None = None
+        self._groups: list[ProjectionGroup] | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -158,17 +160,6 @@ class E4TModel(nn.Module):
             yield self
 
     @contextmanager
-    def offsets_folded(self) -> Iterator[E4TModel]:
-        """The frozen domain offsets folded into the UNet's weights for the block (tuning
-        concepts, generating): fewer ops per step; restored bit-identically on exit. Offsets
-        being trained (pretraining's previews, full tuning) stay hooked."""
-        if any(p.requires_grad for p in self.offsets.parameters()):
-            yield self
-            return
-        with self.offsets.folded(self.base.unet):
-            yield self
-
-    @contextmanager
     def restoring_domain_weights(self) -> Iterator[E4TModel]:
         """The encoder and domain offsets as they are now come back on exit, whatever the
         block trained (the full-tuning reference method tunes them per concept)."""
@@ -209,20 +200,21 @@ class E4TModel(nn.Module):
         ids = inputs[0]
         mask = ids == self.placeholder_token_id
         self._placeholder_mask = mask
-        if mask.any():
-            # the placeholder is not in the embedding table: look up the class word instead,
-            # then overwrite those rows with v* in the forward hook
-            ids = torch.where(mask, torch.full_like(ids, self.class_token_id), ids)
+        # the placeholder is not in the embedding table: look up the class word instead, then
+        # overwrite those rows with v* in the forward hook (no host sync to ask whether any)
+        ids = torch.where(mask, self.class_token_id, ids)
         return (ids, *inputs[1:])
 
     def _inject_word_embedding(
         self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
     ) -> torch.Tensor:
         mask = self._placeholder_mask
-        if mask is None or not mask.any():
+        if mask is None:
             return output
         if self._injection is None:
-            raise RuntimeError("prompt holds the placeholder but no v* was given")
+            if mask.any():
+                raise RuntimeError("prompt holds the placeholder but no v* was given")
+            return output
         v_star = self._injection.to(output.dtype)  # (B, D)
         if v_star.shape[0] != output.shape[0]:
             raise ValueError(f"{v_star.shape[0]} embeddings for {output.shape[0]} prompts")
@@ -398,15 +390,25 @@ class E4TModel(nn.Module):
     ) -> ConceptBank:
         """Fresh (0-step) state for K concepts from their [CLS] tokens (K, L, C)."""
         layer = self.encoder.output_layer
-        shapes = {p: tuple(self.offsets.config.shapes[p]) for p in self.offsets.paths}
         return ConceptBank(
-            cls.to(self.base.device, torch.float32), layer.weight, layer.bias, shapes, rank, seeds
+            cls.to(self.base.device, torch.float32),
+            layer.weight,
+            layer.bias,
+            self.projection_groups(),
+            rank,
+            seeds,
         ).to(self.base.device)
+
+    def projection_groups(self) -> list[ProjectionGroup]:
+        """The fused groups of the projections concept deltas act on (the offsets')."""
+        if self._groups is None:
+            self._groups = group_projections(self.base.unet, self.offsets.paths)
+        return self._groups
 
     def attach_concepts(self, bank: ConceptBank) -> ConceptBank:
         """Apply a bank's concepts: batches are then K equal groups, one per concept."""
         self.detach_concepts()
-        self.concepts = bank.to(self.base.device).attach(self.base.unet)
+        self.concepts = bank.to(self.base.device).attach(self.base.unet, self.offsets)
         return bank
 
     def detach_concepts(self) -> None:
@@ -474,7 +476,9 @@ class E4TModel(nn.Module):
         ranks = {int(meta.get("rank", 4)) for _, meta in read}
         if len(ranks) != 1:
             raise ArtifactError(f"concepts of different ranks {sorted(ranks)} cannot share a pass")
-        bank = ConceptBank.from_tensors([t for t, _ in read], ranks.pop(), self.base.device)
+        bank = ConceptBank.from_tensors(
+            [t for t, _ in read], ranks.pop(), self.base.device, self.projection_groups()
+        )
         return self.attach_concepts(bank)
 
     def load_concept(self, folder: str | Path) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +117,6 @@ class WeightOffsets(ModelMixin, ConfigMixin):
             )
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._enabled = True
-        self._folded: dict[str, torch.Tensor] | None = None  # path → extra, while folded
 
     @classmethod
     def for_unet(
@@ -144,6 +143,10 @@ class WeightOffsets(ModelMixin, ConfigMixin):
     def detach(self) -> None:
         remove_hooks(self._handles)
 
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
         """Run the base UNet (offsets off) inside the block."""
@@ -161,36 +164,6 @@ class WeightOffsets(ModelMixin, ConfigMixin):
             return base * self.delta[key].to(base.dtype)
         return (self.up[key] @ self.down[key]).to(base.dtype)
 
-    @contextlib.contextmanager
-    def folded(self, unet: nn.Module) -> Iterator[None]:
-        """Fold the (frozen) offsets into the UNet's weights for the block: W ← W0 + extra,
-        so a forward dispatches one linear per projection instead of three ops more, and its
-        backward none for the offsets. :meth:`disabled` still gives the base UNet (the
-        encoder's feature pass): there the hooks subtract the folded extra. On exit every
-        W0 is copied back from a saved clone: the UNet's state dict is bit-identical.
-        """
-        if any(p.requires_grad for p in self.parameters()):
-            raise RuntimeError("folding trainable offsets would freeze them: freeze them first")
-        if self._folded is not None:  # already folded by an enclosing block
-            yield
-            return
-        saved: dict[str, torch.Tensor] = {}
-        extras: dict[str, torch.Tensor] = {}
-        try:
-            with torch.no_grad():
-                for path in self.paths:
-                    linear = cast(nn.Linear, unet.get_submodule(path))
-                    saved[path] = linear.weight.detach().clone()
-                    extras[path] = self.extra_weight(path, saved[path])
-                    linear.weight.add_(extras[path])
-            self._folded = extras
-            yield
-        finally:
-            self._folded = None
-            with torch.no_grad():
-                for path, weight in saved.items():
-                    cast(nn.Linear, unet.get_submodule(path)).weight.copy_(weight)
-
     def _hook_for(self, path: str):
         key = _key(path)
 
@@ -198,10 +171,6 @@ class WeightOffsets(ModelMixin, ConfigMixin):
             module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
         ) -> torch.Tensor:
             x = inputs[0]
-            if self._folded is not None:  # the weight holds W0 + extra already
-                if self._enabled:
-                    return output
-                return output - F.linear(x, self._folded[path].to(x.dtype))
             if not self._enabled:
                 return output
             if self.config.form == "multiplicative":

@@ -163,27 +163,26 @@ def tune_concepts(
     history: list[torch.Tensor] = []  # per step: (2, K) objective and ‖v* − e(class)‖
     report(0)
     n = config.draws_per_concept
-    with model.offsets_folded():  # frozen here: folded into the UNet, restored after
-        for step in range(config.num_steps):
-            with autocast(model.base.device, config.autocast):  # the forward; backward after
-                diff, emb = concept_losses(
-                    model,
-                    latents,
-                    cls,
-                    weights,
-                    gens,
-                    n,
-                    _prompts(config.templates, seeds, step, n),
-                )
-                squared = bank.squared_norms()
-                objective = diff + config.lambda_emb * emb + config.lambda_w * squared
-            objective.sum().backward()  # a sum: each concept's gradient is its own
-            bank.clip_grad_norm_(config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            # kept on the device: no host sync inside the step loop
-            history.append(torch.stack([objective.detach(), emb.detach().sqrt()]))
-            report(step + 1)
+    for step in range(config.num_steps):
+        with autocast(model.base.device, config.autocast):  # the forward; backward after
+            diff, emb = concept_losses(
+                model,
+                latents,
+                cls,
+                weights,
+                gens,
+                n,
+                _prompts(config.templates, seeds, step, n),
+            )
+            squared = bank.squared_norms()
+            objective = diff + config.lambda_emb * emb + config.lambda_w * squared
+        objective.sum().backward()  # a sum: each concept's gradient is its own
+        bank.clip_grad_norm_(config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # kept on the device: no host sync inside the step loop
+        history.append(torch.stack([objective.detach(), emb.detach().sqrt()]))
+        report(step + 1)
     for p in params:
         p.requires_grad_(False)
     per_step = torch.stack(history).cpu().tolist() if history else []  # (steps, 2, K)
