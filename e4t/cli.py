@@ -82,6 +82,7 @@ def _cmd_samples(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    args.arch_given, args.arch = args.arch is not None, args.arch or "tiny"
     from e4t import bench
 
     if args.what == "curate":
@@ -129,6 +130,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             faces_dir=args.faces,
         )
+    elif args.arch_given:  # pretrain on a full-size architecture: one GPU's step figures
+        from e4t.bench.pretrain import bench_pretrain_steps, report_steps
+
+        figures = list(
+            bench_pretrain_steps(
+                args.arch,
+                device=args.device,
+                dtype=args.dtype,
+                resolution_px=args.resolution_px,
+                batch_size=args.batch_size,
+                num_steps=args.train_steps,
+            )
+        )
+        print(report_steps(figures))
+        return 0
     else:
         result = bench.bench_pretrain(
             global_batch=args.global_batch,
@@ -537,9 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="dlib", choices=["dlib", "face-alignment"])
     p.add_argument(
         "--arch",
-        default="tiny",
         choices=ARCH_CHOICES,
-        help="model, personalize: the architecture to measure (random weights)",
+        help="model, personalize, gpu: the architecture to measure (random weights; default "
+        "tiny); pretrain: given, one GPU's step figures on it (samples/s, memory with and "
+        "without gradient checkpointing, FLOPs, MFU) instead of the 1-vs-2-process run",
     )
     p.add_argument("--resolution-px", type=int, default=64, help="model: image size")
     p.add_argument("--batch-size", type=int, default=4, help="model: samples per training step")

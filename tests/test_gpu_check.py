@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,12 +38,14 @@ def test_gpu_check_prints_one_json_line_per_figure() -> None:
         "tune_seconds_per_concept",
         "tune_seconds_per_concept_best_k",
         "tune_step_ops",
+        "pretrain_step_flops",
         "pretrain_samples_per_second",
         "pretrain_samples_per_second",
     ]
     assert all(f["value"] > 0 and f["arch"] == "tiny" and f["device"] == "cpu" for f in figures)
     assert [f["draws"] for f in figures if f["figure"] == "tune_seconds_per_concept"] == [16, 4]
-    assert {f["gradient_checkpointing"] for f in figures if "pretrain" in f["figure"]} == {
+    rates = [f for f in figures if f["figure"] == "pretrain_samples_per_second"]
+    assert {f["gradient_checkpointing"] for f in rates} == {
         False,
         True,
     }
@@ -69,3 +73,30 @@ def test_faces_come_from_a_folder_of_aligned_crops(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no aligned face crops"):
         load_faces(empty, 64, processor)
+
+
+def test_bench_pretrain_on_an_architecture_prints_rates_memory_and_flops() -> None:
+    """`e4t bench pretrain --arch ...`: one GPU's figures, here the tiny model on the CPU (no
+    card, so no MFU); the FLOP count is FlopCounterMode's and does not depend on the device."""
+    done = subprocess.run(
+        [sys.executable, "-m", "e4t.cli", "bench", "pretrain", "--arch", "tiny", "--resolution-px", "32",
+         "--batch-size", "2", "--train-steps", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    flops = float(re.search(r"model FLOPs per step .*: ([\d.e+]+)", out)[1])
+    assert flops > 1e6
+    rows = re.findall(r"checkpointing (on |off): ([\d.]+) samples/s, peak memory ([\d.]+) GiB", out)
+    assert [r[0].strip() for r in rows] == ["off", "on"] and all(float(r[1]) > 0 for r in rows)
+    assert "MFU" not in out  # no card: no peak to divide by
+
+
+def test_mfu_uses_the_cards_bf16_peak() -> None:
+    from e4t.bench.pretrain import peak_flops
+
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops("cpu") is None

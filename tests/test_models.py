@@ -494,3 +494,79 @@ def test_fused_concept_weights_match_weights_merged_by_hand_and_leave_the_unet_u
     with torch.no_grad():  # generating while offsets train (a preview) is fine
         unet(z_t, t, prompt)
     model.detach_concepts()
+
+
+def test_trainable_clip_is_what_the_encoder_reads_in_fp32_and_saved_with_the_model(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    model = make_model(tiny_dir, dtype="bf16")
+    params = model.set_trainable(["encoder", "offsets", "clip"])
+    clip = model.clip_state()
+    vision = model.image_encoder.vision_model
+    assert clip and all(p.dtype == torch.float32 for p in clip.values())  # master weights
+    frozen = [
+        *vision.post_layernorm.parameters(),
+        *model.image_encoder.visual_projection.parameters(),
+    ]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    out = compute_loss(model, _batch(), LossConfig(), torch.Generator().manual_seed(0))
+    out.loss.backward()
+    # what DDP with find_unused_parameters=False needs: every trainable tensor has a gradient
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing and len(params) > len(clip)
+    with torch.no_grad():
+        for p in clip.values():
+            p.add_(0.25)  # "trained"
+    model.save_pretrained(tmp_path / "domain")
+    assert (tmp_path / "domain" / "clip" / "model.safetensors").exists()
+    loaded = E4TModel.from_pretrained(tmp_path / "domain")
+    assert loaded.clip_trained and loaded.fingerprint() == model.fingerprint()
+    for name, value in loaded.clip_state().items():
+        assert torch.allclose(value.float(), clip[name].float(), atol=1e-2), name
+    fresh = make_model(tiny_dir)
+    assert not fresh.clip_trained and fresh.fingerprint() != model.fingerprint()
+
+
+def test_a_checkpoint_keeps_the_fp16_loss_scaler_state(tmp_path: Path) -> None:
+    """fp32 weights + train.mixed_precision=fp16 train with a GradScaler: its scale and
+    growth tracker are part of the checkpoint, so a resumed run scales as before."""
+    from diffusers.optimization import get_scheduler
+
+    from e4t.training import checkpoint as ckpt
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    schedule = get_scheduler("constant", optimizer)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
+    for _ in range(3):  # every 2 finite steps the scale doubles
+        scaler.scale(weight.sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    state = scaler.state_dict()
+    assert state["scale"] == 2.0**13 and state["_growth_tracker"] == 1
+    root = str(tmp_path / "ck")
+    gen = torch.Generator().manual_seed(0)
+    ckpt.save_checkpoint(root, 3, 0, {"w": weight.detach()}, optimizer, schedule, gen, "h", scaler)
+    ckpt.commit_checkpoint(root, 3, keep=2)
+    loaded = ckpt.load_checkpoint(root, 3, 0, "h")
+    again = torch.amp.GradScaler("cpu")
+    again.load_state_dict(loaded["scaler"])
+    assert again.state_dict() == state
+    assert again.get_scale() == scaler.get_scale()
+
+
+def test_held_out_loss_uses_fixed_draws(tiny_dir: Path) -> None:
+    """The same faces give the same figure whatever the global RNG did in between (so two
+    runs' curves compare), and a changed model gives another figure."""
+    from e4t.training.step import held_out_loss
+
+    model = make_model(tiny_dir)
+    batch = _batch(n=2)
+    first = held_out_loss(model, batch, LossConfig())
+    torch.manual_seed(123)
+    torch.randn(1000)
+    assert held_out_loss(model, batch, LossConfig()) == first
+    assert held_out_loss(model, batch, LossConfig(), seed=1) != first
+    randomize(model)
+    assert held_out_loss(model, batch, LossConfig()) != first

@@ -172,6 +172,8 @@ def test_mlflow_ui_compares_two_pretraining_runs(deployed: Stack, tmp_path: Path
     mlflow = _mlflow(stack)
     found = mlflow.search_runs(experiment_names=["e4t-compare"], output_format="list")
     assert len(found) == 2
+    # each run logged the held-out loss on the same fixed draws (2 steps: once, at the end)
+    assert all("heldout_loss" in r.data.metrics for r in found)
     ids = [r.info.run_id for r in found]
     experiment = found[0].info.experiment_id
     query = urllib.parse.urlencode(
@@ -179,7 +181,7 @@ def test_mlflow_ui_compares_two_pretraining_runs(deployed: Stack, tmp_path: Path
     )
     with headless_page() as page:
         page.goto(f"{stack.mlflow_uri}/#/compare-runs?{query}")
-        wanted = ["loss_diffusion", "samples_per_second", "grad_norm"]
+        wanted = ["loss_diffusion", "samples_per_second", "grad_norm", "heldout_loss"]
         page.wait_for(" && ".join(f"document.body.innerText.includes('{m}')" for m in wanted), 90)
         text = page.evaluate("document.body.innerText")
         ARTIFACTS.mkdir(exist_ok=True)

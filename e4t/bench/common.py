@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from e4t.config import ArchName, ModelConfig, load_config
 
@@ -21,3 +25,31 @@ def model_config(arch: ArchName | str, **values: Any) -> ModelConfig:
         ARCH_PRESETS[arch],
         values={"base_model": f"preset:{arch}", **values},
     )
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_bytes(device: str) -> int:
+    import resource
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def timed(device: str, fn: Callable[[], Any], repeats: int = 1) -> float:
+    fn()  # warm-up: allocator, kernels, lazy init
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats

@@ -13,32 +13,13 @@ peak memory at batch 16 with and without gradient checkpointing, and the ops per
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from e4t.bench.common import model_config
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak(device: str) -> int:
-    import resource
-
-    if device.startswith("cuda"):
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _reset_peak(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+from e4t.bench.common import model_config, peak_bytes, reset_peak, timed
 
 
 def load_faces(folder: str | Path, resolution_px: int, image_processor: Any) -> list[Any]:
@@ -60,16 +41,6 @@ def load_faces(folder: str | Path, resolution_px: int, image_processor: Any) -> 
     return faces
 
 
-def _timed(device: str, fn: Callable[[], Any], repeats: int = 1) -> float:
-    fn()  # warm-up: allocator, kernels, lazy init
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / repeats
-
-
 def bench_gpu(
     arch: str = "sd15-random",
     device: str = "cuda",
@@ -84,11 +55,10 @@ def bench_gpu(
 ) -> Iterator[dict[str, Any]]:
     """Yield one figure at a time: ``{"figure", "value", "unit", ...context}``."""
     from e4t.bench.ops import count_tuning_step_ops, synthetic_faces
-    from e4t.config import LossConfig, TuneConfig
+    from e4t.config import TuneConfig
     from e4t.generation import GenerationConfig, generate
     from e4t.models.architectures import build_base_models
     from e4t.models.e4t_model import E4TModel
-    from e4t.training.step import Batch, compute_loss
     from e4t.training.tune import tune_concepts
 
     context = {"arch": arch, "device": device, "dtype": dtype, "resolution_px": resolution_px}
@@ -113,14 +83,14 @@ def bench_gpu(
 
     if "tune" not in skip:
         for draws in (16, 4):
-            _reset_peak(device)
-            seconds = _timed(device, tune(1, draws))
+            reset_peak(device)
+            seconds = timed(device, tune(1, draws))
             yield figure(
                 "tune_seconds_per_concept", seconds, "s", k=1, draws=draws, steps=tune_steps
             )
             if draws == 16:
-                yield figure("tune_peak_memory", _peak(device) / 2**30, "GiB", k=1, draws=16)
-        best = min(((_timed(device, tune(k, 16)) / k, k) for k in best_k), default=None)
+                yield figure("tune_peak_memory", peak_bytes(device) / 2**30, "GiB", k=1, draws=16)
+        best = min(((timed(device, tune(k, 16)) / k, k) for k in best_k), default=None)
         if best is not None:
             yield figure(
                 "tune_seconds_per_concept_best_k", best[0], "s", k=best[1], draws=16,
@@ -134,41 +104,17 @@ def bench_gpu(
     if "generate" not in skip:
         cls = model.clip_cls(faces[0].clip_pixel_values[None].to(model.base.device))
         gen = GenerationConfig(num_steps=generation_steps, guidance_scale=7.5, batch_size=8)
-        seconds = _timed(device, lambda: generate(model, cls, ["a photo of {}"], 8, 0, gen))
+        seconds = timed(device, lambda: generate(model, cls, ["a photo of {}"], 8, 0, gen))
         yield figure(
             "generate_seconds_per_image", seconds / 8, "s", steps=generation_steps, batch=8
         )
     if "pretrain" not in skip:
-        size = model.image_encoder.config.image_size
-        shape = (pretrain_batch, 3, resolution_px, resolution_px)
-        batch = Batch(
-            pixel_values=torch.rand(shape, device=device) * 2 - 1,
-            clip_pixel_values=torch.randn(pretrain_batch, 3, size, size, device=device),
-            prompts=["a photo of {}"] * pretrain_batch,
-            mask=torch.ones(pretrain_batch, 1, resolution_px, resolution_px, device=device),
-        )
-        params = model.set_trainable(["encoder", "offsets"])
-        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.startswith("cuda"))
-        for checkpointing in (False, True):
-            if checkpointing:
-                model.base.unet.enable_gradient_checkpointing()
+        from e4t.bench.pretrain import bench_pretrain_steps
 
-            def step() -> None:
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-                    loss = compute_loss(model, batch, LossConfig()).loss
-                loss.backward()
-                optimizer.step()
-
-            _reset_peak(device)
-            seconds = _timed(device, step, repeats=3)
-            yield figure(
-                "pretrain_samples_per_second", pretrain_batch / seconds, "samples/s",
-                batch=pretrain_batch, gradient_checkpointing=checkpointing,
-                peak_memory_gib=round(_peak(device) / 2**30, 2),
-            )  # fmt: skip
-        model.base.unet.disable_gradient_checkpointing()
-        model.set_trainable([])
+        for item in bench_pretrain_steps(
+            arch, device, dtype, resolution_px, pretrain_batch, num_steps=3, model=model
+        ):
+            yield {**item, **context}
 
 
 def print_json_lines(figures: Iterator[dict[str, Any]]) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from e4t.config import ModelConfig
@@ -36,6 +36,7 @@ from e4t.models.offsets import WeightOffsets
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "e4t_config.json"
+CLIP_TENSORS = "model.safetensors"  # clip/: the CLIP layers, when pretraining tuned them
 
 
 class ArtifactError(ValueError):
@@ -111,6 +112,7 @@ class E4TModel(nn.Module):
         self._empty_prompt: torch.Tensor | None = None
         self.concepts: ConceptBank | None = None
         self._groups: list[ProjectionGroup] | None = None
+        self.clip_trained = False  # set_trainable(["clip"]) or a domain model with clip/
 
     # ------------------------------------------------------------------ construction
 
@@ -328,17 +330,41 @@ class E4TModel(nn.Module):
         yield from self.offsets.parameters()
 
     def set_trainable(self, parts: list[str]) -> list[nn.Parameter]:
-        """Train ``parts`` (``encoder``, ``offsets``, ``clip``); freeze everything else."""
+        """Train ``parts`` (``encoder``, ``offsets``, ``clip``); freeze everything else.
+
+        ``clip`` unfreezes only what the encoder reads (the embeddings and the layers up to
+        the deepest one it takes a [CLS] token from): the tower's final norm and projection
+        never get a gradient, and DDP (``find_unused_parameters=False``) would fail on them.
+        A half-precision tower is made fp32 first, so the optimizer's updates are not
+        rounded away (autocast still computes in bf16 on a GPU)."""
         unknown = set(parts) - {"encoder", "offsets", "clip"}
         if unknown:
             raise ValueError(f"unknown trainable parts {sorted(unknown)}: encoder, offsets, clip")
         self.encoder.requires_grad_("encoder" in parts)
         self.offsets.requires_grad_("offsets" in parts)
-        self.image_encoder.requires_grad_("clip" in parts)
+        self.image_encoder.requires_grad_(False)
+        if "clip" in parts:
+            if self.image_encoder.dtype != torch.float32:
+                self.image_encoder.float()  # fp32 master weights
+            for module in self.clip_read_modules():
+                module.requires_grad_(True)
+            self.clip_trained = True
         return [p for p in self.parameters() if p.requires_grad]
 
+    def clip_read_modules(self) -> list[nn.Module]:
+        """The parts of the CLIP tower the encoder's [CLS] tokens depend on."""
+        vision = self.image_encoder.vision_model
+        deepest = max(self.encoder.layer_indices)  # hidden_states[i] = output of layer i
+        return [vision.embeddings, vision.pre_layrnorm, *vision.encoder.layers[:deepest]]
+
+    def clip_state(self) -> dict[str, torch.Tensor]:
+        """The trainable part of the CLIP tower, by ``image_encoder`` state-dict name."""
+        read = {id(p) for m in self.clip_read_modules() for p in m.parameters()}
+        return {n: p for n, p in self.image_encoder.named_parameters() if id(p) in read}
+
     def fingerprint(self) -> str:
-        """A hash of the encoder + offsets weights (names a domain model version)."""
+        """A hash of the encoder + offsets weights (+ the CLIP tower when it was trained):
+        names a domain model version."""
         digest = hashlib.sha256()
         for name, tensor in sorted(self._trained_state().items()):
             digest.update(name.encode())
@@ -348,6 +374,8 @@ class E4TModel(nn.Module):
     def _trained_state(self) -> dict[str, torch.Tensor]:
         state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         state.update({f"offsets.{k}": v for k, v in self.offsets.state_dict().items()})
+        if self.clip_trained:
+            state.update({f"clip.{k}": v for k, v in self.clip_state().items()})
         return state
 
     # ------------------------------------------------------------------ domain model I/O
@@ -357,6 +385,15 @@ class E4TModel(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(out / "encoder", safe_serialization=True)
         self.offsets.save_pretrained(out / "offsets", safe_serialization=True)
+        if self.clip_trained:  # the tuned CLIP layers travel with the model, fp32 as trained
+            (out / "clip").mkdir(exist_ok=True)
+            save_file(
+                {
+                    k: v.detach().to("cpu", torch.float32).contiguous()
+                    for k, v in self.clip_state().items()
+                },
+                str(out / "clip" / CLIP_TENSORS),
+            )
         meta = {"model": self.config.model_dump(mode="json"), "fingerprint": self.fingerprint()}
         (out / CONFIG_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
         return out
@@ -381,6 +418,15 @@ class E4TModel(nn.Module):
             tensors = read_safetensors(path)
             check_tensors(path, tensors, {k: v.shape for k, v in module.state_dict().items()})
             module.load_state_dict(tensors)
+        clip_path = folder / "clip" / CLIP_TENSORS
+        if clip_path.exists():
+            tensors = read_safetensors(clip_path)
+            model.image_encoder.float()  # the trained layers are fp32, as they were trained
+            check_tensors(clip_path, tensors, {k: v.shape for k, v in model.clip_state().items()})
+            with torch.no_grad():
+                for name, value in model.clip_state().items():
+                    value.copy_(tensors[name])
+            model.clip_trained = True
         return model
 
     # ------------------------------------------------------------------ concepts

@@ -69,8 +69,10 @@ def save_checkpoint(
     scheduler: Any,
     generator: torch.Generator,
     config_hash: str,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Each rank writes its RNG; rank 0 writes the rest. Call :func:`commit_checkpoint` after
+    """Each rank writes its RNG; rank 0 writes the rest (with the fp16 loss scaler's state,
+    so a resumed run scales as the uninterrupted one would). Call :func:`commit_checkpoint` after
     a barrier, from rank 0, to mark it complete."""
     url = step_url(root, step)
     _write_tensors(
@@ -84,6 +86,8 @@ def save_checkpoint(
     _write_tensors(eio.join(url, "optimizer.safetensors"), tensors)
     eio.write_text(eio.join(url, "optimizer.json"), json.dumps(meta))
     eio.write_text(eio.join(url, "scheduler.json"), json.dumps(scheduler.state_dict()))
+    scaler_state = scaler.state_dict() if scaler is not None else {}
+    eio.write_text(eio.join(url, "scaler.json"), json.dumps(scaler_state))
     eio.write_text(
         eio.join(url, "pending.json"), json.dumps({"step": step, "config_hash": config_hash})
     )
@@ -119,7 +123,9 @@ def load_checkpoint(root: str, step: int, rank: int, config_hash: str) -> dict[s
             f"{config_hash}); resume with the same config or a new output URL"
         )
     rng = _read_tensors(eio.join(url, f"rng-rank{rank}.safetensors"))
+    scaler_url = eio.join(url, "scaler.json")
     return {
+        "scaler": json.loads(eio.read_text(scaler_url)) if eio.exists(scaler_url) else {},
         "step": state["step"],
         "trained": _read_tensors(eio.join(url, "trained.safetensors")),
         "optimizer": optimizer_from_files(

@@ -36,6 +36,7 @@ from e4t import io as eio
 from e4t.config import PretrainConfig, config_hash
 from e4t.data.loader import (
     SampleTransform,
+    collate,
     held_out_samples,
     make_train_pipeline,
     shard_urls,
@@ -43,7 +44,7 @@ from e4t.data.loader import (
 from e4t.models.e4t_model import E4TModel
 from e4t.training import checkpoint as ckpt
 from e4t.training.distributed import World, all_reduce_mean, barrier, init_world, shutdown
-from e4t.training.step import Batch, compute_loss
+from e4t.training.step import Batch, compute_loss, held_out_loss
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
     ckpt_root = eio.join(output_url, "checkpoints")
 
     start = 0
+    resumed_scaler: dict[str, Any] = {}
     done = ckpt.complete_steps(ckpt_root)
     if done:
         state = ckpt.load_checkpoint(ckpt_root, done[-1], world.rank, chash)
@@ -147,6 +149,7 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
+        resumed_scaler = state["scaler"]
         emit(world, event="resumed", step=start)
     if start >= config.train.num_steps and eio.exists(eio.join(output_url, "model", MODEL_MARKER)):
         emit(world, event="already_done", step=start)
@@ -182,6 +185,15 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         num_workers=config.data.num_workers,
     )
     stream = iter(loader)
+    held_batch = None
+    if held_out:
+        fixed_view = SampleTransform(
+            config.data.resolution_px, model.base.image_processor, ["a photo of {}"], False, 0
+        )
+        held_batch = to_batch(
+            collate([fixed_view({**s, "__index__": i}) for i, s in enumerate(held_out)]),
+            world.device,
+        )
     fixed = next(stream) if config.data.fixed_batch else None
 
     loss_module: nn.Module = LossModule(model, config)
@@ -198,6 +210,8 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
     scaler = torch.amp.GradScaler(
         "cuda", enabled=config.train.mixed_precision == "fp16" and world.device.type == "cuda"
     )
+    if resumed_scaler and scaler.is_enabled():
+        scaler.load_state_dict(resumed_scaler)
 
     mlflow = None
     if world.is_main and run_id:
@@ -264,6 +278,7 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
                 schedule,
                 generator,
                 chash,
+                scaler,
             )
             barrier(world)
             if world.is_main:
@@ -273,11 +288,14 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         preview_now = (
             config.train.preview_every and number % config.train.preview_every == 0
         ) or is_last
-        if world.is_main and preview_now and held_out:
+        if world.is_main and preview_now and held_out and held_batch is not None:
+            with autocast:  # fixed draws on faces training never sees: a comparable curve
+                heldout = held_out_loss(model, held_batch, config.loss)
             grid = preview_grid(model, held_out, config.train.preview_steps, seed)
             if mlflow is not None:
+                mlflow.log_metric("heldout_loss", heldout, step=number)
                 mlflow.log_image(grid, f"previews/step-{number:06d}.png")
-            emit(world, event="preview", step=number)
+            emit(world, event="preview", step=number, heldout_loss=heldout)
 
     fingerprint = model.fingerprint()
     eio.write_text(

@@ -128,3 +128,30 @@ def compute_loss(
     wreg = model.offsets.squared_norm()
     total = diff + losses.lambda_emb * emb + losses.lambda_w * wreg
     return StepOutput(loss=total, diffusion=diff, embedding_reg=emb, weight_reg=wreg)
+
+
+@torch.no_grad()
+def held_out_loss(
+    model: E4TModel, batch: Batch, losses: LossConfig, num_timesteps: int = 8, seed: int = 0
+) -> float:
+    """The masked diffusion loss on held-out faces at FIXED draws: each face at
+    ``num_timesteps`` evenly spaced timesteps, latents and noise from a generator seeded
+    with ``seed`` alone, so the figure is comparable across steps and across runs."""
+    device = model.base.device
+    generator = torch.Generator(device).manual_seed(seed)
+    latents = encode_latents(model, batch.pixel_values, generator)
+    n = latents.shape[0]
+    total = model.base.noise_scheduler.config.num_train_timesteps
+    steps = ((torch.arange(num_timesteps, device=device) + 0.5) * total / num_timesteps).long()
+    latents = latents.repeat_interleave(num_timesteps, dim=0)
+    timesteps = steps.repeat(n)
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    cls = model.clip_cls(batch.clip_pixel_values).repeat_interleave(num_timesteps, dim=0)
+    weights = None
+    if losses.use_mask and batch.mask is not None:
+        weights = latent_mask(
+            batch.mask.to(device), (latents.shape[-2], latents.shape[-1]), losses.mask_floor
+        ).repeat_interleave(num_timesteps, dim=0)
+    prompts = [p for p in batch.prompts for _ in range(num_timesteps)]
+    terms = objective_terms(model, latents, noise, timesteps, cls, prompts, weights)
+    return float(terms.diffusion.mean())
