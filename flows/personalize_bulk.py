@@ -43,6 +43,7 @@ def personalize_bulk(
     task_runner: RunnerKind = "threads",
     max_workers: Annotated[int, Field(ge=1)] = 1,
     dask_address: str | None = None,
+    dask_resources: dict[str, float] | None = None,
     experiment: str = "e4t-personalize",
     track: bool = True,
     overrides: Overrides | None = None,
@@ -61,6 +62,8 @@ def personalize_bulk(
         task_runner: threads or processes on this machine; dask for a Dask cluster.
         max_workers: Workers of the task runner (passes run at once).
         dask_address: tcp://HOST:8786 of an existing Dask scheduler (task_runner=dask).
+        dask_resources: Dask worker resources each pass needs, e.g. {"GPU": 1} with workers
+            started as `dask worker ... --resources GPU=1`: one pass per GPU at a time.
         experiment: MLflow experiment of the parent and concept runs.
         track: Log the parent run and one child run per concept to MLflow.
         overrides: Config values by dotted key, e.g. {"tune.draws_per_concept": 16}.
@@ -78,6 +81,7 @@ def personalize_bulk(
         map_names={job.tune_pass: "personalize-passes"},
         progress_key="personalize-bulk-progress",
         progress_description=f"passes personalized (%) → {output_url}",
+        resources={job.tune_pass: dask_resources} if dask_resources else None,
     )
     result = job.run(
         images_url,

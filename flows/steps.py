@@ -7,6 +7,7 @@ a sub-flow on the chosen task runner (threads, processes, Dask) with a progress 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -30,8 +31,12 @@ class PrefectSteps:
         map_names: Mapping[Callable[..., Any], str] | None = None,
         progress_key: str | None = None,
         progress_description: str = "",
+        resources: Mapping[Callable[..., Any], Mapping[str, float]] | None = None,
     ) -> None:
         self.tasks = dict(tasks)
+        # per mapped step, the Dask worker resources each of its task runs needs (e.g.
+        # {"GPU": 1}: one at a time on a worker started with `--resources GPU=1`)
+        self.resources = {k: dict(v) for k, v in (resources or {}).items()}
         self.task_runner = task_runner
         self.map_names = dict(map_names or {})
         self.progress_key = progress_key
@@ -49,10 +54,17 @@ class PrefectSteps:
     def map(self, step: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[T]:
         task = self._task(step)
         key, description = self.progress_key, self.progress_description
+        resources = self.resources.get(step)
 
         def fan_out() -> list[Any]:
             progress = create_progress_artifact(0.0, key=key, description=description)
-            futures = [task.submit(*args) for args in calls]
+            annotate: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if resources:  # read by Dask's scheduler; other task runners have no resources
+                import dask
+
+                annotate = dask.annotate(resources=resources)
+            with annotate:
+                futures = [task.submit(*args) for args in calls]
             results = []
             for done, future in enumerate(as_completed(futures), start=1):
                 results.append(future.result())
