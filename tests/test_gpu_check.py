@@ -79,8 +79,8 @@ def test_bench_pretrain_on_an_architecture_prints_rates_memory_and_flops() -> No
     """`e4t bench pretrain --arch ...`: one GPU's figures, here the tiny model on the CPU (no
     card, so no MFU); the FLOP count is FlopCounterMode's and does not depend on the device."""
     done = subprocess.run(
-        [sys.executable, "-m", "e4t.cli", "bench", "pretrain", "--arch", "tiny", "--resolution-px", "32",
-         "--batch-size", "2", "--train-steps", "1"],
+        [sys.executable, "-m", "e4t.cli", "bench", "pretrain", "--arch", "tiny",
+         "--resolution-px", "32", "--batch-size", "2", "--train-steps", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

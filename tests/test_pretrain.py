@@ -104,6 +104,37 @@ def test_trainable_clip_under_ddp_two_processes(
     assert len(moved) > len(before) // 2, moved  # the CLIP layers did train
 
 
+def test_two_nodes_on_one_host_train_like_one_node_of_two_processes(
+    curated_shards: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Multi-node pretraining for real: two torchrun agents ("nodes", 1 process each) meet
+    at a c10d rendezvous on 127.0.0.1, train 10 steps, and end with the weights of one
+    node running 2 processes on the same data and seed."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = _config(curated_shards, tiny_dir, **{"train.num_steps": 10})
+    run_pretraining(config, str(tmp_path / "one-node"), LaunchConfig(nproc_per_node=2), track=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [
+        LaunchConfig(nproc_per_node=1, nnodes=2, node_rank=r, rdzv_endpoint=f"127.0.0.1:{port}")
+        for r in (0, 1)
+    ]
+    out = tmp_path / "two-nodes"
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda n: run_pretraining(config, str(out), n, track=False), nodes))
+    ranks = [json.loads(p.read_text()) for p in sorted((out / "ranks").glob("*.json"))]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
+    assert any(r["result"].get("step") == 10 for r in runs)
+    one, two = _weights(tmp_path / "one-node"), _weights(out)
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-6), name
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_kill_and_resume_equals_uninterrupted(
     curated_shards: Path, tiny_dir: Path, tmp_path: Path, workers: int

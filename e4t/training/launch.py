@@ -13,6 +13,7 @@ launcher with its ``node_rank``, and node 0 tracks and registers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -83,6 +84,17 @@ def torchrun_command(
     return cmd
 
 
+def rendezvous_id(
+    launch: LaunchConfig, config_hash: str, output_url: str, run_id: str | None
+) -> str:
+    """The torchrun rendezvous id. Every node of a job must name the same one without
+    talking to the others first, so with several nodes it comes from what they share: the
+    config and the output URL."""
+    if launch.nnodes > 1:
+        return hashlib.sha256(f"{config_hash}\n{output_url}".encode()).hexdigest()[:12]
+    return run_id or uuid.uuid4().hex[:12]
+
+
 def run_pretraining(
     config: PretrainConfig,
     output_url: str,
@@ -139,7 +151,7 @@ def run_pretraining(
             output_url,
             run_id,
             launch,
-            rdzv_id=previous.get("run_id") or uuid.uuid4().hex[:12],
+            rdzv_id=rendezvous_id(launch, chash, output_url, previous.get("run_id")),
         )
         env = {
             **os.environ,
