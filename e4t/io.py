@@ -193,6 +193,51 @@ def write_text(url: str, text: str) -> None:
     write_bytes(url, text.encode("utf-8"))
 
 
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Write ``url`` only if nothing is there; True when this call created it. Two writers
+    racing for one name: exactly one wins, and the file is whole when it appears.
+
+    Local: the bytes go to a temporary file that is hard-linked to the name (``link`` fails
+    when the name exists). S3: one PUT with ``If-None-Match: *`` (the server answers 412 to
+    the loser). Other filesystems: refused rather than racing.
+    """
+    fs, path = get_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    if type(fs).__name__ == "S3FileSystem":
+        from botocore.exceptions import ClientError
+
+        bucket, key, _ = fs.split_path(path)
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except (ClientError, OSError) as err:
+            # s3fs raises an OSError whose cause is botocore's ClientError
+            cause = err if isinstance(err, ClientError) else err.__cause__
+            response = getattr(cause, "response", None) or {}
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = response.get("Error", {}).get("Code")
+            if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        fs.invalidate_cache(path)
+        return True
+    raise ValueError(f"{url}: exclusive create needs a local path or s3:// (not {fs.protocol})")
+
+
 def open_for_webdataset(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> IO[Any]:
     """A WebDataset ``gopen`` handler that opens any fsspec URL (``s3://``, ``memory://``)."""
     if "r" not in mode:

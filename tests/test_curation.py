@@ -293,3 +293,62 @@ def test_the_training_stream_refuses_unsafe_tar_members(tmp_path: Path, name: st
     assert next(stream)["__key__"] == "good"
     with pytest.raises(ValueError, match="unsafe path"):
         next(stream)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_curations_starting_together_into_one_output_one_is_refused(
+    photos_dir: Path, tmp_path: Path, request: pytest.FixtureRequest, where: str
+) -> None:
+    """plan.json is created exclusively (a hard link locally, If-None-Match on S3): of two
+    curations of other inputs that list their folders at the same moment, exactly one
+    writes the plan, the other is refused, and the plan is the winner's."""
+    import threading
+
+    from e4t import io as eio
+    from e4t.data import curation
+
+    if where == "s3":
+        request.getfixturevalue("s3_env")
+        out = "s3://plans/out"
+        import s3fs
+
+        s3fs.S3FileSystem(**eio.s3_storage_options()).mkdir("plans")
+    else:
+        out = str(tmp_path / "out")
+    sources = []
+    for name in ("a", "b"):
+        src = tmp_path / name
+        src.mkdir()
+        shutil.copyfile(
+            photos_dir / ("obama.jpg" if name == "a" else "biden.jpg"), src / f"{name}.jpg"
+        )
+        sources.append(str(src))
+    listed = threading.Barrier(2)
+    real = curation.list_inputs
+
+    def list_then_wait(*args: object, **kwargs: object) -> object:
+        found = real(*args, **kwargs)  # type: ignore[arg-type]
+        listed.wait(timeout=30)  # both have listed before either looks for a plan
+        return found
+
+    request.getfixturevalue("monkeypatch").setattr(curation, "list_inputs", list_then_wait)
+    config = load_config(CurateConfig, "curate", "tiny")
+    outcomes: dict[str, object] = {}
+
+    def plan(src: str) -> None:
+        try:
+            outcomes[src] = curation.plan_curation(src, out, config)
+        except CurationError as err:
+            outcomes[src] = err
+
+    threads = [threading.Thread(target=plan, args=(s,)) for s in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    refused = [s for s, o in outcomes.items() if isinstance(o, CurationError)]
+    won = [s for s, o in outcomes.items() if not isinstance(o, CurationError)]
+    assert len(refused) == 1 and len(won) == 1, outcomes
+    assert "other inputs" in str(outcomes[refused[0]])
+    written = json.loads(eio.read_text(eio.join(out, "_work", "plan.json")))
+    assert written["source_url"] == won[0]

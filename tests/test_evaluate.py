@@ -292,3 +292,54 @@ def test_the_full_tuning_reference_runs_beside_e4t(
     assert cached_domain_model(str(folder), "cpu").fingerprint() == before  # restored
     report = (tmp_path / "eval" / "report.html").read_text()
     assert "e4t-full" in report
+
+
+def test_two_concurrent_promotions_move_the_alias_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two evaluations of two versions decide at the same time that each beats the (absent)
+    champion; compare-and-set lets one move @champion and the other sees it moved."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from e4t.config import PromotionConfig
+    from e4t.tracking import promotion
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("e4t-castest")
+    experiment = client.create_experiment("e4t-cas", artifact_location=str(tmp_path / "a"))
+    versions = [
+        client.create_model_version("e4t-castest", str(tmp_path / f"m{i}")).version
+        for i in range(2)
+    ]
+    runs = [client.create_run(experiment).info.run_id for _ in versions]
+    both_read = threading.Barrier(2)
+    decide = promotion.decide_promotion
+
+    def decide_together(*args: object) -> tuple[bool, str]:
+        both_read.wait(timeout=30)  # both have read "no champion" before either moves it
+        return decide(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(promotion, "decide_promotion", decide_together)
+    results: dict[int, dict] = {}
+
+    def evaluate(i: int) -> None:
+        results[i] = promotion.promote_if_better(
+            runs[i], ("e4t-castest", str(versions[i])), 0.9, PromotionConfig(), "k", "e4t-cas"
+        )
+
+    threads = [threading.Thread(target=evaluate, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    promoted = [i for i in range(2) if results[i]["promoted"]]
+    assert len(promoted) == 1, results
+    loser = 1 - promoted[0]
+    assert "moved" in results[loser]["reason"]
+    holder = client.get_model_version_by_alias("e4t-castest", "champion").version
+    assert str(holder) == str(versions[promoted[0]])
+    assert client.get_run(runs[loser]).data.tags["e4t.promotion"] == "kept"

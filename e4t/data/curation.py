@@ -117,20 +117,21 @@ def plan_curation(source_url: str, output_url: str, config: CurateConfig) -> Cur
         config_hash=config_hash(config),
     )
     url = work_url(output_url, "plan.json")
-    if eio.exists(url):
-        previous = json.loads(eio.read_text(url))
-        same_inputs = [e.get("relpath") for e in previous["inputs"]] == [
-            e["relpath"] for e in plan.inputs
-        ]
-        if not same_inputs or previous["config_hash"] != plan.config_hash:
-            raise CurationError(
-                f"{output_url} already holds a curation of other inputs or another config "
-                f"(see {url}); write to a new output folder, or delete that one to start over"
-            )
-        return CurationPlan(**{**previous, "inputs": previous["inputs"]})
     eio.makedirs(eio.join(output_url, "_work"))
-    eio.write_text(url, plan.to_json())
-    return plan
+    # created exclusively: of two curations starting together into one output, one writes
+    # the plan and the other finds it (and is refused unless it is the same curation)
+    if eio.create_exclusive(url, plan.to_json().encode("utf-8")):
+        return plan
+    previous = json.loads(eio.read_text(url))
+    same_inputs = [e.get("relpath") for e in previous["inputs"]] == [
+        e["relpath"] for e in plan.inputs
+    ]
+    if not same_inputs or previous["config_hash"] != plan.config_hash:
+        raise CurationError(
+            f"{output_url} already holds a curation of other inputs or another config "
+            f"(see {url}); write to a new output folder, or delete that one to start over"
+        )
+    return CurationPlan(**{**previous, "inputs": previous["inputs"]})
 
 
 def load_plan(output_url: str) -> CurationPlan:

@@ -1,15 +1,23 @@
 """The promotion policy: move ``@champion`` only when a comparable evaluation says so.
 
 Only "the alias is not set yet" counts as "no champion": any other MLflow error (an outage,
-a permission) raises, so it can never be mistaken for a free slot and promote.
+a permission) raises, so it can never be mistaken for a free slot and promote. The move is
+compare-and-set: the alias is re-read just before it moves, and left alone if it changed
+since the decision read it.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from e4t.tracking.client import get_or_create_experiment, mlflow_module
 from e4t.tracking.evaluation import EVALUATE_EXPERIMENT
+
+# the re-read and the move are one step for every evaluation in this process; across
+# processes MLflow has no conditional alias update, so the window is the one round trip
+# between the re-read and the move (milliseconds, against an evaluation's minutes)
+_MOVE_LOCK = threading.Lock()
 
 
 def alias_version(client: Any, name: str, alias: str) -> str | None:
@@ -101,7 +109,18 @@ def _promotion_decision(
         decision["champion_run_id"] = comparable.info.run_id
     ok, why = decide_promotion(candidate_value, champion_value, promotion.mode, promotion.min_delta)
     if ok:
-        client.set_registered_model_alias(name, promotion.alias, version)
+        # compare-and-set: the alias moves only if it still names the champion this decision
+        # was made against (another evaluation may have moved it meanwhile)
+        with _MOVE_LOCK:
+            now = alias_version(client, name, promotion.alias)
+            if now != champion:
+                return {
+                    **decision,
+                    "reason": f"@{promotion.alias} moved from v{champion} to v{now} while this "
+                    "evaluation decided; not moved (evaluate against the new champion)",
+                    "champion_value": champion_value,
+                }
+            client.set_registered_model_alias(name, promotion.alias, version)
     return {**decision, "promoted": ok, "reason": why, "champion_value": champion_value}
 
 
