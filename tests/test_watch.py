@@ -1,17 +1,23 @@
-"""The folder watcher's scanning: READY batches only, each once, state survives restarts."""
+"""The folder watcher: READY batches only, each exactly once — across restarts, a kill between
+trigger and state write, two watchers on one folder and API outages — and new objects on S3
+seen at once. The real Prefect server (ephemeral) and SeaweedFS where it matters."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
-from flows.watch import scan_once
+import pytest
+
+from flows.watch import Lease, batch_key, scan_once, watch
 
 
 def test_ready_batches_are_triggered_once(tmp_path: Path) -> None:
-    calls: list[dict] = []
+    calls: list[tuple[dict, str]] = []
 
-    def trigger(parameters: dict) -> str:
-        calls.append(parameters)
+    def trigger(parameters: dict, key: str) -> str:
+        calls.append((parameters, key))
         return f"run-{len(calls)}"
 
     inbox = tmp_path / "inbox"
@@ -21,13 +27,130 @@ def test_ready_batches_are_triggered_once(tmp_path: Path) -> None:
     assert scan_once(str(inbox), str(tmp_path / "out"), "models:/e4t-faces@champion", trigger) == [
         "b1"
     ]
-    assert calls[0] == {
-        "images_url": str(inbox / "b1"),
-        "output_url": str(tmp_path / "out/b1"),
-        "model_uri": "models:/e4t-faces@champion",
-    }
+    assert calls[0] == (
+        {
+            "images_url": str(inbox / "b1"),
+            "output_url": str(tmp_path / "out/b1"),
+            "model_uri": "models:/e4t-faces@champion",
+        },
+        batch_key(str(inbox), "b1"),
+    )
     # a restart sees the state file: nothing twice; b2 becomes ready later
     assert scan_once(str(inbox), str(tmp_path / "out"), "m", trigger) == []
     (inbox / "b2" / "READY").write_text("")
     assert scan_once(str(inbox), str(tmp_path / "out"), "m", trigger) == ["b2"]
     assert len(calls) == 2
+    assert batch_key(str(inbox), "b2") != batch_key(str(inbox), "b1")
+    assert batch_key(str(inbox) + "/", "b1") == batch_key(str(inbox), "b1")
+
+
+def test_the_lease_admits_one_watcher_and_passes_on_when_it_expires(tmp_path: Path) -> None:
+    a = Lease(str(tmp_path), ttl_s=60, owner="a")
+    b = Lease(str(tmp_path), ttl_s=60, owner="b")
+    assert a.acquire() and not b.acquire()
+    assert a.acquire()  # renewed by its holder
+    a.release()
+    assert b.acquire() and not a.acquire()
+    short = Lease(str(tmp_path / "x"), ttl_s=-1, owner="gone")  # a holder that died
+    (tmp_path / "x").mkdir()
+    assert short.acquire()
+    assert Lease(str(tmp_path / "x"), ttl_s=60, owner="next").acquire()  # taken over
+
+
+@pytest.fixture
+def deployment(prefect_server: None) -> str:
+    """personalize-bulk registered on the ephemeral server (no worker: runs stay scheduled)."""
+    from flows.personalize_bulk import personalize_bulk
+
+    personalize_bulk.to_deployment(name="watch-test").apply()
+    return "personalize-bulk/watch-test"
+
+
+def _runs_of(images_url: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=200)
+    return [r for r in runs if r.parameters.get("images_url") == images_url]
+
+
+def _upload_batch(name: str, inbox: str, photo: bytes) -> None:
+    """Another uploader (its own S3 client): the images first, READY last."""
+    import s3fs
+
+    from e4t import io as eio
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **eio.s3_storage_options())
+    bucket_path = inbox.removeprefix("s3://")
+    fs.pipe(f"{bucket_path}/{name}/face.jpg", photo)
+    fs.pipe(f"{bucket_path}/{name}/READY", b"")
+
+
+@pytest.mark.slow
+def test_each_batch_starts_one_run_on_the_real_server_and_s3(
+    deployment: str, s3_env: dict[str, str], photos_dir: Path
+) -> None:
+    import s3fs
+
+    from e4t import io as eio
+    from flows.watch import deployment_trigger
+
+    s3fs.S3FileSystem(**eio.s3_storage_options()).mkdir("inbox")
+    inbox, out = "s3://inbox/faces", "s3://inbox-out"
+    photo = (photos_dir / "obama.jpg").read_bytes()
+    trigger = deployment_trigger(deployment)
+
+    # 1. killed between starting the run and writing the state: the restart's trigger
+    #    carries the same idempotency key, and the server returns the run it already made
+    _upload_batch("b1", inbox, photo)
+
+    def killed_after_trigger(parameters: dict, key: str) -> str:
+        trigger(parameters, key)
+        raise KeyboardInterrupt  # the process dies here
+
+    with pytest.raises(KeyboardInterrupt):
+        scan_once(inbox, out, "models:/e4t-faces@champion", killed_after_trigger)
+    assert not eio.exists(eio.join(inbox, ".e4t-watch.json"))
+    assert scan_once(inbox, out, "models:/e4t-faces@champion", trigger) == ["b1"]
+    assert len(_runs_of(f"{inbox}/b1")) == 1
+
+    # 2. a batch uploaded by someone else after this process listed the prefix is seen
+    assert scan_once(inbox, out, "m", trigger) == []
+    _upload_batch("b2", inbox, photo)
+    assert scan_once(inbox, out, "m", trigger) == ["b2"]
+
+    # 3. two watchers on one folder: one holds the lease, the other stands by
+    _upload_batch("b3", inbox, photo)
+    started: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def run_watcher(owner: str) -> None:
+        barrier.wait(timeout=30)
+        watch(inbox, out, "m", trigger, interval_s=0.01, max_scans=2,
+              lease=Lease(inbox, ttl_s=60, owner=owner), on_started=started.append,
+              sleep=lambda s: None)  # fmt: skip
+
+    threads = [threading.Thread(target=run_watcher, args=(o,)) for o in ("w1", "w2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert started == ["b3"]
+    assert len(_runs_of(f"{inbox}/b3")) == 1
+
+    # 4. the API fails once: the watcher backs off, goes on, and starts the batch
+    _upload_batch("b4", inbox, photo)
+    calls = {"n": 0}
+
+    def outage_then_up(parameters: dict, key: str) -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("Prefect API unreachable")
+        return trigger(parameters, key)
+
+    waits: list[float] = []
+    failures = watch(inbox, out, "m", outage_then_up, interval_s=5, max_scans=3,
+                     on_started=started.append, sleep=waits.append)  # fmt: skip
+    assert failures == 1 and started[-1] == "b4"
+    assert waits == [10, 5]  # doubled after the failure, back to the interval after
+    assert len(_runs_of(f"{inbox}/b4")) == 1
