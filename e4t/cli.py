@@ -116,6 +116,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             skip=tuple(args.skip or ()),
         )
         return 0 if print_json_lines(figures) else 1
+    elif args.what == "personalize" and args.runner:
+        from e4t.bench.personalize import bench_personalize_runner
+
+        result = bench_personalize_runner(
+            args.runner, workers=args.workers, num_steps=args.tune_steps
+        )
     elif args.what == "personalize" and args.count_ops:
         result = bench.bench_personalize_ops(
             arch=args.arch, resolution_px=args.resolution_px, draws=args.draws, dtype=args.dtype
@@ -133,7 +139,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.arch_given:  # pretrain on a full-size architecture: one GPU's step figures
         from e4t.bench.pretrain import bench_pretrain_steps, report_steps
 
-        figures = list(
+        rows = list(
             bench_pretrain_steps(
                 args.arch,
                 device=args.device,
@@ -143,7 +149,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 num_steps=args.train_steps,
             )
         )
-        print(report_steps(figures))
+        print(report_steps(rows))
         return 0
     else:
         result = bench.bench_pretrain(
@@ -583,6 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         choices=["tune", "ops", "generate", "pretrain"],
         help="gpu: figures to leave out",
+    )
+    p.add_argument(
+        "--runner",
+        choices=["inprocess", "dask"],
+        help="personalize: concepts per minute of the personalize job with its passes on "
+        "this runner (dask: a LocalCluster of --workers worker processes)",
     )
     p.add_argument(
         "--count-ops",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -205,3 +206,15 @@ def test_passes_run_on_the_workers_that_declare_the_resources_they_need(
         )
     by_name = dict(executed.values())
     assert by_name["w0"] >= 3 and by_name["w1"] == 0, by_name
+
+
+def test_bench_personalize_on_dask_prints_concepts_per_minute() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "e4t.cli", "bench", "personalize", "--runner", "dask",
+         "--workers", "2", "--tune-steps", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "runner=dask, workers=2" in done.stdout
+    rate = float(re.search(r"([\d.]+) concepts/minute", done.stdout)[1])
+    assert rate > 0

@@ -3,6 +3,7 @@ time, on an architecture built with random weights."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tempfile
 import time
@@ -185,3 +186,73 @@ def _sample_faces(resolution_px: int, image_processor: Any) -> list[Any]:
             )
             for s in samples
         ]
+
+
+@dataclass
+class RunnerBench:
+    runner: str
+    workers: int
+    num_concepts: int
+    num_steps: int
+    wall_seconds: float
+
+    @property
+    def concepts_per_minute(self) -> float:
+        return 60 * self.num_concepts / self.wall_seconds
+
+    def report(self) -> str:
+        return (
+            f"personalize runner bench: tiny preset, {self.num_concepts} concepts of "
+            f"{self.num_steps} steps, one concept per pass, runner={self.runner}, "
+            f"workers={self.workers}\n"
+            f"  {self.concepts_per_minute:.1f} concepts/minute ({self.wall_seconds:.1f} s wall, "
+            "each worker loading the domain model once; cluster start not counted)"
+        )
+
+
+def bench_personalize_runner(
+    runner: str = "dask", workers: int = 2, num_concepts: int = 8, num_steps: int = 5
+) -> RunnerBench:
+    """Concepts per minute of the personalize job on the sample portraits (tiny preset),
+    its passes mapped over ``runner``: ``inprocess`` (this process, one pass at a time) or
+    ``dask`` (a ``LocalCluster`` of ``workers`` worker processes)."""
+    import shutil
+
+    from e4t.config import ModelConfig, PersonalizeConfig
+    from e4t.jobs import personalize as job
+    from e4t.jobs.steps import InProcess, OnDask
+    from e4t.models.architectures import init_model
+    from e4t.models.e4t_model import E4TModel
+
+    if runner not in ("inprocess", "dask"):
+        raise ValueError(f"runner={runner!r}: use inprocess or dask")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        photos = fetch_sample_photos(root / "photos")
+        portraits = [photos / n for n in ("obama.jpg", "biden.jpg", "astronaut.png")]
+        images = root / "images"
+        images.mkdir()
+        for i in range(num_concepts):
+            source = portraits[i % len(portraits)]
+            shutil.copyfile(source, images / f"person{i:02d}{source.suffix}")
+        base = init_model(root / "base", arch="tiny")
+        domain = E4TModel.from_config(
+            ModelConfig(base_model=str(base), encoder={"hidden_dim": 32})
+        ).save_pretrained(root / "domain")
+        config = load_config(
+            PersonalizeConfig,
+            "personalize",
+            "tiny",
+            values={"tune.num_steps": num_steps, "concepts_per_pass": 1},
+        )
+        steps = OnDask(num_workers=workers) if runner == "dask" else InProcess()
+        with steps if isinstance(steps, OnDask) else contextlib.nullcontext():
+            start = time.perf_counter()
+            result = job.run(
+                str(images), str(root / "out"), str(domain), config, steps, track_run=False
+            )
+            wall = time.perf_counter() - start
+        done = result["summary"]["num_done"]
+        if done != num_concepts:
+            raise RuntimeError(f"{done} of {num_concepts} concepts were made: {result['summary']}")
+    return RunnerBench(runner, workers if runner == "dask" else 1, num_concepts, num_steps, wall)

@@ -7,6 +7,8 @@ of plain functions — its steps — written once. It calls each step through a
 - :class:`InProcess` (the CLI, notebooks, benchmarks) calls them here, mapping over worker
   processes when asked, and hands each step the callbacks the caller registered for it
   (progress bars);
+- :class:`OnDask` maps over a ``dask.distributed`` cluster (an address, or a
+  ``LocalCluster`` of worker processes it starts) without Prefect: benchmarks and scripts;
 - the Prefect flows pass a runner that turns each step into its Prefect task (retries,
   logs, artifacts) and maps over the flow's task runner (``flows/steps.py``).
 
@@ -65,3 +67,53 @@ class InProcess:
             futures = [pool.submit(step, *args) for args in calls]
             for future in as_completed(futures):
                 yield future.result()
+
+
+class OnDask:
+    """Steps run here; ``map`` submits each call to a Dask cluster: the scheduler at
+    ``address``, or a ``LocalCluster`` of ``num_workers`` single-threaded worker processes
+    started for the block (``with OnDask(...) as runner``). ``resources`` (e.g.
+    ``{"GPU": 1}``) is what each mapped call needs from a worker."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_workers: int = 2,
+        resources: Mapping[str, float] | None = None,
+    ) -> None:
+        self.address = address
+        self.num_workers = num_workers
+        self.resources = dict(resources or {})
+        self._client: Any = None
+        self._cluster: Any = None
+
+    def __enter__(self) -> OnDask:
+        from distributed import Client, LocalCluster
+
+        if self.address is None:
+            self._cluster = LocalCluster(
+                n_workers=self.num_workers, threads_per_worker=1, processes=True,
+                dashboard_address=None,
+            )  # fmt: skip
+        self._client = Client(self.address or self._cluster)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def call(self, step: Callable[..., T], *args: Any) -> T:
+        return step(*args)
+
+    def map(self, step: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[T]:
+        from distributed import as_completed as dask_completed
+
+        if self._client is None:
+            raise RuntimeError("OnDask maps inside its with-block (it owns the cluster)")
+        futures = [
+            self._client.submit(step, *args, pure=False, resources=self.resources or None)
+            for args in calls
+        ]
+        for future in dask_completed(futures):
+            yield future.result()
