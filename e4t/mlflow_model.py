@@ -1,10 +1,17 @@
 """The MLflow pyfunc of a domain model, logged as code (models-from-code: nothing pickled).
 
-``predict`` takes a DataFrame with columns ``image`` (a path, or base64 of PNG/JPEG
-bytes) and ``prompt`` (``{}`` = the person), optional ``seed``; params ``num_steps``,
-``guidance_scale``. It personalizes from the image and returns the generated images as
-base64 PNG. (Personalization here is the encoder's prediction; few-step tuning is the
-``personalize-bulk`` stage.)
+``predict`` takes a DataFrame with columns ``image`` (base64 of the image's bytes, or a
+path under the allowed root) and ``prompt`` (``{}`` = the person), optional ``seed``;
+params ``num_steps``, ``guidance_scale``. It personalizes from the image and returns the
+generated images as base64 PNG. (Personalization here is the encoder's prediction;
+few-step tuning is the ``personalize-bulk`` stage.)
+
+Loading this model runs this file (models-from-code): write access to the MLflow artifact
+store is code execution for whoever loads a model from it. ``predict`` itself reads no
+file outside ``E4T_PREDICT_ROOT`` (default: the working directory when the model was
+loaded; symlinks resolved) and decodes images only within the curation's caps
+(``decode.max_bytes``, ``decode.max_pixels``), so a serving endpoint cannot be asked to
+read ``/etc/...`` or to decompress a bomb.
 """
 
 from __future__ import annotations
@@ -18,12 +25,46 @@ from typing import Any
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
+ROOT_ENV = "E4T_PREDICT_ROOT"
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"RIFF", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 
-def _image_bytes(source: str) -> bytes:
-    """A path to an image, or the image's bytes in base64."""
-    if len(source) < 1024 and "\n" not in source and Path(source).is_file():
-        return Path(source).read_bytes()
-    return base64.b64decode(source)
+
+class PredictInputError(ValueError):
+    """An ``image`` value predict refuses: outside the allowed root, too big, not an image."""
+
+
+def _image_bytes(source: str, root: Path) -> bytes:
+    """The image's bytes: base64 of an image, or a file under ``root``."""
+    try:
+        data = base64.b64decode(source, validate=True)
+        if data.startswith(IMAGE_MAGIC):
+            return data
+    except (ValueError, TypeError):
+        pass
+    if len(source) > 4096 or "\x00" in source:
+        raise PredictInputError("image is neither base64 of an image nor a path")
+    path = Path(source)
+    resolved = (path if path.is_absolute() else root / path).resolve()
+    if not resolved.is_relative_to(root):
+        raise PredictInputError(
+            f"image path {source!r} is outside the allowed root {root} "
+            f"(set {ROOT_ENV} on the serving side, or send the image as base64)"
+        )
+    if not resolved.is_file():
+        raise PredictInputError(f"image path {source!r}: no such file under {root}")
+    return resolved.read_bytes()
+
+
+def load_image(source: str, root: Path, caps: Any) -> Any:
+    """A PIL RGB image from an ``image`` value, within the decode caps."""
+    from PIL import Image
+
+    from e4t.data.decode import decode_image
+
+    decoded = decode_image(_image_bytes(source, root), caps)
+    if decoded.image is None:
+        raise PredictInputError(f"image refused: {decoded.reason} ({decoded.detail})")
+    return Image.fromarray(decoded.image)
 
 
 class E4TPyfunc(PythonModel):
@@ -36,12 +77,13 @@ class E4TPyfunc(PythonModel):
         self.model = E4TModel.from_pretrained(
             context.artifacts["domain_model"], overrides=overrides
         )
+        self.root = Path(os.environ.get(ROOT_ENV) or os.getcwd()).resolve()
 
     def predict(self, context, model_input, params=None):
         # (no type hints: MLflow would read them as a schema)
         import pandas as pd
-        from PIL import Image
 
+        from e4t.config import DecodeConfig
         from e4t.generation import GenerationConfig, clip_pixels, generate
 
         params = params or {}
@@ -52,9 +94,7 @@ class E4TPyfunc(PythonModel):
         )
         rows = []
         for record in model_input.to_dict(orient="records"):
-            source = str(record["image"])
-            data = _image_bytes(source)
-            image = Image.open(io.BytesIO(data)).convert("RGB")
+            image = load_image(str(record["image"]), self.root, DecodeConfig())
             cls = self.model.clip_cls(clip_pixels(self.model, image))
             seed = int(record.get("seed", 0) or 0)
             (item,) = generate(self.model, cls, [str(record["prompt"])], 1, seed, config)

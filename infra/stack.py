@@ -71,14 +71,31 @@ class Stack:
         return cls(root, info["prefect_api"], info["mlflow_uri"], info["s3_endpoint"])
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file readable by its owner only (0600 whatever the umask, also when
+    the file existed with a wider mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
 def _credentials(root: Path) -> dict[str, str]:
     path = root / "credentials.json"
     if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(
-            json.dumps({"access_key": secrets.token_hex(10), "secret_key": secrets.token_hex(20)})
+        write_private(
+            path,
+            json.dumps({"access_key": secrets.token_hex(10), "secret_key": secrets.token_hex(20)}),
         )
+    os.chmod(path, 0o600)
     return dict(json.loads(path.read_text()))
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """``stack.env``: the exports a shell needs, secrets included, so 0600."""
+    write_private(path, "".join(f"export {k}={v}\n" for k, v in env.items()))
 
 
 def _wait_http(url: str, process: Background, log: Path, timeout_s: float) -> None:
@@ -162,9 +179,7 @@ def up(
         prefect_cli(client_env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
         worker = start_worker(root / "prefect", api, POOL, extra_env=stack.env())
         started.append(worker)
-        env_file = root / "stack.env"
-        env_file.touch(mode=0o600)
-        env_file.write_text("".join(f"export {k}={v}\n" for k, v in stack.env().items()))
+        write_env_file(root / "stack.env", stack.env())
         return stack
     except BaseException:
         for process in reversed(started):
