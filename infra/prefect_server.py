@@ -7,6 +7,7 @@ files and logs under one folder, health-checked, stopped by PID.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -62,22 +63,31 @@ def start_background(cmd: list[str], env: dict[str, str], root: Path, name: str)
 
 
 def start_server(
-    root: Path, port: int | None = None, timeout_s: float = 120.0
+    root: Path, port: int | None = None, timeout_s: float = 120.0, auth: str | None = None
 ) -> tuple[Background, str]:
+    """A Prefect server on 127.0.0.1; ``auth`` = ``"user:password"`` turns on its basic auth
+    (``PREFECT_SERVER_API_AUTH_STRING``; clients then need ``PREFECT_API_AUTH_STRING``)."""
     port = port or free_ports(1)[0]
     api = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(root / "home")
+    if auth:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     server = start_background(
         [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        prefect_env(root / "home"),
+        env,
         root,
         "prefect-server",
     )
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not server.alive():
             raise RuntimeError(f"Prefect server exited; see {root / 'prefect-server.log'}")
         try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+            request = urllib.request.Request(f"{api}/health", headers=headers)
+            with urllib.request.urlopen(request, timeout=2) as response:
                 if response.status == 200:
                     return server, api
         except OSError:

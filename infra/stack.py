@@ -16,6 +16,7 @@ holds the exports a shell needs — API URLs, S3 endpoint and the generated S3 c
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -58,6 +59,10 @@ class Stack:
             "AWS_ENDPOINT_URL": self.s3_endpoint,
             "AWS_ACCESS_KEY_ID": creds["access_key"],
             "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+            # the servers' basic auth: the Prefect CLI/worker/clients and MLflow clients
+            "PREFECT_API_AUTH_STRING": f"{AUTH_USER}:{creds['prefect_password']}",
+            "MLFLOW_TRACKING_USERNAME": AUTH_USER,
+            "MLFLOW_TRACKING_PASSWORD": creds["mlflow_password"],
             "AWS_DEFAULT_REGION": "us-east-1",
             "E4T_PROJECT_DIR": str(ROOT),
             "E4T_DATA_DIR": str(self.root / "data"),
@@ -82,15 +87,27 @@ def write_private(path: Path, text: str) -> None:
         os.close(fd)
 
 
+AUTH_USER = "admin"  # the stack's one user on Prefect and MLflow
+
+
 def _credentials(root: Path) -> dict[str, str]:
+    """The stack's secrets, made once: S3 keys and the Prefect and MLflow passwords."""
     path = root / "credentials.json"
-    if not path.exists():
-        write_private(
-            path,
-            json.dumps({"access_key": secrets.token_hex(10), "secret_key": secrets.token_hex(20)}),
-        )
+    creds = json.loads(path.read_text()) if path.exists() else {}
+    fresh = {
+        "access_key": secrets.token_hex(10),
+        "secret_key": secrets.token_hex(20),
+        "prefect_password": secrets.token_urlsafe(24),
+        "mlflow_password": secrets.token_urlsafe(24),
+    }
+    if set(fresh) - set(creds):  # a stack made before some secret existed gets it now
+        write_private(path, json.dumps({**fresh, **creds}))
     os.chmod(path, 0o600)
     return dict(json.loads(path.read_text()))
+
+
+def basic_auth_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
@@ -130,7 +147,18 @@ def start_mlflow(
         f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
         "--artifacts-destination",
         "s3://mlflow/artifacts",
+        "--app-name",
+        "basic-auth",
     ]
+    # the users live in their own database; nobody but the admin gets any permission
+    auth_ini = root / "mlflow" / "auth.ini"
+    auth_ini.write_text(
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{root / 'mlflow' / 'auth.db'}\n"
+        f"admin_username = {AUTH_USER}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     env = {
         **os.environ,
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
@@ -139,6 +167,10 @@ def start_mlflow(
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": creds["mlflow_password"],  # the environment, no file
+        # the auth app's own secret for its forms
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["mlflow_password"][::-1],
     }
     process = start_background(cmd, env, root, "mlflow")
     uri = f"http://127.0.0.1:{port}"
@@ -166,7 +198,9 @@ def up(
         started.append(Background(s3.pid, root / "s3" / "weed.pid"))
         mlflow_proc, mlflow_uri = start_mlflow(root, s3.endpoint, creds, mlflow_port)
         started.append(mlflow_proc)
-        server, api = start_server(root / "prefect", prefect_port)
+        server, api = start_server(
+            root / "prefect", prefect_port, auth=f"{AUTH_USER}:{creds['prefect_password']}"
+        )
         started.append(server)
         stack = Stack(root, api, mlflow_uri, s3.endpoint)
         (root / "stack.json").write_text(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
 import urllib.parse
 import urllib.request
@@ -49,7 +50,10 @@ def _prefect(stack: Stack, *args: str) -> str:
 
 
 def _api(stack: Stack, path: str) -> Any:
-    with urllib.request.urlopen(f"{stack.prefect_api}{path}", timeout=10) as response:
+    request = urllib.request.Request(
+        f"{stack.prefect_api}{path}", headers={"Authorization": _prefect_auth(stack)}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -65,6 +69,9 @@ def _run_deployment(stack: Stack, name: str, params: dict[str, Any], timeout_s: 
 def _mlflow(stack: Stack) -> Any:
     import mlflow
 
+    env = stack.env()
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        os.environ[key] = env[key]  # the server's basic auth
     mlflow.set_tracking_uri(stack.mlflow_uri)
     return mlflow
 
@@ -94,7 +101,7 @@ def test_pipeline_deployment_on_the_stack(deployed: Stack, s3_env: None, tmp_pat
     from e4t import io as eio
 
     stack = deployed
-    flow_run = _run_deployment(
+    _run_deployment(
         stack,
         "e4t-pipeline/e4t-pipeline",
         {
@@ -138,17 +145,114 @@ def test_pipeline_deployment_on_the_stack(deployed: Stack, s3_env: None, tmp_pat
     # the MLflow server keeps its artifacts in the S3 store
     assert eio.list_files("s3://mlflow/artifacts")
 
-    # no credential in logs, MLflow params or Prefect parameters
-    secret = stack.env()["AWS_SECRET_ACCESS_KEY"]
-    access = stack.env()["AWS_ACCESS_KEY_ID"]
-    for log in [*stack.root.rglob("*.log")]:
-        text = log.read_text(errors="replace")
-        assert secret not in text and access not in text, log
-    for run in [*dataset, *pretrain, *concepts, *evaluation]:
-        values = " ".join(run.data.params.values()) + " ".join(run.data.tags.values())
-        assert secret not in values and access not in values
-    parameters = json.dumps(_api(stack, f"/flow_runs/{flow_run}")["parameters"])
-    assert secret not in parameters and access not in parameters
+    # no credential anywhere a person or a later job can read
+    found = _secret_leaks(stack, [*dataset, *pretrain, *concepts, *evaluation], client)
+    assert found == [], found
+
+
+def _secrets(stack: Stack) -> dict[str, str]:
+    env = stack.env()
+    creds = json.loads((stack.root / "credentials.json").read_text())
+    return {
+        "S3 secret key": env["AWS_SECRET_ACCESS_KEY"],
+        "S3 access key": env["AWS_ACCESS_KEY_ID"],
+        "Prefect password": creds["prefect_password"],
+        "MLflow password": creds["mlflow_password"],
+    }
+
+
+def _secret_leaks(stack: Stack, runs: list[Any], client: Any) -> list[str]:
+    """Where a stack credential shows up: service and worker logs; every flow run's
+    parameters (subflows included); Prefect artifacts; MLflow params, tags and artifacts
+    (report, configs); S3 objects' metadata and the HTML report."""
+    import s3fs
+
+    from e4t import io as eio
+
+    secrets = _secrets(stack)
+    places: list[tuple[str, str]] = []
+    for log in stack.root.rglob("*.log"):
+        places.append((str(log), log.read_text(errors="replace")))
+    for run in _api_post(stack, "/flow_runs/filter", {"limit": 200}):
+        places.append((f"flow run {run['name']} parameters", json.dumps(run["parameters"])))
+    for artifact in _api_post(stack, "/artifacts/filter", {"limit": 200}):
+        places.append((f"Prefect artifact {artifact.get('key')}", json.dumps(artifact["data"])))
+    for run in runs:
+        values = json.dumps(run.data.params) + json.dumps(run.data.tags)
+        places.append((f"MLflow run {run.info.run_id} params/tags", values))
+        pending = [a for a in client.list_artifacts(run.info.run_id)]
+        while pending:
+            item = pending.pop()
+            if item.is_dir:
+                pending += client.list_artifacts(run.info.run_id, item.path)
+            elif item.path.endswith((".json", ".yaml", ".yml", ".html", ".txt", ".jsonl", ".py")):
+                local = client.download_artifacts(run.info.run_id, item.path)
+                places.append(
+                    (f"MLflow artifact {item.path}", Path(local).read_text(errors="replace"))
+                )
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **eio.s3_storage_options())
+    for bucket in ("e4t", "mlflow"):
+        for key in fs.find(bucket):
+            info = fs.info(key)
+            meta = json.dumps({k: str(v) for k, v in info.items() if k not in ("size", "name")})
+            places.append((f"s3://{key} metadata", meta))
+    places.append(("report.html", eio.read_text("s3://e4t/runs/stack/evaluation/report.html")))
+    return [
+        f"{what} in {where}" for where, text in places for what, s in secrets.items() if s in text
+    ]
+
+
+def _api_post(stack: Stack, path: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        f"{stack.prefect_api}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": _prefect_auth(stack)},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _prefect_auth(stack: Stack) -> str:
+    from infra.stack import basic_auth_header
+
+    user, password = stack.env()["PREFECT_API_AUTH_STRING"].split(":", 1)
+    return basic_auth_header(user, password)
+
+
+def test_the_servers_refuse_requests_without_credentials(stack: Stack) -> None:
+    """Any local user could otherwise start flows with arbitrary paths or move @champion:
+    both servers answer 401 without the stack's credentials, 200 with them."""
+    import urllib.error
+
+    from infra.stack import basic_auth_header
+
+    env = stack.env()
+    mlflow_auth = basic_auth_header(
+        env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]
+    )
+    checks = [
+        (f"{stack.prefect_api}/flows/filter", b"{}", _prefect_auth(stack)),
+        (f"{stack.prefect_api}/deployments/filter", b"{}", _prefect_auth(stack)),
+        (f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=1", None, mlflow_auth),
+        (f"{stack.mlflow_uri}/api/2.0/mlflow/registered-models/search", None, mlflow_auth),
+    ]
+    for url, body, auth in checks:
+        for headers, want in (
+            ({}, 401),
+            ({"Authorization": "Basic YWRtaW46d3Jvbmc="}, 401),
+            ({"Authorization": auth}, 200),
+        ):
+            request = urllib.request.Request(
+                url, data=body, headers={"Content-Type": "application/json", **headers}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    status = response.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+            assert status == want, (url, headers.keys(), status)
+    assert stat.S_IMODE((stack.root / "stack.env").stat().st_mode) == 0o600
+    assert stat.S_IMODE((stack.root / "credentials.json").stat().st_mode) == 0o600
 
 
 def test_mlflow_ui_compares_two_pretraining_runs(deployed: Stack, tmp_path: Path) -> None:
@@ -179,7 +283,13 @@ def test_mlflow_ui_compares_two_pretraining_runs(deployed: Stack, tmp_path: Path
     query = urllib.parse.urlencode(
         {"runs": json.dumps(ids), "experiments": json.dumps([experiment])}
     )
+    from infra.stack import basic_auth_header
+
+    env = stack.env()
+    auth = basic_auth_header(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
     with headless_page() as page:
+        page.call("Network.enable")
+        page.call("Network.setExtraHTTPHeaders", headers={"Authorization": auth})
         page.goto(f"{stack.mlflow_uri}/#/compare-runs?{query}")
         wanted = ["loss_diffusion", "samples_per_second", "grad_norm", "heldout_loss"]
         page.wait_for(" && ".join(f"document.body.innerText.includes('{m}')" for m in wanted), 90)
@@ -213,7 +323,7 @@ def _children(stack: Stack, parent_id: str) -> list[dict[str, Any]]:
     request = urllib.request.Request(
         f"{stack.prefect_api}/flow_runs/filter",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": _prefect_auth(stack)},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return list(json.loads(response.read()))
@@ -402,9 +512,11 @@ def _listening_sockets() -> dict[str, tuple[str, int]]:
 
 def _process_tree(pid: int) -> set[int]:
     parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc_stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            parents[int(proc_stat.parent.name)] = int(
+                proc_stat.read_text().rsplit(")", 1)[1].split()[1]
+            )
         except (OSError, ValueError):
             continue
     found, grew = {pid}, True
