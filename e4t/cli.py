@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from e4t import __version__
@@ -78,6 +79,23 @@ def _cmd_samples(args: argparse.Namespace) -> int:
 
     dest = fetch_sample_photos(args.dest, negatives=args.negatives)
     print(f"sample photos in {dest}: {', '.join(sorted(p.name for p in dest.iterdir()))}")
+    return 0
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    """Copy a file or a folder's files to any URL (s3://, a path), keeping relative paths."""
+    from tqdm import tqdm
+
+    from e4t import io as eio
+
+    src = Path(args.src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder to upload")
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    base = src.parent if src.is_file() else src
+    for path in tqdm(files, desc="upload", unit="file", disable=not files):
+        eio.write_bytes(eio.join(args.dest, path.relative_to(base).as_posix()), path.read_bytes())
+    print(f"uploaded {len(files)} files to {args.dest}")
     return 0
 
 
@@ -544,6 +562,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="folder for the PNGs")
     p.set_defaults(func=_cmd_generate)
 
+    p = sub.add_parser(
+        "upload",
+        help="copy photos to s3:// (or any URL) with the S3 settings of the environment",
+        description="Copy a file, or every file under a folder (relative paths kept), to "
+        "DEST: s3://BUCKET/PREFIX or a path. Credentials and endpoint come from AWS_* / "
+        "E4T_S3_ENDPOINT_URL, as for every other command.",
+    )
+    p.add_argument("src", help="a file or a folder")
+    p.add_argument("dest", help="s3://BUCKET/PREFIX or a folder")
+    p.set_defaults(func=_cmd_upload)
+
     p = sub.add_parser("samples", help="fetch the real sample photos (registry + scikit-image)")
     p.add_argument("dest", help="folder to copy them into")
     p.add_argument("--negatives", action="store_true", help="also the no-face photos")
@@ -608,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from e4t.quiet import quiet_libraries
+
+    quiet_libraries()  # one progress bar per long job, no notices about unused backends
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

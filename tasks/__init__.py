@@ -33,3 +33,12 @@ def _send_library_logs_to_prefect() -> None:
 
 
 _send_library_logs_to_prefect()
+
+
+def _quiet_libraries() -> None:
+    from e4t.quiet import quiet_libraries
+
+    quiet_libraries()
+
+
+_quiet_libraries()

@@ -110,6 +110,13 @@ def test_model_commands_end_to_end(tmp_path: Path, photos_dir: Path) -> None:
     for args in steps:
         done = _e4t(*args)
         assert done.returncode == 0, f"{args[0]}: {done.stderr[-2000:]}"
+        # a normal run prints no warning and no per-file loading bars
+        noise = [
+            line
+            for line in (done.stdout + done.stderr).splitlines()
+            if re.search(r"warn|torchvision|Loading weights|Writing model shards", line, re.I)
+        ]
+        assert noise == [], f"{args[0]}: {noise}"
     pngs = sorted((tmp_path / "images").glob("*.png"))
     assert len(pngs) == 2
     info = Image.open(pngs[1]).text
@@ -125,3 +132,16 @@ def test_model_commands_end_to_end(tmp_path: Path, photos_dir: Path) -> None:
         "{}",
     )
     assert done.returncode == 2 and "not an E4T domain model" in done.stderr
+
+
+def test_upload_copies_a_folder_keeping_relative_paths(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.jpg").write_bytes(b"a")
+    (src / "sub" / "b.png").write_bytes(b"b")
+    done = _e4t("upload", str(src), str(tmp_path / "dest"))
+    assert done.returncode == 0, done.stderr
+    assert "uploaded 2 files" in done.stdout
+    assert (tmp_path / "dest" / "sub" / "b.png").read_bytes() == b"b"
+    missing = _e4t("upload", str(tmp_path / "nope"), str(tmp_path / "dest"))
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr

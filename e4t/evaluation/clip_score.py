@@ -16,14 +16,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
 from e4t.config import ClipScoreConfig
 
 TINY_SEED = 1234
 
 
-def _tiny_clip() -> tuple[CLIPModel, CLIPTokenizer, CLIPImageProcessor]:
+def _tiny_clip() -> tuple[CLIPModel, CLIPTokenizer, CLIPImageProcessorPil]:
     from transformers import CLIPConfig
 
     from e4t.models.tokenizer import MODEL_MAX_LENGTH, write_clip_tokenizer
@@ -49,7 +49,7 @@ def _tiny_clip() -> tuple[CLIPModel, CLIPTokenizer, CLIPImageProcessor]:
         tokenizer = CLIPTokenizer.from_pretrained(
             write_clip_tokenizer(tmp), model_max_length=MODEL_MAX_LENGTH
         )
-    processor = CLIPImageProcessor(
+    processor = CLIPImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     )
     return model, tokenizer, processor
@@ -62,7 +62,7 @@ class ClipScorer:
         else:
             model = CLIPModel.from_pretrained(config.model, use_safetensors=True)
             self.tokenizer = CLIPTokenizer.from_pretrained(config.model)
-            self.processor = CLIPImageProcessor.from_pretrained(config.model)
+            self.processor = CLIPImageProcessorPil.from_pretrained(config.model)
         self.model = model.eval().requires_grad_(False).to(config.device)
         self.device = config.device
         self.name = config.model

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
@@ -202,7 +202,7 @@ def init_model(
     vision = build_image_encoder(_VISION_FOR[arch])
     vision.save_pretrained(out / "image_encoder")
     size = vision.config.image_size
-    CLIPImageProcessor(
+    CLIPImageProcessorPil(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     ).save_pretrained(out / "feature_extractor")
     build_scheduler(prediction_type).save_pretrained(out / "scheduler")

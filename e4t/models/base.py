@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPTextModel,
     CLIPTokenizer,
     CLIPVisionModelWithProjection,
@@ -39,7 +39,7 @@ class BaseModels:
     noise_scheduler: SchedulerMixin
     scheduler_config: dict[str, Any]
     image_encoder: CLIPVisionModelWithProjection
-    image_processor: CLIPImageProcessor
+    image_processor: CLIPImageProcessorPil
     source: str
 
     @property
@@ -128,7 +128,7 @@ def load_base_models(config: ModelConfig) -> BaseModels:
         enc_repo, torch_dtype=dtype, attn_implementation=attn, **kwargs
     )
     try:
-        image_processor = CLIPImageProcessor.from_pretrained(
+        image_processor = CLIPImageProcessorPil.from_pretrained(
             source if enc_sub else enc_repo, subfolder="feature_extractor" if enc_sub else None
         )
     except OSError:
@@ -147,8 +147,8 @@ def load_base_models(config: ModelConfig) -> BaseModels:
     )
 
 
-def square_image_processor(size: int) -> CLIPImageProcessor:
+def square_image_processor(size: int) -> CLIPImageProcessorPil:
     """CLIP's preprocessing for a vision tower of ``size`` px (resize, centre crop, norm)."""
-    return CLIPImageProcessor(
+    return CLIPImageProcessorPil(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
