@@ -82,6 +82,19 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_concept(args: argparse.Namespace) -> int:
+    from e4t.export import export_concept
+    from e4t.tracking import load_domain_model
+
+    model = load_domain_model(args.model, device=args.device)
+    info = export_concept(model, args.concept, args.out, frozen_steps=args.sample_steps)
+    sizes = ", ".join(f"{k} {v:,} bytes" for k, v in info["bytes"].items())
+    print(f"exported {info['concept_id']} as {info['token']} to {info['folder']} ({sizes})")
+    print(f"base (shared by this domain's concepts): {info['base_folder']}")
+    print(info["use"])
+    return 0
+
+
 def _cmd_upload(args: argparse.Namespace) -> int:
     """Copy a file or a folder's files to any URL (s3://, a path), keeping relative paths."""
     from tqdm import tqdm
@@ -561,6 +574,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="outputs", help="folder for the PNGs")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "export-concept",
+        help="a concept for stock diffusers: textual-inversion embedding + LoRA (+ the base)",
+        description="Write OUT/<concept>/ (learned_embeds.safetensors: the frozen v*; "
+        "pytorch_lora_weights.safetensors: the deltas) and, once per domain model, "
+        "OUT/base-<fingerprint>/ (a diffusers folder, UNet with the domain offsets folded in).",
+    )
+    p.add_argument("concept", help="a concept folder (concept.json + concept.safetensors)")
+    p.add_argument("--model", required=True, help="its domain model: models:/... or a folder")
+    p.add_argument("--out", required=True, help="export folder")
+    p.add_argument(
+        "--sample-steps", type=int, default=20, help="steps of the trajectory v* is averaged on"
+    )
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_export_concept)
 
     p = sub.add_parser(
         "upload",

@@ -95,6 +95,7 @@ def generate(
     seed: int = 0,
     config: GenerationConfig | None = None,
     keep_v_star: bool = False,
+    frozen_v_star: torch.Tensor | None = None,
 ) -> list[GeneratedImage]:
     """Images for each prompt (``{}`` = the concept), ``num_images`` seeds each.
 
@@ -102,6 +103,8 @@ def generate(
     any batch size gives the same images (stochastic schedulers too: each image draws its
     step noise from its own generator). One concept at a time: with a bank of several
     attached, the CFG batch would break its one-group-per-concept layout, so it is refused.
+    ``frozen_v_star`` (D,): one fixed word instead of re-predicting v* at every step — what
+    an exported concept gives a stock pipeline (:mod:`e4t.export`).
     """
     if model.concepts is not None and model.concepts.num_concepts > 1:
         raise ValueError(
@@ -118,7 +121,9 @@ def generate(
     for start in range(0, len(jobs), config.batch_size):
         chunk = jobs[start : start + config.batch_size]
         with autocast(model.base.device, config.autocast):
-            results += _generate_chunk(model, pipe, cls, chunk, height, width, config, keep_v_star)
+            results += _generate_chunk(
+                model, pipe, cls, chunk, height, width, config, keep_v_star, frozen_v_star
+            )
     return results
 
 
@@ -131,6 +136,7 @@ def _generate_chunk(
     width: int,
     config: GenerationConfig,
     keep_v_star: bool,
+    frozen_v_star: torch.Tensor | None = None,
 ) -> list[GeneratedImage]:
     device, dtype = model.base.device, model.base.unet.dtype
     shape = (
@@ -153,7 +159,10 @@ def _generate_chunk(
     def prompt_embeds_at(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t_b = t.reshape(1).expand(batch).to(device)
         z_in = pipe.scheduler.scale_model_input(z, t)
-        v_star = model.word_embedding(model.predict_offset(cls_b, z_in, t_b))
+        if frozen_v_star is not None:
+            v_star = frozen_v_star.to(device, torch.float32).reshape(1, -1).expand(batch, -1)
+        else:
+            v_star = model.word_embedding(model.predict_offset(cls_b, z_in, t_b))
         if keep_v_star:
             history.append(v_star.detach().float().cpu())
         return model.encode_prompt(prompts, v_star).to(dtype)

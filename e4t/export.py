@@ -1,0 +1,162 @@
+"""Concepts in stock diffusers: a domain base folder + per concept a textual-inversion embedding
+and a LoRA, loaded with ``StableDiffusionPipeline.from_pretrained``, ``load_textual_inversion``
+and ``load_lora_weights`` (no e4t import needed to generate).
+
+Layout under ``OUT``::
+
+    base-<fingerprint>/           the domain's base, once per domain model: a diffusers folder
+                                  whose UNet has the domain offsets folded in (W0 + ΔW)
+    <concept>/learned_embeds.safetensors   {"<concept>": v*}: the frozen word
+    <concept>/pytorch_lora_weights.safetensors   the concept's deltas B·A (PEFT keys)
+    <concept>/export.json         token, base folder, how v* was frozen, bytes
+
+What freezing gives up: e4t re-predicts v* at every denoising step from (x, z_t, t); a stock
+pipeline takes one fixed token. The frozen v* is the mean of the re-predicted v* along a
+sampling trajectory of "a photo of {}" (:func:`e4t.generation.frozen_word_embedding`);
+the evaluation's ``e4t-frozen`` method measures the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from e4t.generation import frozen_word_embedding
+from e4t.models.e4t_model import E4TModel
+
+MARKER = "model_index.json"  # a base folder is complete once this is written (last)
+FREEZE_NOTE = (
+    "v* frozen as the mean of the encoder's re-predicted v* along a {steps}-step DDIM "
+    "trajectory of 'a photo of {{}}' (seed {seed})"
+)
+
+
+def concept_token(concept_id: str) -> str:
+    """The token an exported concept is prompted with: ``<id>`` (one per concept, so several
+    can share a pipeline)."""
+    return "<" + re.sub(r"[^A-Za-z0-9_-]+", "-", concept_id).strip("-") + ">"
+
+
+@torch.no_grad()
+def export_domain_base(model: E4TModel, out_root: str | Path) -> Path:
+    """The domain's base as a diffusers folder (UNet with the domain offsets folded in),
+    written once per domain model (its fingerprint names the folder) and reused."""
+    folder = Path(out_root) / f"base-{model.fingerprint()}"
+    if (folder / MARKER).exists():
+        return folder
+    source = model.config.base_model
+    if source.startswith("preset:"):
+        raise ValueError(
+            f"the base model {source!r} is built in memory: export needs a base folder or a "
+            "hub id (e4t init-model writes one)"
+        )
+    from transformers import CLIPTokenizer
+
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet = model.base.unet
+    saved = {}
+    try:
+        for path in model.offsets.paths:  # fold W0 + ΔW in, save, restore bit-identically
+            linear = unet.get_submodule(path)
+            saved[path] = linear.weight.detach().clone()
+            linear.weight.add_(
+                model.offsets.delta_weight(path, saved[path].float()).to(linear.weight.dtype)
+            )
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    finally:
+        for path, weight in saved.items():
+            unet.get_submodule(path).weight.copy_(weight)
+    model.base.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+    model.base.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+    # the base's own tokenizer: the model's copy carries e4t's placeholder token
+    CLIPTokenizer.from_pretrained(source, subfolder="tokenizer").save_pretrained(tmp / "tokenizer")
+    import diffusers
+
+    diffusers.DDIMScheduler.from_config(model.base.scheduler_config).save_pretrained(
+        tmp / "scheduler"
+    )
+
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (tmp / MARKER).write_text(json.dumps(index, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def lora_state(model: E4TModel, index: int = 0) -> dict[str, torch.Tensor]:
+    """The attached concept's deltas as a diffusers/PEFT LoRA state dict: for each
+    projection ``unet.<path>.lora_A.weight`` = A (r, in), ``lora_B.weight`` = B (out, r);
+    with no alpha stored, diffusers scales by 1, so the layer adds exactly B·A x."""
+    bank = model.concepts
+    if bank is None:
+        raise ValueError("no concept attached: load one with model.load_concept(...)")
+    out = {}
+    for path in bank.paths:
+        key, m, j = bank.where[path]
+        out[f"unet.{path}.lora_A.weight"] = bank.down[key][index, m, j].detach().float().cpu()
+        out[f"unet.{path}.lora_B.weight"] = bank.up[key][index, m, j].detach().float().cpu()
+    return out
+
+
+def export_concept(
+    model: E4TModel,
+    concept_dir: str | Path,
+    out_root: str | Path,
+    frozen_steps: int = 20,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float16,
+) -> dict[str, Any]:
+    """Export one concept (and, once, its domain's base) for stock diffusers."""
+    concept_dir = Path(concept_dir)
+    base = export_domain_base(model, out_root)
+    cls = model.load_concept(concept_dir)
+    try:
+        meta = json.loads((concept_dir / "concept.json").read_text())
+        concept_id = str(meta.get("concept_id") or concept_dir.name)
+        token = concept_token(concept_id)
+        vector = frozen_word_embedding(model, cls, num_steps=frozen_steps, seed=seed)
+        out = Path(out_root) / concept_dir.name
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({token: vector.to(dtype).contiguous()}, str(out / "learned_embeds.safetensors"))
+        lora = {k: v.to(dtype).contiguous() for k, v in lora_state(model).items()}
+        save_file(lora, str(out / "pytorch_lora_weights.safetensors"))
+    finally:
+        model.detach_concepts()
+    files = ("learned_embeds.safetensors", "pytorch_lora_weights.safetensors")
+    info = {
+        "concept_id": concept_id,
+        "token": token,
+        "base": str(Path("..") / base.name),
+        "domain_fingerprint": model.fingerprint(),
+        "frozen_v_star": FREEZE_NOTE.format(steps=frozen_steps, seed=seed),
+        "dtype": str(dtype).removeprefix("torch."),
+        "bytes": {name: (out / name).stat().st_size for name in files},
+        "source_concept": str(concept_dir),
+        "use": (
+            "pipe = StableDiffusionPipeline.from_pretrained(BASE); "
+            f"pipe.load_textual_inversion('{out / files[0]}'); "
+            f"pipe.load_lora_weights('{out}'); pipe('a photo of {token}')"
+        ),
+    }
+    (out / "export.json").write_text(json.dumps(info, indent=1))
+    return {**info, "folder": str(out), "base_folder": str(base)}
