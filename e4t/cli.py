@@ -515,9 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baselines",
         nargs="*",
-        choices=["e4t-full", "textual-inversion", "no-pretraining"],
+        choices=["e4t-frozen", "e4t-full", "textual-inversion", "no-pretraining"],
         default=None,
-        help="methods beside e4t (e4t-full: the paper's per-concept full tuning)",
+        help="methods beside e4t (e4t-full: the paper's per-concept full tuning; "
+        "e4t-frozen: the concepts as their stock-diffusers export runs them)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-track", action="store_true", help="no MLflow run, no promotion")

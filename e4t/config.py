@@ -312,7 +312,9 @@ class PersonalizeConfig(StrictModel):
 
 # --------------------------------------------------------------------------- evaluation
 
-EvalMethod = Literal["e4t", "e4t-full", "textual-inversion", "no-pretraining"]
+EvalMethod = Literal["e4t", "e4t-frozen", "e4t-full", "textual-inversion", "no-pretraining"]
+# e4t-frozen: the e4t concepts as a stock pipeline runs their export (e4t.export): one fixed
+# v* instead of re-predicting it per step; scored on the same tuned concepts as e4t
 # e4t-full (the paper's per-concept tuning of the encoder and domain offsets, one concept at
 # a time) is the reference for what batched low-rank tuning gives up: in the GPU presets
 EVAL_METHODS: list[EvalMethod] = ["e4t", "textual-inversion", "no-pretraining"]

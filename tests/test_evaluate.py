@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from e4t.tracking import decide_promotion
 
@@ -292,6 +293,40 @@ def test_the_full_tuning_reference_runs_beside_e4t(
     assert cached_domain_model(str(folder), "cpu").fingerprint() == before  # restored
     report = (tmp_path / "eval" / "report.html").read_text()
     assert "e4t-full" in report
+
+
+def test_the_frozen_export_is_scored_beside_e4t(
+    photos_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """e4t-frozen scores the same tuned concepts as e4t, generated with one fixed v* (what a
+    stock pipeline runs from the export); its artifact is the word + the LoRA."""
+    from e4t.config import EvaluateConfig, ModelConfig, load_config
+    from e4t.jobs import evaluate as job
+    from e4t.models.e4t_model import E4TModel
+
+    model = E4TModel.from_config(
+        ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}), seed=3
+    )
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # an encoder whose v* depends on (z_t, t): freezing changes it
+        for p in model.encoder.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    folder = model.save_pretrained(tmp_path / "domain")
+    images = tmp_path / "faces"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "biden.jpg", images / "biden.jpg")
+    config = load_config(
+        EvaluateConfig, "evaluate", "tiny", {"methods": ["e4t-frozen", "e4t"], **CHEAP}
+    )
+    out = job.run(str(folder), str(images), str(tmp_path / "eval"), config, track_run=False)
+    summary = out["summary"]
+    assert set(summary) == {"e4t", "e4t-frozen"}
+    frozen, dynamic = summary["e4t-frozen"]["2"], summary["e4t"]["2"]
+    assert 0 < frozen["artifact_bytes"] < dynamic["artifact_bytes"]  # no [CLS], no head
+    assert frozen["tune_seconds"] >= dynamic["tune_seconds"]  # tuning + the freezing pass
+    assert frozen["clip_i"] != dynamic["clip_i"]  # other images: v* no longer re-predicted
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert "e4t-frozen" in report
 
 
 def test_two_concurrent_promotions_move_the_alias_once(

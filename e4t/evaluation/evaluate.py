@@ -18,6 +18,7 @@ import io
 import json
 import math
 import statistics
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,14 @@ def artifact_bytes(bank: ConceptBank, index: int, method: str, dtype: str) -> in
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def frozen_artifact_bytes(bank: ConceptBank, index: int, dtype: str) -> int:
+    """e4t-frozen (the stock-diffusers export): the frozen word + the deltas as a LoRA."""
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    tensors = bank.tensors_of(index, torch_dtype)
+    kept = [t for k, t in tensors.items() if k == "word" or k.startswith("delta.")]
+    return sum(t.numel() * t.element_size() for t in kept)
+
+
 def _mean(values: list[float]) -> float:
     return float(statistics.fmean(values)) if values else float("nan")
 
@@ -167,7 +176,7 @@ def evaluate_concepts(
     identity: IdentityBackend | None = None,
     scorer: ClipScorer | None = None,
 ) -> EvalResult:
-    from e4t.generation import GenerationConfig, generate
+    from e4t.generation import GenerationConfig, frozen_word_embedding, generate
 
     if not concepts:
         raise ValueError("no usable concept to evaluate (every input was rejected)")
@@ -215,12 +224,19 @@ def evaluate_concepts(
     total = len(config.methods) * len(concepts) * len(budgets)
     done = 0
 
-    def score(method: str, step: int, concept: EvalConcept, cls: torch.Tensor) -> None:
-        """Generate each prompt × seed for the concept as the model stands, and score it."""
+    def score(
+        method: str,
+        step: int,
+        concept: EvalConcept,
+        cls: torch.Tensor,
+        frozen: torch.Tensor | None = None,
+    ) -> None:
+        """Generate each prompt × seed for the concept as the model stands (with one fixed
+        v* when ``frozen``), and score it."""
         nonlocal done
         images = []
         for seed in config.seeds:
-            images += generate(model, cls, config.prompts, 1, seed, gen)
+            images += generate(model, cls, config.prompts, 1, seed, gen, frozen_v_star=frozen)
         result.samples += _score(
             images,
             concept.concept_id,
@@ -240,7 +256,12 @@ def evaluate_concepts(
         if on_progress:
             on_progress(done / total)
 
-    for method in config.methods:
+    # e4t-frozen scores the concepts e4t tunes (frozen after tuning): one tuning pass for both
+    frozen_wanted = "e4t-frozen" in config.methods
+    passes = [m for m in config.methods if m != "e4t-frozen"]
+    if frozen_wanted and "e4t" not in passes:
+        passes.insert(0, "e4t")
+    for method in passes:
         tune = config.tune.model_copy(update={"num_steps": max(budgets)})
         if method == "e4t-full":  # one concept at a time, the domain weights themselves
             for concept in concepts:
@@ -282,14 +303,28 @@ def evaluate_concepts(
                 ) -> None:
                     if step not in budgets:
                         return
-                    extra = extras.setdefault((method, step), {})
                     for index, concept in enumerate(chunk):
-                        extra.setdefault("tune_seconds", []).append(seconds / len(chunk))
-                        extra.setdefault("artifact_bytes", []).append(
-                            artifact_bytes(bank, index, method, tune_dtype)
-                        )
                         single = model.attach_concepts(bank.subset(index))
-                        score(method, step, concept, single.cls)
+                        if method in config.methods:
+                            extra = extras.setdefault((method, step), {})
+                            extra.setdefault("tune_seconds", []).append(seconds / len(chunk))
+                            extra.setdefault("artifact_bytes", []).append(
+                                artifact_bytes(bank, index, method, tune_dtype)
+                            )
+                            score(method, step, concept, single.cls)
+                        if method == "e4t" and frozen_wanted:
+                            began = time.perf_counter()
+                            frozen = frozen_word_embedding(
+                                model, single.cls, config.generation_steps, config.seed
+                            )
+                            extra = extras.setdefault(("e4t-frozen", step), {})
+                            extra.setdefault("tune_seconds", []).append(
+                                seconds / len(chunk) + time.perf_counter() - began
+                            )
+                            extra.setdefault("artifact_bytes", []).append(
+                                frozen_artifact_bytes(bank, index, tune_dtype)
+                            )
+                            score("e4t-frozen", step, concept, single.cls, frozen)
 
                 seeds = [config.seed + concept_inputs.stable_seed(c.concept_id) for c in chunk]
                 tune_concepts(

@@ -13,6 +13,7 @@ from e4t.evaluation.results import METRICS, EvalResult, thumb_key
 COLOURS = {
     "e4t": "#d62728",
     "e4t-full": "#9467bd",
+    "e4t-frozen": "#17becf",
     "textual-inversion": "#1f77b4",
     "no-pretraining": "#2ca02c",
 }
