@@ -95,6 +95,14 @@ def _cmd_export_concept(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from e4t.trace import trace
+
+    for hop in trace(args.image):
+        print(hop.line())
+    return 0
+
+
 def _cmd_upload(args: argparse.Namespace) -> int:
     """Copy a file or a folder's files to any URL (s3://, a path), keeping relative paths."""
     from tqdm import tqdm
@@ -234,11 +242,18 @@ def _cmd_encode_concept(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from e4t.generation import GenerationConfig, generate, save_images
-    from e4t.models.e4t_model import E4TModel
+    from e4t.generation import GenerationConfig, generate, provenance, save_images
+    from e4t.tracking import load_domain_model
 
-    model = E4TModel.from_pretrained(args.model, overrides={"device": args.device})
+    model = load_domain_model(args.model, device=args.device)
     cls = model.load_concept(args.concept)
+    meta = json.loads((Path(args.concept) / "concept.json").read_text())
+    origin = provenance(
+        str(meta.get("concept_id") or Path(args.concept).name),
+        str(Path(args.concept).resolve()),
+        args.model if args.model.startswith("models:/") else str(Path(args.model).resolve()),
+        model.fingerprint(),
+    )
     config = GenerationConfig(
         num_steps=args.sample_steps,
         guidance_scale=args.cfg,
@@ -249,7 +264,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     images = generate(model, cls, args.prompt, args.num_images, args.seed, config)
-    for path in save_images(images, args.out, config):
+    for path in save_images(images, args.out, config, origin):
         print(path)
     return 0
 
@@ -591,6 +606,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_export_concept)
+
+    p = sub.add_parser(
+        "trace",
+        help="walk from an image e4t wrote back to its concept, model, runs and photo",
+        description="Print every hop from IMAGE (a PNG e4t wrote: generate, previews) to "
+        "the photo it came from: concept → personalization row → source photo → domain "
+        "model version → pretraining run → dataset run → the dataset manifest's row.",
+    )
+    p.add_argument("image", help="a PNG written by e4t")
+    p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser(
         "upload",

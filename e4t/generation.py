@@ -201,16 +201,52 @@ def _generate_chunk(
     ]
 
 
+PROVENANCE_KEYS = (
+    "concept_id",  # the concept's id
+    "concept_uri",  # its folder (local path or s3://...)
+    "model_uri",  # the domain model as asked for (models:/e4t-faces@candidate, a folder)
+    "model_version",  # models:/NAME/VERSION it was at generation time, when registered
+    "domain_fingerprint",  # the encoder + offsets weights' hash
+)
+
+
+def provenance(
+    concept_id: str, concept_uri: str, model_uri: str, fingerprint: str
+) -> dict[str, str]:
+    """The text chunks that let ``e4t trace`` walk from an image back to its photo."""
+    version = ""
+    if model_uri.startswith("models:/"):
+        from e4t.tracking import pin_model_uri
+
+        version = pin_model_uri(model_uri)
+    return {
+        "concept_id": concept_id,
+        "concept_uri": concept_uri,
+        "model_uri": model_uri,
+        "model_version": version,
+        "domain_fingerprint": fingerprint,
+    }
+
+
 def save_images(
-    images: list[GeneratedImage], out_dir: str | Path, config: GenerationConfig | None = None
+    images: list[GeneratedImage],
+    out_dir: str | Path,
+    config: GenerationConfig | None = None,
+    origin: dict[str, str] | None = None,
 ) -> list[Path]:
-    """PNG files with the prompt, seed and settings in their text chunks."""
+    """PNG files with the prompt, seed and settings in their text chunks, and ``origin``
+    (:func:`provenance`: concept, domain model) as ``e4t.*`` chunks."""
+    from e4t import __version__
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = config or GenerationConfig()
     paths = []
     for i, item in enumerate(images):
         info = PngInfo()
+        info.add_text("e4t.version", __version__)
+        for key, value in (origin or {}).items():
+            info.add_text(f"e4t.{key}", value)
         info.add_text("prompt", item.prompt)
         info.add_text("seed", str(item.seed))
         info.add_text("negative_prompt", config.negative_prompt)

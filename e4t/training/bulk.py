@@ -61,7 +61,7 @@ def personalize_pass(
     model_uri: str = "",
 ) -> list[dict[str, Any]]:
     """Tune the unfinished concepts of ``specs`` together; one result row per concept."""
-    from e4t.generation import GenerationConfig, generate, save_images
+    from e4t.generation import GenerationConfig, generate, provenance, save_images
 
     tune, seed = config.tune, config.seed
 
@@ -161,7 +161,13 @@ def personalize_pass(
                 seed,
                 GenerationConfig(num_steps=config.preview_steps, batch_size=4),
             )
-            save_images(images, previews)
+            origin = provenance(
+                spec.concept_id,
+                concept_url(output_url, spec.concept_id),
+                model_uri,
+                fingerprint,
+            )
+            save_images(images, previews, origin=origin)
             eio.upload_folder(previews, eio.join(output_url, "previews", spec.concept_id), "")
             eio.upload_folder(local, concept_url(output_url, spec.concept_id), "concept.json")
             model.attach_concepts(bank)
