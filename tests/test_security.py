@@ -165,7 +165,7 @@ def test_secret_files_are_private_and_never_committed_or_built(tmp_path: Path) -
     from infra.stack import _credentials, write_env_file
 
     creds = _credentials(tmp_path)
-    assert set(creds) == {"access_key", "secret_key"}
+    assert set(creds) == {"access_key", "secret_key", "prefect_password", "mlflow_password"}
     env = tmp_path / "stack.env"
     env.write_text("stale")
     os.chmod(env, 0o644)  # a wider mode left by someone: rewritten private
