@@ -83,19 +83,9 @@ def export_domain_base(model: E4TModel, out_root: str | Path) -> Path:
         tmp / "scheduler"
     )
 
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
+    from e4t.models.architectures import pipeline_index
+
+    index = pipeline_index()
     (tmp / MARKER).write_text(json.dumps(index, indent=1))
     if folder.exists():
         shutil.rmtree(folder)

@@ -129,6 +129,14 @@ def remove(url: str) -> None:
         fs.rm(path)
 
 
+def _temp_beside(path: str) -> str:
+    """A temporary name in ``path``'s folder (made if missing): same filesystem, so the
+    final rename or link is one atomic step."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+
+
 @contextlib.contextmanager
 def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open ``url`` for writing; the file appears under its name only on success.
@@ -140,9 +148,7 @@ def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
         raise ValueError(f"atomic_open writes only ('wb' or 'w'), got mode={mode!r}")
     fs, path = get_fs(url)
     if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+        tmp = _temp_beside(path)
         try:
             with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
                 yield f
@@ -203,9 +209,7 @@ def create_exclusive(url: str, data: bytes) -> bool:
     """
     fs, path = get_fs(url)
     if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+        tmp = _temp_beside(path)
         try:
             with open(tmp, "wb") as f:
                 f.write(data)

@@ -14,6 +14,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,9 +124,11 @@ def test_curation_on_a_dask_cluster_writes_the_local_runs_shards(
     assert members and members == _members(tmp_path / "dask")
 
 
-def test_personalization_on_a_dask_cluster_makes_the_local_runs_concepts(
-    prefect_server: None, photos_dir: Path, tiny_dir: Path, tmp_path: Path
-) -> None:
+def _personalize_locally_and_on_dask(
+    photos_dir: Path, tiny_dir: Path, tmp_path: Path, **dask_options: Any
+) -> dict[str, dict[str, bytes]]:
+    """Three portraits personalized with threads, then on Dask (``dask_options``), with as
+    many torch threads as a Dask worker; each run's concept bytes by concept id."""
     from e4t.config import ModelConfig
     from e4t.models.e4t_model import E4TModel
     from flows.personalize_bulk import personalize_bulk
@@ -138,7 +141,7 @@ def test_personalization_on_a_dask_cluster_makes_the_local_runs_concepts(
         ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32})
     ).save_pretrained(tmp_path / "domain")
     concepts = {}
-    for runner, workers in (("threads", 1), ("dask", 2)):
+    for runner, options in (("threads", {"max_workers": 1}), ("dask", dask_options)):
         out = tmp_path / runner
         with intra_op_threads(1):
             result = personalize_bulk(
@@ -149,14 +152,22 @@ def test_personalization_on_a_dask_cluster_makes_the_local_runs_concepts(
                 steps=2,
                 concepts_per_pass=1,
                 task_runner=runner,
-                max_workers=workers,
                 track=False,
+                **options,
             )
         assert result["summary"]["num_done"] == 3, result["summary"]
         concepts[runner] = {
             p.parent.name: p.read_bytes() for p in out.glob("concepts/*/concept.safetensors")
         }
-    assert len(concepts["threads"]) == 3 and concepts["dask"] == concepts["threads"]
+    assert len(concepts["threads"]) == 3
+    return concepts
+
+
+def test_personalization_on_a_dask_cluster_makes_the_local_runs_concepts(
+    prefect_server: None, photos_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    concepts = _personalize_locally_and_on_dask(photos_dir, tiny_dir, tmp_path, max_workers=2)
+    assert concepts["dask"] == concepts["threads"]
 
 
 def test_passes_run_on_the_workers_that_declare_the_resources_they_need(
@@ -167,39 +178,15 @@ def test_passes_run_on_the_workers_that_declare_the_resources_they_need(
     the local run's."""
     from distributed import Client
 
-    from e4t.config import ModelConfig
-    from e4t.models.e4t_model import E4TModel
-    from flows.personalize_bulk import personalize_bulk
-
-    images = tmp_path / "images"
-    images.mkdir()
-    for name in ("obama.jpg", "biden.jpg", "astronaut.png"):
-        shutil.copyfile(photos_dir / name, images / name)
-    domain = E4TModel.from_config(
-        ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32})
-    ).save_pretrained(tmp_path / "domain")
-    concepts = {}
-    for runner in ("threads", "dask"):
-        out = tmp_path / runner
-        with intra_op_threads(1):
-            result = personalize_bulk(
-                images_url=str(images),
-                model_uri=str(domain),
-                output_url=str(out),
-                preset="tiny",
-                steps=2,
-                concepts_per_pass=1,
-                task_runner=runner,
-                max_workers=2,
-                dask_address=dask_cluster if runner == "dask" else None,
-                dask_resources={"GPU": 1} if runner == "dask" else None,
-                track=False,
-            )
-        assert result["summary"]["num_done"] == 3, result["summary"]
-        concepts[runner] = {
-            p.parent.name: p.read_bytes() for p in out.glob("concepts/*/concept.safetensors")
-        }
-    assert len(concepts["threads"]) == 3 and concepts["dask"] == concepts["threads"]
+    concepts = _personalize_locally_and_on_dask(
+        photos_dir,
+        tiny_dir,
+        tmp_path,
+        max_workers=2,
+        dask_address=dask_cluster,
+        dask_resources={"GPU": 1},
+    )
+    assert concepts["dask"] == concepts["threads"]
     with Client(dask_cluster) as client:
         executed = client.run(
             lambda dask_worker: (dask_worker.name, dask_worker.state.executed_count)

@@ -184,6 +184,27 @@ def build_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
     )
 
 
+def pipeline_index(**components: list[str | None]) -> dict[str, object]:
+    """A ``StableDiffusionPipeline`` folder's ``model_index.json``: the SD components, no
+    safety checker, ``components`` added or replaced (e.g. an image encoder)."""
+    import diffusers
+
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        **components,
+    }
+
+
 def init_model(
     out_dir: str | Path,
     arch: str = "tiny",
@@ -208,21 +229,10 @@ def init_model(
     build_scheduler(prediction_type).save_pretrained(out / "scheduler")
     tok_dir = write_clip_tokenizer(out / "tokenizer", bpe_path)
     CLIPTokenizer.from_pretrained(tok_dir, model_max_length=MODEL_MAX_LENGTH)  # fail early
-    import diffusers
-
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
+    index = pipeline_index(
+        feature_extractor=["transformers", "CLIPImageProcessor"],
+        image_encoder=["transformers", "CLIPVisionModelWithProjection"],
+    )
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     (out / "e4t_arch.json").write_text(
         json.dumps(
