@@ -201,6 +201,11 @@ def _generate_chunk(
     ]
 
 
+def absolute_url(url: str) -> str:
+    """A local path made absolute (an image is traced from anywhere); URLs unchanged."""
+    return url if "://" in url else str(Path(url).resolve())
+
+
 PROVENANCE_KEYS = (
     "concept_id",  # the concept's id
     "concept_uri",  # its folder (local path or s3://...)
@@ -221,8 +226,10 @@ def provenance(
         version = pin_model_uri(model_uri)
     return {
         "concept_id": concept_id,
-        "concept_uri": concept_uri,
-        "model_uri": model_uri,
+        "concept_uri": absolute_url(concept_uri),
+        "model_uri": model_uri
+        if "://" in model_uri or ":/" in model_uri
+        else absolute_url(model_uri),
         "model_version": version,
         "domain_fingerprint": fingerprint,
     }

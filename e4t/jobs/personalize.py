@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from e4t.config import PersonalizeConfig, flatten
@@ -122,7 +123,7 @@ def run(
             on_pass(chunk)
     extra = {
         "num_files_listed": planned["num_files"],
-        "images_url": images_url,
+        "images_url": images_url if "://" in images_url else str(Path(images_url).resolve()),
         "model_uri": model_uri,
         "wall_seconds": time.perf_counter() - start,
     }
@@ -131,7 +132,7 @@ def run(
     if track_run:
         params = {
             "model_uri": model_uri,
-            "images_url": images_url,
+            "images_url": images_url if "://" in images_url else str(Path(images_url).resolve()),
             "output_url": output_url,
             "device": device,
             **flatten(config.model_dump(mode="json")),

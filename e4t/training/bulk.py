@@ -153,21 +153,15 @@ def personalize_pass(
             )
             previews = Path(tmp) / "previews"
             single = model.attach_concepts(bank.subset(index))
-            images = generate(
-                model,
-                single.cls,
-                spec.prompts,
-                1,
-                seed,
-                GenerationConfig(num_steps=config.preview_steps, batch_size=4),
-            )
+            preview_config = GenerationConfig(num_steps=config.preview_steps, batch_size=4)
+            images = generate(model, single.cls, spec.prompts, 1, seed, preview_config)
             origin = provenance(
                 spec.concept_id,
                 concept_url(output_url, spec.concept_id),
                 model_uri,
                 fingerprint,
             )
-            save_images(images, previews, origin=origin)
+            save_images(images, previews, preview_config, origin)
             eio.upload_folder(previews, eio.join(output_url, "previews", spec.concept_id), "")
             eio.upload_folder(local, concept_url(output_url, spec.concept_id), "concept.json")
             model.attach_concepts(bank)
