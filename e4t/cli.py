@@ -242,7 +242,13 @@ def _cmd_encode_concept(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from e4t.generation import GenerationConfig, generate, provenance, save_images
+    from e4t.generation import (
+        GenerationConfig,
+        generate,
+        model_provenance,
+        provenance,
+        save_images,
+    )
     from e4t.tracking import load_domain_model
 
     model = load_domain_model(args.model, device=args.device)
@@ -250,9 +256,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     meta = json.loads((Path(args.concept) / "concept.json").read_text())
     origin = provenance(
         str(meta.get("concept_id") or Path(args.concept).name),
-        str(Path(args.concept).resolve()),
-        args.model if args.model.startswith("models:/") else str(Path(args.model).resolve()),
-        model.fingerprint(),
+        args.concept,
+        model_provenance(args.model, model.fingerprint()),
     )
     config = GenerationConfig(
         num_steps=args.sample_steps,

@@ -100,11 +100,11 @@ def lora_state(model: E4TModel, index: int = 0) -> dict[str, torch.Tensor]:
     bank = model.concepts
     if bank is None:
         raise ValueError("no concept attached: load one with model.load_concept(...)")
+    tensors = bank.tensors_of(index, torch.float32)
     out = {}
     for path in bank.paths:
-        key, m, j = bank.where[path]
-        out[f"unet.{path}.lora_A.weight"] = bank.down[key][index, m, j].detach().float().cpu()
-        out[f"unet.{path}.lora_B.weight"] = bank.up[key][index, m, j].detach().float().cpu()
+        out[f"unet.{path}.lora_A.weight"] = tensors[f"delta.{path}.down"]
+        out[f"unet.{path}.lora_B.weight"] = tensors[f"delta.{path}.up"]
     return out
 
 

@@ -206,33 +206,28 @@ def absolute_url(url: str) -> str:
     return url if "://" in url else str(Path(url).resolve())
 
 
-PROVENANCE_KEYS = (
-    "concept_id",  # the concept's id
-    "concept_uri",  # its folder (local path or s3://...)
-    "model_uri",  # the domain model as asked for (models:/e4t-faces@candidate, a folder)
-    "model_version",  # models:/NAME/VERSION it was at generation time, when registered
-    "domain_fingerprint",  # the encoder + offsets weights' hash
-)
-
-
-def provenance(
-    concept_id: str, concept_uri: str, model_uri: str, fingerprint: str
-) -> dict[str, str]:
-    """The text chunks that let ``e4t trace`` walk from an image back to its photo."""
+def model_provenance(model_uri: str, fingerprint: str) -> dict[str, str]:
+    """The domain model's part of an image's provenance: the URI as asked for
+    (``models:/e4t-faces@candidate``, a folder), the ``models:/NAME/VERSION`` it named at
+    generation time (when registered; one registry call: make it once per job, not per
+    image) and the encoder + offsets weights' fingerprint."""
+    registered = model_uri.startswith(("models:/", "runs:/"))
     version = ""
     if model_uri.startswith("models:/"):
         from e4t.tracking import pin_model_uri
 
         version = pin_model_uri(model_uri)
     return {
-        "concept_id": concept_id,
-        "concept_uri": absolute_url(concept_uri),
-        "model_uri": model_uri
-        if "://" in model_uri or ":/" in model_uri
-        else absolute_url(model_uri),
+        "model_uri": model_uri if registered else absolute_url(model_uri),
         "model_version": version,
         "domain_fingerprint": fingerprint,
     }
+
+
+def provenance(concept_id: str, concept_uri: str, model: dict[str, str]) -> dict[str, str]:
+    """The text chunks that let ``e4t trace`` walk from an image back to its photo: the
+    concept's id and folder (local path or s3://...) + :func:`model_provenance`."""
+    return {"concept_id": concept_id, "concept_uri": absolute_url(concept_uri), **model}
 
 
 def save_images(

@@ -106,20 +106,15 @@ def full_artifact_bytes(model: E4TModel, dtype: str) -> int:
 
 
 def artifact_bytes(bank: ConceptBank, index: int, method: str, dtype: str) -> int:
-    """Bytes a concept of this method needs: the word alone for Textual Inversion."""
+    """Bytes a concept of this method needs: the word alone for Textual Inversion; the word
+    and the deltas (a LoRA) for e4t-frozen, the stock-diffusers export."""
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     tensors = bank.tensors_of(index, torch_dtype)
     if method == "textual-inversion":
         tensors = {"word": tensors["word"]}
+    elif method == "e4t-frozen":
+        tensors = {k: t for k, t in tensors.items() if k == "word" or k.startswith("delta.")}
     return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def frozen_artifact_bytes(bank: ConceptBank, index: int, dtype: str) -> int:
-    """e4t-frozen (the stock-diffusers export): the frozen word + the deltas as a LoRA."""
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    tensors = bank.tensors_of(index, torch_dtype)
-    kept = [t for k, t in tensors.items() if k == "word" or k.startswith("delta.")]
-    return sum(t.numel() * t.element_size() for t in kept)
 
 
 def _mean(values: list[float]) -> float:
@@ -322,7 +317,7 @@ def evaluate_concepts(
                                 seconds / len(chunk) + time.perf_counter() - began
                             )
                             extra.setdefault("artifact_bytes", []).append(
-                                frozen_artifact_bytes(bank, index, tune_dtype)
+                                artifact_bytes(bank, index, "e4t-frozen", tune_dtype)
                             )
                             score("e4t-frozen", step, concept, single.cls, frozen)
 

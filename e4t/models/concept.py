@@ -18,7 +18,7 @@ import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from e4t.models.fused import FusedAttnProcessor, ProjectionGroup, check_plain
-from e4t.models.offsets import WeightOffsets
+from e4t.models.offsets import WeightOffsets, projection_linears
 
 CONCEPT_TENSORS = "concept.safetensors"
 CONCEPT_CONFIG = "concept.json"
@@ -142,22 +142,13 @@ class ConceptBank(nn.Module):
         """Route ``unet``'s attentions through fused processors reading this bank's weights:
         W0 (+ the frozen domain ``offsets``, folded) + each concept's B·A."""
         self.detach()
-        for path, (out_f, in_f) in self.shapes.items():
-            try:
-                linear = unet.get_submodule(path)
-            except AttributeError as err:
-                raise ValueError(f"concept delta {path!r} has no projection in this UNet") from err
-            if (linear.out_features, linear.in_features) != (out_f, in_f):
-                raise ValueError(
-                    f"concept delta {path}: UNet projection is "
-                    f"{(linear.out_features, linear.in_features)}, concept {(out_f, in_f)}"
-                )
+        linears = projection_linears(unet, self.shapes, "concept delta")
         by_attention: dict[str, dict[str, int]] = {}
         for index, group in enumerate(self.groups):
             by_attention.setdefault(group.attention, {})[group.role] = index
         object.__setattr__(self, "_unet", unet)
         object.__setattr__(self, "_offsets", offsets)
-        self._linears = {p: cast(nn.Linear, unet.get_submodule(p)) for p in self.paths}
+        self._linears = linears
         for attention, roles in by_attention.items():
             module = check_plain(attention, unet.get_submodule(attention))
             self._originals[attention] = module.processor
@@ -263,7 +254,7 @@ class ConceptBank(nn.Module):
                         linear = self._linears[path]
                         w = linear.weight.float()
                         if offsets is not None and path in offsets.config.shapes:
-                            w = w + offsets.extra_weight(path, w)
+                            w = w + offsets.delta_weight(path, w)
                         weights.append(w)
                         biases.append(
                             torch.zeros_like(w[:, 0])

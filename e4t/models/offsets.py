@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -54,25 +54,35 @@ def find_projections(
     return found
 
 
-def hook_projections(
-    unet: nn.Module, shapes: dict[str, tuple[int, ...]], make_hook: Callable[[str], Any], what: str
-) -> list[Any]:
-    """Register ``make_hook(path)`` on each projection, checking it is (out, in) = shape."""
-    handles: list[Any] = []
+def projection_linears(
+    unet: nn.Module, shapes: Mapping[str, tuple[int, ...]], what: str
+) -> dict[str, nn.Linear]:
+    """Each path's projection in ``unet``, checked to be (out, in) = its shape; ``what``
+    names the caller in the errors (offset, concept delta)."""
+    found: dict[str, nn.Linear] = {}
     for path, expected in shapes.items():
         try:
             linear = unet.get_submodule(path)
         except AttributeError as err:
-            remove_hooks(handles)
             raise ValueError(f"{what} {path!r} has no projection in this UNet") from err
         if (linear.out_features, linear.in_features) != tuple(expected):
-            remove_hooks(handles)
             raise ValueError(
                 f"{what} {path}: UNet projection is "
                 f"{(linear.out_features, linear.in_features)}, {what} {expected}"
             )
-        handles.append(linear.register_forward_hook(make_hook(path)))
-    return handles
+        found[path] = cast(nn.Linear, linear)
+    return found
+
+
+def hook_projections(
+    unet: nn.Module,
+    shapes: Mapping[str, tuple[int, ...]],
+    make_hook: Callable[[str], Any],
+    what: str,
+) -> list[Any]:
+    """Register ``make_hook(path)`` on each projection, checking it is (out, in) = shape."""
+    linears = projection_linears(unet, shapes, what)  # all checked before any hook
+    return [linear.register_forward_hook(make_hook(path)) for path, linear in linears.items()]
 
 
 def remove_hooks(handles: list[Any]) -> None:
@@ -155,14 +165,6 @@ class WeightOffsets(ModelMixin, ConfigMixin):
             yield
         finally:
             self._enabled = previous
-
-    def extra_weight(self, path: str, base: torch.Tensor) -> torch.Tensor:
-        """What the offset adds to the projection's weight ``base`` (out, in):
-        W0 ⊙ Δ (multiplicative) or B·A (low rank)."""
-        key = _key(path)
-        if self.config.form == "multiplicative":
-            return base * self.delta[key].to(base.dtype)
-        return (self.up[key] @ self.down[key]).to(base.dtype)
 
     def _hook_for(self, path: str):
         key = _key(path)

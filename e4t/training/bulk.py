@@ -61,13 +61,20 @@ def personalize_pass(
     model_uri: str = "",
 ) -> list[dict[str, Any]]:
     """Tune the unfinished concepts of ``specs`` together; one result row per concept."""
-    from e4t.generation import GenerationConfig, generate, provenance, save_images
+    from e4t.generation import (
+        GenerationConfig,
+        generate,
+        model_provenance,
+        provenance,
+        save_images,
+    )
 
     tune, seed = config.tune, config.seed
 
     rows: list[dict[str, Any]] = []
     ready: list[tuple[ConceptSpec, FaceInput, str]] = []
     fingerprint, made_by = model.fingerprint(), tuning_hash(config)  # once per pass
+    model_origin = model_provenance(model_uri, fingerprint)
     for spec in specs:
         meta = finished_meta(output_url, spec.concept_id, fingerprint, made_by)
         if meta is not None:
@@ -156,10 +163,7 @@ def personalize_pass(
             preview_config = GenerationConfig(num_steps=config.preview_steps, batch_size=4)
             images = generate(model, single.cls, spec.prompts, 1, seed, preview_config)
             origin = provenance(
-                spec.concept_id,
-                concept_url(output_url, spec.concept_id),
-                model_uri,
-                fingerprint,
+                spec.concept_id, concept_url(output_url, spec.concept_id), model_origin
             )
             save_images(images, previews, preview_config, origin)
             eio.upload_folder(previews, eio.join(output_url, "previews", spec.concept_id), "")
