@@ -32,6 +32,7 @@ from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from e4t import faults
 from e4t import io as eio
 from e4t.config import PretrainConfig, config_hash
 from e4t.data.loader import (
@@ -285,6 +286,7 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
                 ckpt.commit_checkpoint(ckpt_root, number, config.train.keep_checkpoints)
                 emit(world, event="checkpoint", step=number)
             barrier(world)
+            faults.reached("checkpoint", number)  # crash tests: E4T_FAULT_AT=checkpoint:N
         preview_now = (
             config.train.preview_every and number % config.train.preview_every == 0
         ) or is_last
