@@ -39,11 +39,20 @@ def s3_storage_options() -> dict[str, Any]:
 
 
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem behind ``url`` and the path inside it."""
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    """The filesystem behind ``url`` and the path inside it.
+
+    A URL names one filesystem: ``::`` is part of the name (``Meeting::Bob.jpg``), never
+    fsspec's URL chaining, so a file named ``link.jpg::x.jpg`` is that file and not a read
+    through ``link.jpg``. A string without ``scheme://`` is a local path.
+    """
+    protocol, sep, _ = url.partition("://")
+    if not sep:
+        protocol = "file"
+    cls = fsspec.get_filesystem_class(protocol)
     options = s3_storage_options() if protocol in ("s3", "s3a") else {}
-    fs, path = fsspec.core.url_to_fs(url, **options)
-    return fs, path
+    options.update(cls._get_kwargs_from_urls(url))
+    fs = fsspec.filesystem(protocol, **options)
+    return fs, str(fs._strip_protocol(url))
 
 
 def is_local(url: str) -> bool:
@@ -257,3 +266,50 @@ def register_webdataset_openers() -> None:
     gopen_module = importlib.import_module("webdataset.gopen")  # the package re-exports a function
     for scheme in ("s3", "s3a", "memory"):
         gopen_module.gopen_schemes[scheme] = open_for_webdataset
+
+
+def _safe_relpath(rel: str, url: str) -> str:
+    """A listed file's path under its prefix, refused when it would leave the destination
+    (an object key may hold ``..`` or start with ``/``: it is data, not a path to follow)."""
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{url}: refusing to copy {rel!r}: it leaves the destination folder")
+    return rel
+
+
+def download_to(
+    url: str,
+    dest: str | os.PathLike[str],
+    names: list[str] | None = None,
+    max_bytes: int | None = None,
+) -> list[str]:
+    """Copy the file at ``url`` into the folder ``dest``, or every file under the folder or
+    prefix ``url`` into ``dest`` keeping relative paths (``names``: only these, each
+    required). ``max_bytes`` caps each file: an oversized one is refused before it is read.
+    Files are written atomically; returns the local paths written.
+
+    Raises FileNotFoundError naming the URL when it (or a required name) is missing.
+    """
+    root = os.fspath(dest)
+    fs, path = get_fs(url)
+    if names is not None:
+        for name in names:
+            if not fs.exists(posixpath.join(path.rstrip("/"), name)):
+                raise FileNotFoundError(f"{join(url, name)}: no such file")
+        pairs = [(join(url, name), _safe_relpath(name, url)) for name in names]
+    elif fs.isfile(path):
+        pairs = [(url, posixpath.basename(path.rstrip("/")))]
+    else:
+        pairs = [(u, _safe_relpath(relative_to(u, url), url)) for u in list_files(url)]
+    written = []
+    for src, rel in pairs:
+        if max_bytes is not None:
+            src_fs, src_path = get_fs(src)
+            size = int(src_fs.size(src_path) or 0)
+            if size > max_bytes:
+                raise ValueError(f"{src}: {size:,} bytes, over the {max_bytes:,}-byte cap")
+        local = os.path.join(root, *rel.split("/"))
+        with atomic_open(local, "wb") as f:
+            f.write(read_bytes(src))
+        written.append(local)
+    return written

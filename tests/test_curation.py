@@ -352,3 +352,25 @@ def test_two_curations_starting_together_into_one_output_one_is_refused(
     assert "other inputs" in str(outcomes[refused[0]])
     written = json.loads(eio.read_text(eio.join(out, "_work", "plan.json")))
     assert written["source_url"] == won[0]
+
+
+def test_double_colon_names_are_curated_as_themselves(photos_dir: Path, tmp_path: Path) -> None:
+    """``::`` is part of a local name, never fsspec URL chaining: ``Meeting::Bob.jpg`` (a
+    real photo) is accepted, and the 11-byte text file ``link.jpg::x.jpg`` beside a link to
+    an outside photo is undecodable, not that outside face."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copyfile(photos_dir / "biden.jpg", outside / "biden.jpg")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", src / "Meeting::Bob.jpg")
+    (src / "link.jpg").symlink_to(outside / "biden.jpg")
+    (src / "link.jpg::x.jpg").write_bytes(b"hello world")
+    out = tmp_path / "out"
+    curate(str(src), str(out), _config())
+    rows = {Path(r["source"]).name: r for r in _manifest(out)}
+    assert rows["link.jpg"]["reason"] == "symlink_outside_root"
+    assert rows["link.jpg::x.jpg"]["status"] == "rejected", rows
+    assert rows["link.jpg::x.jpg"]["reason"] == "undecodable", rows
+    assert rows["Meeting::Bob.jpg"]["status"] == "accepted", rows
+    assert sum(r["status"] == "accepted" for r in rows.values()) == 1

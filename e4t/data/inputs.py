@@ -199,13 +199,21 @@ def _err(err: OSError) -> str:
     return f"{type(err).__name__}: {err.strerror or err}"
 
 
-def read_capped(url: str, max_bytes: int) -> bytes:
+def read_capped(url: str, max_bytes: int, root_url: str | None = None) -> bytes:
     """Read a listed file, never more than ``max_bytes + 1`` bytes (a file that grew past the
-    cap since it was listed is caught by the decoder's size check). A local path is opened
-    with O_NONBLOCK, so a FIFO that replaced a file cannot hang the read."""
+    cap since it was listed is caught by the decoder's size check).
+
+    A local path reads what was listed, or nothing: it is opened with O_NOFOLLOW (a file
+    swapped for a symlink after the listing is not followed) and O_NONBLOCK (a FIFO that
+    replaced a file cannot hang the read). A symlink, which the listing accepts only when it
+    points inside the folder, is followed to a regular file whose real path lies inside
+    ``root_url`` (the listed folder; without it, the link's own folder), and the file opened
+    must be that very file (same device and inode), so a link re-pointed between the check
+    and the open is refused. Raises OSError naming ``url`` otherwise.
+    """
     if eio.is_local(url):
         _, path = eio.get_fs(url)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = _open_listed_local(url, path, root_url)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise IsADirectoryError(f"{url}: no longer a regular file")
@@ -216,3 +224,37 @@ def read_capped(url: str, max_bytes: int) -> bytes:
     fs, path = eio.get_fs(url)
     with fs.open(path, "rb") as handle:
         return bytes(handle.read(max_bytes + 1))
+
+
+def _open_listed_local(url: str, path: str, root_url: str | None) -> int:
+    """A read-only descriptor of the local file ``path`` (see :func:`read_capped`)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW)
+        followed = False
+    except OSError as err:
+        # Linux and macOS say ELOOP for a final symlink under O_NOFOLLOW, FreeBSD EMLINK
+        if err.errno not in (errno.ELOOP, errno.EMLINK):
+            raise
+        fd = os.open(path, flags)
+        followed = True
+    try:
+        if root_url is not None:
+            _, root = eio.get_fs(root_url)
+            real_root = os.path.realpath(root if os.path.isdir(root) else os.path.dirname(root))
+        elif followed:
+            real_root = os.path.realpath(os.path.dirname(path))
+        else:
+            return fd
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise PermissionError(
+                errno.EACCES, f"{url}: resolves outside the folder it was listed in, not read"
+            )
+        opened, named = os.fstat(fd), os.stat(real)
+        if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
+            raise PermissionError(errno.EACCES, f"{url}: changed while it was opened, not read")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
