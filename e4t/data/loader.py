@@ -4,9 +4,12 @@
     → skip (resume: each DataLoader worker its own share) → decode jpg + mask.png + json
     → augment → prompt → batch
 
-Every stage is seeded from (seed, rank, worker), so a run's data order is a function of
-its config: a resumed run replays the stream and skips what it consumed, before any pixel
-is decoded, and so sees exactly what an uninterrupted run would have seen.
+Every random stage (shard picks, shuffle, augmentation) is seeded inside the DataLoader
+worker from (seed, rank, worker role, stage) — never from an RNG built in the main process
+and copied into every worker — so streams differ between ranks and workers, and a run's
+data order is a function of its config: a resumed run replays the stream and skips what it
+consumed, before any pixel is decoded, and so sees exactly what an uninterrupted run would
+have seen, flips and prompt templates included.
 """
 
 from __future__ import annotations
@@ -72,9 +75,19 @@ def worker_role(consumed_batches: int = 0) -> tuple[int, int]:
     return (info.id + consumed_batches) % info.num_workers, info.num_workers
 
 
-def _stream_seed(seed: int, rank: int, consumed_batches: int = 0) -> int:
+def stream_name(seed: int, rank: int, consumed_batches: int = 0) -> str:
+    """The identity ``"seed/rank/role"`` of the stream this DataLoader worker makes (call it
+    in the worker, see :func:`worker_role`): every random stage seeds from it, so streams
+    differ per rank and worker and a resumed worker continues the same stream."""
     role, _ = worker_role(consumed_batches)
-    return seed * 1_000_003 + rank * 1009 + role
+    return f"{seed}/{rank}/{role}"
+
+
+def stage_rng(stage: str, stream: str, index: int | None = None) -> random.Random:
+    """A fresh RNG for one random stage of one stream (and one sample ``index``). Seeded
+    from a string (hashed with SHA-512 by :class:`random.Random`, the same in every
+    process), so (stage, seed, rank, role, index) tuples never collide the way sums do."""
+    return random.Random(f"{stage}:{stream}" + ("" if index is None else f":{index}"))
 
 
 def resampled_shards(
@@ -83,18 +96,40 @@ def resampled_shards(
     """An endless, seeded stream of shard picks, distinct per rank and DataLoader worker."""
 
     def source() -> Iterator[dict]:
-        rng = random.Random(_stream_seed(seed, rank, consumed_batches))
+        rng = stage_rng("shards", stream_name(seed, rank, consumed_batches))
         while True:
             yield {"url": rng.choice(urls)}
 
     return source
 
 
-def number(data: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Tag each sample with its position in this rank's stream (``__index__``)."""
-    for i, sample in enumerate(data):
-        sample["__index__"] = i
-        yield sample
+def seeded_shuffle(
+    bufsize: int, initial: int, seed: int, rank: int, consumed_batches: int = 0
+) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """WebDataset's buffered shuffle with its RNG made in the worker, for this worker's
+    stream (one made in the main process would be copied into every worker alike)."""
+
+    def stage(data: Iterator[Any]) -> Iterator[Any]:
+        rng = stage_rng("shuffle", stream_name(seed, rank, consumed_batches))
+        return shuffle(bufsize, initial=initial, rng=rng)(data)
+
+    return stage
+
+
+def number(
+    seed: int, rank: int, consumed_batches: int = 0
+) -> Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]]:
+    """Tag each sample with its stream (``__stream__``, :func:`stream_name`) and its
+    position in it (``__index__``): together they seed the sample's augmentation."""
+
+    def stage(data: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        stream = stream_name(seed, rank, consumed_batches)
+        for i, sample in enumerate(data):
+            sample["__stream__"] = stream
+            sample["__index__"] = i
+            yield sample
+
+    return stage
 
 
 def samples_to_skip(consumed: int, batch_size: int, num_workers: int, worker: int) -> int:
@@ -122,17 +157,19 @@ def skip(consumed: int, batch_size: int) -> Callable[[Iterator[Any]], Iterator[A
 
 @dataclass
 class SampleTransform:
-    """Decoded sample → tensors: pixels in [−1, 1], CLIP pixels, mask in [0, 1], a prompt."""
+    """Decoded sample → tensors: pixels in [−1, 1], CLIP pixels, mask in [0, 1], a prompt.
+
+    The flip and the prompt template are drawn from an RNG of the sample's stream and
+    position (``__stream__``, ``__index__``, tagged by :func:`number`): different for every
+    rank and worker, and the same again when a resumed run replays the stream."""
 
     resolution_px: int
     clip_processor: Any
     templates: list[str]
     hflip: bool
-    seed: int
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        # one RNG per stream position: a replayed stream draws the same augmentations
-        rng = random.Random(self.seed * 1_000_003 + sample["__index__"])
+        rng = stage_rng("augment", sample["__stream__"], sample["__index__"])
         flip = self.hflip and rng.random() < 0.5
         face = face_tensors(
             Image.open(io.BytesIO(sample["jpg"])),
@@ -186,17 +223,14 @@ def make_train_pipeline(
     this rank's loop already took (a resume); with DataLoader workers each replays and
     skips its own share (:func:`worker_role`, :func:`samples_to_skip`)."""
     eio.register_webdataset_openers()
+    consumed_batches = skip_samples // batch_size
     return DataPipeline(
-        resampled_shards(urls, seed, rank, skip_samples // batch_size),
+        resampled_shards(urls, seed, rank, consumed_batches),
         tarfile_to_samples(),
         refuse_unsafe_members,
         select(lambda s: s["__key__"] not in exclude_keys),
-        shuffle(
-            shuffle_buffer,
-            initial=min(shuffle_buffer, 32),
-            rng=random.Random(_stream_seed(seed, rank) + 1),
-        ),
-        number,
+        seeded_shuffle(shuffle_buffer, min(shuffle_buffer, 32), seed, rank, consumed_batches),
+        number(seed, rank, consumed_batches),
         skip(skip_samples, batch_size),
         map_samples(transform),
         batched(batch_size, collation_fn=collate, partial=False),

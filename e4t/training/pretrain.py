@@ -167,8 +167,7 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         model.base.image_processor,
         list(config.data.templates),
         config.data.hflip,
-        seed + world.rank,
-    )
+    )  # its flips and templates are seeded per (seed, rank, worker, sample): see number()
     pipeline = make_train_pipeline(
         urls,
         transform,
@@ -189,12 +188,13 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
     held_batch = None
     if held_out:
         fixed_view = SampleTransform(
-            config.data.resolution_px, model.base.image_processor, ["a photo of {}"], False, 0
+            config.data.resolution_px, model.base.image_processor, ["a photo of {}"], False
         )
-        held_batch = to_batch(
-            collate([fixed_view({**s, "__index__": i}) for i, s in enumerate(held_out)]),
-            world.device,
-        )
+        views = [
+            fixed_view({**s, "__stream__": "held-out", "__index__": i})
+            for i, s in enumerate(held_out)
+        ]
+        held_batch = to_batch(collate(views), world.device)
     fixed = next(stream) if config.data.fixed_batch else None
 
     loss_module: nn.Module = LossModule(model, config)
