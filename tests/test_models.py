@@ -570,3 +570,43 @@ def test_held_out_loss_uses_fixed_draws(tiny_dir: Path) -> None:
     assert held_out_loss(model, batch, LossConfig(), seed=1) != first
     randomize(model)
     assert held_out_loss(model, batch, LossConfig()) != first
+
+
+@pytest.mark.parametrize(("checkpointing", "layer_calls"), [(False, 1), (True, 2)])
+def test_text_encoder_checkpointing_recomputes_its_layers_with_the_same_gradient(
+    tiny_dir: Path, checkpointing: bool, layer_calls: int
+) -> None:
+    """v* enters at the text encoder's input, so the loss back-propagates through its frozen
+    layers: with checkpointing, the backward pass runs each layer again (transformers does
+    so only in train mode), and v* gets the gradient it gets without."""
+    model = make_model(tiny_dir, gradient_checkpointing=checkpointing)
+    calls = []
+    layer = model.text_encoder.encoder.layers[0]
+    # a pre-hook: torch's recompute stops as soon as the last saved tensor is back, before
+    # the MLP returns, so a forward hook on it would not see the second run
+    layer.mlp.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    v_star = model.class_embedding().detach().clone()[None].requires_grad_(True)
+    hidden = model.encode_prompt(["a photo of {}"], v_star)
+    assert len(calls) == 1
+    (hidden**2).mean().backward()
+    assert len(calls) == layer_calls
+    plain = make_model(tiny_dir)
+    v_plain = v_star.detach().clone().requires_grad_(True)
+    (plain.encode_prompt(["a photo of {}"], v_plain) ** 2).mean().backward()
+    assert v_star.grad is not None and v_star.grad.abs().sum() > 0
+    torch.testing.assert_close(v_star.grad, v_plain.grad)
+
+
+def test_text_encoder_checkpointing_refuses_a_text_encoder_with_dropout() -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from e4t.models.base import enable_text_encoder_checkpointing
+
+    small = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1}
+    small |= {"num_attention_heads": 2, "vocab_size": 10, "max_position_embeddings": 8}
+    small |= {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+    enable_text_encoder_checkpointing(CLIPTextModel(CLIPTextConfig(**small)))
+    with pytest.raises(ValueError, match="dropout"):
+        enable_text_encoder_checkpointing(
+            CLIPTextModel(CLIPTextConfig(**small, attention_dropout=0.1))
+        )

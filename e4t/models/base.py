@@ -90,8 +90,8 @@ def prepare_components(
 ) -> None:
     """The one set-up of the frozen components, loaded or built: attention kernels, frozen
     and in eval mode, on ``config.device`` in ``config.dtype``, gradient checkpointing on
-    the UNet and the text encoder when asked (the image encoder stays plain: E4T reads
-    every 2nd layer's [CLS] through hooks)."""
+    the UNet and the text encoder when asked (see :func:`enable_text_encoder_checkpointing`;
+    the image encoder stays plain: E4T reads every 2nd layer's [CLS] through hooks)."""
     dtype = DTYPES[config.dtype]
     attn = "sdpa" if config.attention == "sdpa" else "eager"
     unet.set_attn_processor(AttnProcessor2_0() if attn == "sdpa" else AttnProcessor())
@@ -105,7 +105,33 @@ def prepare_components(
             module.to(dtype=dtype)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        text_encoder.gradient_checkpointing_enable()
+        enable_text_encoder_checkpointing(text_encoder)
+
+
+def enable_text_encoder_checkpointing(text_encoder: CLIPTextModel) -> None:
+    """Recompute the frozen text encoder's layer activations in the backward pass.
+
+    The encoder's weights are frozen, but v* is injected at its input embedding, so the
+    diffusion loss back-propagates through every text layer and their activations are kept
+    (B × 77 × D per layer input, plus attention and MLP intermediates). transformers
+    checkpoints a layer only while ``module.training`` is True, so the encoder is put in
+    train mode; that computes exactly what eval mode does only while its dropouts are 0
+    (they are in every CLIP text config), which is checked here rather than assumed."""
+    dropouts = {
+        name: float(getattr(text_encoder.config, name, 0.0))
+        for name in ("dropout", "attention_dropout")
+    }
+    if any(rate > 0 for rate in dropouts.values()):
+        raise ValueError(
+            f"text encoder has dropout {dropouts}: checkpointing it needs train mode, where "
+            "that dropout would make v*'s prompt encoding random; set "
+            "model.gradient_checkpointing=false or a text_encoder config with dropout 0"
+        )
+    text_encoder.activation_checkpointing_enable()  # non-reentrant
+    # that also hooks the token embedding to always require grad (for reentrant checkpoints):
+    # not needed here, and it would back-propagate through prompts that carry no v*
+    text_encoder.disable_input_require_grads()
+    text_encoder.train()  # for checkpointing only: with zero dropout, train == eval
 
 
 def load_base_models(config: ModelConfig) -> BaseModels:
