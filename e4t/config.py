@@ -307,6 +307,11 @@ class PersonalizeConfig(StrictModel):
     curate: CurateConfig = CurateConfig(align=AlignConfig(resolution_px=256))
     concepts_per_pass: int = Field(8, ge=1, description="concepts tuned together in one pass")
     preview_steps: int = Field(20, ge=1, description="sampling steps of the previews")
+    # a preview costs a sampling run (200 prompts of one concept took 497 s); outside
+    # tuning_hash, so changing it never redoes a finished concept
+    max_prompts_per_concept: int = Field(
+        8, ge=1, le=100, description="preview prompts a concept keeps from concepts.csv"
+    )
     seed: int = 0
 
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def domain_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -37,6 +35,7 @@ def concept_images(photos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return root
 
 
+@pytest.mark.slow
 def test_personalize_bulk_flow(
     prefect_server: None, concept_images: Path, domain_dir: Path, tmp_path: Path
 ) -> None:
@@ -104,6 +103,7 @@ def test_personalize_bulk_flow(
     assert (out / "concepts" / ids["obama"] / "concept.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_unknown_model_fails_fast(
     prefect_server: None, concept_images: Path, tmp_path: Path
 ) -> None:
@@ -119,6 +119,7 @@ def test_unknown_model_fails_fast(
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_four_threads_give_the_concepts_of_one(
     prefect_server: None, concept_images: Path, domain_dir: Path, tmp_path: Path
 ) -> None:
@@ -145,3 +146,125 @@ def test_four_threads_give_the_concepts_of_one(
             p.parent.name: p.read_bytes() for p in out.glob("concepts/*/concept.safetensors")
         }
     assert len(outs[1]) == 3 and outs[1] == outs[4]
+
+
+# ---------------------------------------------------------------- concepts.csv, untrusted
+# Fast: listing opens no file but concepts.csv, so the images may be any bytes.
+
+
+def _inbox(tmp_path: Path, csv_bytes: bytes | None) -> Path:
+    root = tmp_path / "inbox"
+    root.mkdir()
+    (root / "biden.jpg").write_bytes(b"not decoded by the listing")
+    (root / "obama.jpg").write_bytes(b"not decoded by the listing")
+    if csv_bytes is not None:
+        (root / "concepts.csv").write_bytes(csv_bytes)
+    return root
+
+
+def _rows_and_prompts(root: Path, **kwargs: int) -> tuple[dict, dict]:
+    from e4t.data.concepts import list_concepts
+
+    listing = list_concepts(str(root), **kwargs)
+    return (
+        {r["name"]: r for r in listing.others},
+        {c.name: c.prompts for c in listing.concepts},
+    )
+
+
+def test_a_concepts_csv_with_a_bom_keeps_its_prompts(tmp_path: Path) -> None:
+    # what a spreadsheet's "CSV UTF-8" writes: a BOM before the header
+    text = "concept_id,class_word,prompts\r\nbiden,face,a photo of {}|{} in a hat\r\n"
+    rows, prompts = _rows_and_prompts(_inbox(tmp_path, b"\xef\xbb\xbf" + text.encode()))
+    assert prompts["biden"] == ["a photo of {}", "{} in a hat"]
+    assert rows["concepts.csv"]["status"] == "skipped" and "cuts" not in rows["concepts.csv"]
+
+
+def test_a_latin1_concepts_csv_is_a_row_with_its_reason_and_the_listing_goes_on(
+    tmp_path: Path,
+) -> None:
+    from e4t.data.concepts import DEFAULT_PREVIEW_PROMPTS
+
+    text = "concept_id,class_word,prompts\nbiden,face,a photo of {} in a café\n"
+    rows, prompts = _rows_and_prompts(_inbox(tmp_path, text.encode("latin-1")))
+    row = rows["concepts.csv"]
+    assert row["reason"] == "control_file" and row["status"] == "rejected"
+    assert "not UTF-8" in row["detail"] and "0xe9" in row["detail"]
+    # the concepts are all there, with the default prompts
+    assert prompts == {"biden": DEFAULT_PREVIEW_PROMPTS, "obama": DEFAULT_PREVIEW_PROMPTS}
+
+
+def test_a_200kb_prompts_field_is_cut_and_the_cut_recorded(tmp_path: Path) -> None:
+    from e4t.data.concepts import MAX_FIELD_CHARS, MAX_PROMPT_CHARS
+
+    huge = "x" * 200_000  # over csv's own 128 KiB field limit, which raised mid-listing
+    text = f"concept_id,class_word,prompts\nbiden,face,a photo of {{}}|{huge}\nobama,face,hi {{}}\n"
+    rows, prompts = _rows_and_prompts(_inbox(tmp_path, text.encode()))
+    assert prompts["obama"] == ["hi {}"]  # the rows after the big one are read
+    assert prompts["biden"][0] == "a photo of {}"
+    assert len(prompts["biden"][1]) == MAX_PROMPT_CHARS
+    cuts = rows["concepts.csv"]["cuts"]
+    assert any(f"cut to {MAX_FIELD_CHARS}" in c and "'biden'" in c for c in cuts), cuts
+    assert rows["concepts.csv"]["status"] == "skipped"
+
+
+def test_prompts_per_concept_are_capped_by_the_config_and_the_cut_recorded(
+    tmp_path: Path,
+) -> None:
+    from e4t.config import PersonalizeConfig
+    from e4t.jobs.personalize import plan
+
+    many = "|".join(f"prompt {i} of {{}}" for i in range(200))
+    root = _inbox(tmp_path, f"concept_id,prompts\nbiden,{many}\n".encode())
+    planned = plan(str(root), PersonalizeConfig(max_prompts_per_concept=3))
+    (biden,) = [s for p in planned["passes"] for s in p if s.name == "biden"]
+    assert biden.prompts == ["prompt 0 of {}", "prompt 1 of {}", "prompt 2 of {}"]
+    (row,) = [r for r in planned["others"] if r["name"] == "concepts.csv"]
+    assert any("200 prompts, the first 3 kept" in c for c in row["cuts"]), row
+    # and the default cap holds without a config
+    _, prompts = _rows_and_prompts(root)
+    default = PersonalizeConfig().max_prompts_per_concept
+    assert len(prompts["biden"]) == default < 200
+
+
+def test_an_empty_concept_folder_gets_a_row(tmp_path: Path) -> None:
+    root = _inbox(tmp_path, None)
+    (root / "carol").mkdir()
+    (root / "dave" / "nested").mkdir(parents=True)  # only folders: no file either
+    (root / "erin").mkdir()
+    (root / "erin" / "1.jpg").write_bytes(b"x")
+    from e4t.data.concepts import list_concepts
+
+    listing = list_concepts(str(root))
+    rows = {r["name"]: r for r in listing.others}
+    assert set(rows) == {"carol", "dave"}
+    assert all(r["reason"] == "empty_folder" and r["status"] == "rejected" for r in rows.values())
+    assert {c.name for c in listing.concepts} == {"biden", "obama", "erin"}
+    assert listing.num_files == 5  # biden, obama, erin/1.jpg, and a row per empty folder
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        b'{"concept_id": "a", "tuning',
+        b"[1, 2]",
+        b"\xff\xfe{}",
+        b'{"rank": "four"}',
+        b"",
+        b'{"domain_fingerprint": "f", "tuning_hash": "h", "result": [1]}',
+    ],
+    ids=["truncated", "list", "not-utf8", "rank-four", "empty", "result-list"],
+)
+def test_an_unreadable_concept_json_in_out_is_redone_not_a_crash(
+    tmp_path: Path, marker: bytes
+) -> None:
+    from e4t.training.bulk import concept_url, finished_meta
+
+    folder = Path(concept_url(str(tmp_path), "ada-1a2b"))
+    folder.mkdir(parents=True)
+    (folder / "concept.json").write_text(
+        json.dumps({"domain_fingerprint": "f", "tuning_hash": "h", "result": {"steps": 3}})
+    )
+    assert finished_meta(str(tmp_path), "ada-1a2b", "f", "h") is not None  # a sound one: skip
+    (folder / "concept.json").write_bytes(marker)
+    assert finished_meta(str(tmp_path), "ada-1a2b", "f", "h") is None  # redo it

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from e4t import io as eio
-from e4t.config import CurateConfig, TuneConfig
+from e4t.config import CurateConfig, PersonalizeConfig, TuneConfig
 from e4t.data.curation import curate_one
 from e4t.data.decode import is_image_name
 from e4t.data.inputs import (
@@ -36,6 +37,13 @@ from e4t.data.inputs import (
 from e4t.data.transforms import FaceInput, face_tensors
 
 DEFAULT_PREVIEW_PROMPTS = ["a photo of {}", "a painting of {} in the style of van gogh"]
+DEFAULT_MAX_PROMPTS = PersonalizeConfig.model_fields["max_prompts_per_concept"].default
+# caps on concepts.csv (untrusted): the file, a concept id, the prompts field, one prompt
+MAX_CONTROL_BYTES = 1 << 20
+MAX_ID_CHARS = 256
+MAX_FIELD_CHARS = 16_384
+MAX_PROMPT_CHARS = 1_000  # CLIP reads 77 tokens of it anyway
+MAX_CUTS_LISTED = 20
 
 
 @dataclass(frozen=True)
@@ -69,29 +77,113 @@ def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name[1:] else name
 
 
-def _read_prompts(url: str) -> dict[str, list[str]]:
-    """``concepts.csv``: ``concept_id`` is a file stem, a folder name or a full id."""
+@dataclass(frozen=True)
+class PromptTable:
+    """``concepts.csv`` as read: prompts by ``concept_id``; every cut made to fit the caps
+    (one line each, untrusted text escaped); ``error``: why the file was not used at all."""
+
+    prompts: dict[str, list[str]]
+    cuts: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _escaped(text: str, max_chars: int = 60) -> str:
+    """A field of the file as it may be printed: cut and escaped (no control characters)."""
+    return repr(text[:max_chars] + ("…" if len(text) > max_chars else ""))
+
+
+def _read_prompts(url: str, max_prompts: int = DEFAULT_MAX_PROMPTS) -> PromptTable:
+    """``concepts.csv`` (untrusted): UTF-8 with or without a BOM (a spreadsheet's "CSV UTF-8"
+    writes one), read up to :data:`MAX_CONTROL_BYTES`. A field over its cap is cut, a concept
+    keeps its first ``max_prompts`` prompts; each cut is recorded. A file that cannot be read
+    as such is an ``error``, never a crash: the concepts keep the default preview prompts."""
+    try:
+        data = read_capped(url, MAX_CONTROL_BYTES)
+    except OSError as err:  # vanished or no longer a regular file since the listing
+        return PromptTable({}, error=f"unreadable: {type(err).__name__}")
+    if len(data) > MAX_CONTROL_BYTES:
+        return PromptTable(
+            {}, error=f"over {MAX_CONTROL_BYTES} bytes: keep it to the preview prompts"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        return PromptTable(
+            {},
+            error=f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): save "
+            'it as UTF-8 (a spreadsheet\'s "CSV UTF-8"); the default preview prompts are used',
+        )
+    # csv's per-field limit (128 Ki characters) would raise mid-file; the whole text is
+    # capped above, so a limit of the cap never triggers and fields are cut below instead.
+    # Raised, never lowered: the limit is process-wide.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CONTROL_BYTES))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        columns = [(name or "").strip() for name in (reader.fieldnames or [])]
+    except csv.Error as err:
+        return PromptTable({}, error=f"not a CSV file ({err})")
+    if "concept_id" not in columns or "prompts" not in columns:
+        return PromptTable(
+            {},
+            error="no concept_id and prompts columns (header: "
+            f"{_escaped(','.join(columns))}); expected concept_id,class_word,prompts",
+        )
+    reader.fieldnames = columns
     prompts: dict[str, list[str]] = {}
-    with io.StringIO(eio.read_text(url)) as handle:
-        for row in csv.DictReader(handle):
-            if row.get("concept_id") and row.get("prompts"):
-                prompts[row["concept_id"].strip()] = [
-                    p.strip() for p in row["prompts"].split("|") if p.strip()
-                ]
-    return prompts
+    cuts: list[str] = []
+    try:
+        for row in reader:
+            line = reader.line_num
+            key = (row.get("concept_id") or "").strip()
+            field_text = row.get("prompts") or ""
+            if not key or not isinstance(field_text, str):
+                continue
+            if len(key) > MAX_ID_CHARS:
+                cuts.append(f"line {line}: concept_id over {MAX_ID_CHARS} characters, ignored")
+                continue
+            if len(field_text) > MAX_FIELD_CHARS:
+                cuts.append(
+                    f"line {line} ({_escaped(key)}): prompts field of {len(field_text)} "
+                    f"characters cut to {MAX_FIELD_CHARS}"
+                )
+                field_text = field_text[:MAX_FIELD_CHARS]
+            found = [p.strip() for p in field_text.split("|") if p.strip()]
+            if any(len(p) > MAX_PROMPT_CHARS for p in found):
+                cuts.append(
+                    f"line {line} ({_escaped(key)}): prompts over {MAX_PROMPT_CHARS} characters cut"
+                )
+                found = [p[:MAX_PROMPT_CHARS] for p in found]
+            if len(found) > max_prompts:
+                cuts.append(
+                    f"line {line} ({_escaped(key)}): {len(found)} prompts, the first "
+                    f"{max_prompts} kept (max_prompts_per_concept)"
+                )
+                found = found[:max_prompts]
+            if found:
+                prompts[key] = found
+    except csv.Error as err:  # e.g. a NUL byte: the rows read so far stand
+        cuts.append(f"line {reader.line_num}: not CSV ({err}); the rest of the file ignored")
+    if len(cuts) > MAX_CUTS_LISTED:
+        cuts = [*cuts[:MAX_CUTS_LISTED], f"… and {len(cuts) - MAX_CUTS_LISTED} more cuts"]
+    return PromptTable(prompts, cuts)
 
 
-def list_concepts(images_url: str, max_bytes: int | None = None) -> ConceptListing:
+def list_concepts(
+    images_url: str, max_bytes: int | None = None, max_prompts: int = DEFAULT_MAX_PROMPTS
+) -> ConceptListing:
     """Concepts of a folder: each top-level image is one, each sub-folder is one; every other
-    file is a row of its own. Listing opens no file but ``concepts.csv``."""
+    file is a row of its own, and so is a sub-folder with no file in it (``empty_folder``).
+    Listing opens no file but ``concepts.csv``; its row says what was cut or why it was not
+    used (``max_prompts``: preview prompts a concept keeps)."""
     entries = list_inputs(images_url, max_bytes)
     prompts: dict[str, list[str]] = {}
     others: list[dict[str, Any]] = []
     groups: dict[str, list[InputFile]] = {}
     for entry in entries:
         if entry.relpath == "concepts.csv" and entry.reason is None:
-            prompts = _read_prompts(entry.url)
-            others.append(_other_row(entry, "control_file", "preview prompts of the concepts"))
+            table = _read_prompts(entry.url, max_prompts)
+            prompts = table.prompts
+            others.append(_control_row(entry, table))
             continue
         if entry.reason is not None:
             others.append(_other_row(entry, entry.reason, entry.detail))
@@ -101,6 +193,16 @@ def list_concepts(images_url: str, max_bytes: int | None = None) -> ConceptListi
             others.append(_other_row(entry, "unsupported_extension", "not an image"))
             continue
         groups.setdefault(top if rest else entry.relpath, []).append(entry)
+    listed_tops = {e.relpath.partition("/")[0] for e in entries}
+    for name in _top_folders(images_url):
+        if name not in listed_tops:
+            folder = InputFile(eio.join(images_url, name), name)
+            others.append(
+                {
+                    **_other_row(folder, "empty_folder", "a concept folder with no file in it"),
+                    "files": [],
+                }
+            )
     concepts = []
     for key, members in groups.items():
         name = display_name(key)
@@ -117,6 +219,28 @@ def list_concepts(images_url: str, max_bytes: int | None = None) -> ConceptListi
             )
         )
     return ConceptListing(sorted(concepts, key=lambda c: c.concept_id), others)
+
+
+def _top_folders(images_url: str) -> list[str]:
+    """The sub-folders at the top of a local folder (not following links); an object store
+    has no empty folders."""
+    if not eio.is_local(images_url):
+        return []
+    _, root = eio.get_fs(images_url)
+    if not os.path.isdir(root):
+        return []
+    with os.scandir(root) as listing:
+        return sorted(e.name for e in listing if e.is_dir(follow_symlinks=False))
+
+
+def _control_row(entry: InputFile, table: PromptTable) -> dict[str, Any]:
+    """``concepts.csv``'s row: skipped (read), or rejected with why; the cuts made."""
+    if table.error is not None:
+        return {**_other_row(entry, "control_file", table.error), "status": "rejected"}
+    row = _other_row(entry, "control_file", "preview prompts of the concepts")
+    if table.cuts:
+        row["cuts"] = table.cuts
+    return row
 
 
 def _other_row(entry: InputFile, reason: str, detail: str | None) -> dict[str, Any]:

@@ -26,7 +26,9 @@ def plan(images_url: str, config: PersonalizeConfig) -> dict[str, Any]:
     """The folder listed once, here: its concepts in passes of ``concepts_per_pass`` and a
     row for every file that is no concept's; fails fast when the folder is missing or holds
     no images."""
-    listing = list_concepts(images_url, config.curate.decode.max_bytes)
+    listing = list_concepts(
+        images_url, config.curate.decode.max_bytes, config.max_prompts_per_concept
+    )
     specs = listing.concepts
     if not specs:
         raise FileNotFoundError(f"{images_url}: no images to personalize")

@@ -87,6 +87,78 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
+MAX_CONCEPT_JSON_BYTES = 1 << 20  # a concept.json is a few hundred bytes
+MAX_CONCEPT_RANK = 1024
+
+
+def _quoted(value: Any, cap: int = 80) -> str:
+    """A value read from a concept file, printable on one line: capped and escaped."""
+    text = str(value)
+    return ascii(text[:cap] + ("…" if len(text) > cap else ""))
+
+
+def validate_concept_meta(source: str | Path, raw: bytes) -> dict[str, Any]:
+    """A concept's ``concept.json`` bytes (untrusted) as its metadata: a UTF-8 JSON object
+    whose ``rank`` (default 4) is an int in 1..:data:`MAX_CONCEPT_RANK` and whose
+    ``class_word`` and ``concept_id``, when present, are strings. Raises ArtifactError naming
+    ``source`` and what is wrong; the returned dict holds ``rank`` as an int."""
+    where = f"{source}: {CONCEPT_CONFIG}" if not str(source).endswith(CONCEPT_CONFIG) else source
+    fix = "re-create the concept (e4t personalize or encode-concept)"
+    if len(raw) > MAX_CONCEPT_JSON_BYTES:
+        raise ArtifactError(f"{where} is over {MAX_CONCEPT_JSON_BYTES} bytes: {fix}")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ArtifactError(f"{where} is not UTF-8 text (byte {err.start}): {fix}") from err
+    except json.JSONDecodeError as err:
+        raise ArtifactError(
+            f"{where} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; "
+            f"truncated?): {fix}"
+        ) from err
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{where} holds a JSON {type(meta).__name__}, not an object: {fix}")
+    rank = meta.get("rank", 4)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_CONCEPT_RANK:
+        raise ArtifactError(
+            f"{where}: rank {_quoted(rank)} is not an integer in 1..{MAX_CONCEPT_RANK}: {fix}"
+        )
+    for key in ("class_word", "concept_id"):
+        if key in meta and not isinstance(meta[key], str):
+            raise ArtifactError(f"{where}: {key} {_quoted(meta[key])} is not a string: {fix}")
+    return {**meta, "rank": rank}
+
+
+def read_concept_meta(folder: Path) -> dict[str, Any]:
+    """:func:`validate_concept_meta` of ``folder/concept.json``, read with a cap."""
+    path = folder / CONCEPT_CONFIG
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONCEPT_JSON_BYTES + 1)
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{folder} is not an E4T concept ({CONCEPT_CONFIG} missing)") from err
+    except OSError as err:
+        raise ArtifactError(f"{path} is unreadable ({type(err).__name__}: {err.strerror})") from err
+    return validate_concept_meta(path, raw)
+
+
+def check_finite_float(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors that are not floating point (an int8 file would load as garbage) or hold
+    NaN/Inf (black images, a NaN embedding), naming the file and the tensors."""
+    not_float = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if not_float:
+        dtypes = sorted({str(tensors[k].dtype).removeprefix("torch.") for k in not_float})
+        raise ArtifactError(
+            f"{path}: tensors {not_float[:5]} are {'/'.join(dtypes)}, not floating point; "
+            "re-create the concept"
+        )
+    bad = sorted(k for k, v in tensors.items() if not bool(torch.isfinite(v.float()).all()))
+    if bad:
+        raise ArtifactError(
+            f"{path}: tensors {bad[:5]}{'…' if len(bad) > 5 else ''} hold NaN or Inf values; "
+            "re-create the concept"
+        )
+
+
 class E4TModel(nn.Module):
     """Base models + encoder + offsets. Only ``encoder`` and ``offsets`` hold trainable weights."""
 
@@ -489,9 +561,7 @@ class E4TModel(nn.Module):
     def read_concept(self, folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """A concept's tensors and metadata, checked against this model."""
         folder = Path(folder)
-        if not (folder / CONCEPT_CONFIG).exists():
-            raise ArtifactError(f"{folder} is not an E4T concept ({CONCEPT_CONFIG} missing)")
-        meta = json.loads((folder / CONCEPT_CONFIG).read_text())
+        meta = read_concept_meta(folder)  # values checked before anything else reads them
         if meta.get("class_word") != self.config.class_word:
             raise ArtifactError(
                 f"{folder} was tuned for class word {meta.get('class_word')!r}, "
@@ -514,6 +584,7 @@ class E4TModel(nn.Module):
             expected[f"delta.{p}.down"] = torch.Size((rank, in_f))
             expected[f"delta.{p}.up"] = torch.Size((out_f, rank))
         check_tensors(path, tensors, expected)
+        check_finite_float(path, tensors)
         return tensors, meta
 
     def load_concepts(self, folders: list[str | Path]) -> ConceptBank:

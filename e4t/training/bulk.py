@@ -21,7 +21,7 @@ from e4t import io as eio
 from e4t.config import PersonalizeConfig, config_hash
 from e4t.data.concepts import ConceptSpec, PreparedFace, prepare_face, stable_seed
 from e4t.data.transforms import FaceInput
-from e4t.models.e4t_model import E4TModel
+from e4t.models.e4t_model import ArtifactError, E4TModel, validate_concept_meta
 from e4t.training.tune import tune_concepts
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,14 @@ def finished_meta(
     url = eio.join(concept_url(output_url, concept_id), "concept.json")
     if not eio.exists(url):
         return None
-    meta = json.loads(eio.read_text(url))
+    try:  # a marker that cannot be read (truncated, not JSON, not UTF-8) is redone, not a crash
+        meta = validate_concept_meta(url, eio.read_bytes(url))
+    except (ArtifactError, OSError) as err:
+        logger.warning("%s: its concept.json is unreadable, redoing it (%s)", concept_id, err)
+        return None
+    if not isinstance(meta.get("result", {}), dict):
+        logger.warning("%s: its concept.json holds no result row, redoing it", concept_id)
+        return None
     if meta.get("domain_fingerprint") != fingerprint or meta.get("tuning_hash") != made_by:
         logger.info("%s was made by another model or config: redoing it", concept_id)
         return None
