@@ -308,8 +308,12 @@ def test_mlflow_ui_compares_two_pretraining_runs(deployed: Stack, tmp_path: Path
         assert run_id in text or found[0].info.run_name in text
 
 
-def _start_deployment(stack: Stack, name: str, params: dict[str, Any]) -> str:
+def _start_deployment(
+    stack: Stack, name: str, params: dict[str, Any], job_variables: dict[str, Any] | None = None
+) -> str:
     args = [a for k, v in params.items() for a in ("-p", f"{k}={json.dumps(v)}")]
+    for k, v in (job_variables or {}).items():
+        args += ["--job-variable", f"{k}={json.dumps(v)}"]
     started = _prefect(stack, "deployment", "run", name, *args)
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", started)
     assert match, started
@@ -435,7 +439,9 @@ def test_worker_killed_mid_pretraining_then_the_rerun_resumes(
 ) -> None:
     """SIGKILL the worker (and with it the flow run and torchrun) after the first
     checkpoint; a new worker and a rerun of the deployment resume from that checkpoint in
-    the same MLflow run and finish."""
+    the same MLflow run and finish. The trainer stops at a named fault point (it hangs right
+    after committing step 10's checkpoint: E4T_FAULT_AT in this run's environment only), so
+    the kill never races the end of the run."""
     from e4t import io as eio
     from e4t.training.checkpoint import complete_steps
     from infra.prefect_server import start_worker
@@ -455,15 +461,19 @@ def test_worker_killed_mid_pretraining_then_the_rerun_resumes(
     assert eio.exists("s3://e4t/runs/stack/shards/stats.json"), (
         "runs after test_pipeline_deployment_on_the_stack, on its shards"
     )
-    first = _start_deployment(stack, "pretrain-domain/pretrain-domain", params)
+    first = _start_deployment(
+        stack,
+        "pretrain-domain/pretrain-domain",
+        params,
+        job_variables={"env": {"E4T_FAULT_AT": "checkpoint:10:hang"}},
+    )
     checkpoints = eio.join(out, "checkpoints")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if eio.exists(checkpoints) and complete_steps(checkpoints):
             break
         time.sleep(0.5)
-    saved = complete_steps(checkpoints)
-    assert saved and max(saved) < 40, "kill it between the first checkpoint and the end"
+    assert complete_steps(checkpoints) == [10], "the trainer hangs right after step 10's"
     pid_file = stack.root / "prefect" / f"worker-{POOL}.pid"
     Background(int(pid_file.read_text()), pid_file).stop(signals=(9,))  # SIGKILL, no goodbye
     launch = json.loads(eio.read_text(eio.join(out, "launch.json")))
