@@ -1,4 +1,9 @@
-"""Background services on loopback: free ports, start in a new session, stop by PID."""
+"""Background services on loopback: free ports, start in a new session, stop by PID.
+
+Everything a service writes is its owner's only: services start with umask 077 (their data,
+databases and logs are 0600 in 0700 folders, whatever the caller's umask), and
+:func:`make_private` locks down a tree made before that.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,27 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700
+
+
+def make_private(root: Path) -> None:
+    """Create ``root`` (0700) and take group and other permissions off everything under it
+    (the owner's bits stay: an executable stays executable for its owner)."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for folder, _dirs, files in os.walk(root):
+        os.chmod(folder, 0o700)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, os.stat(path).st_mode & 0o700)
+
+
+def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:
+    """Open (creating) a file readable by its owner only, also when it existed wider."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def free_ports(count: int) -> list[int]:
@@ -64,11 +90,21 @@ def start_background(
     cmd: list[str], env: dict[str, str], root: Path, name: str, cwd: str | Path | None = None
 ) -> Background:
     """Start ``cmd`` in a new session; log to ``root/name.log``, PID in ``root/name.pid``."""
-    root.mkdir(parents=True, exist_ok=True)
-    log = open(root / f"{name}.log", "ab")
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)
+    log = os.fdopen(open_private(root / f"{name}.log"), "ab")
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        cwd=cwd,
+        umask=PRIVATE_UMASK,  # the service's data, databases and logs: owner-only
     )
+    log.close()
     pid_file = root / f"{name}.pid"
-    pid_file.write_text(str(proc.pid))
+    fd = open_private(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "w") as out:
+        out.write(str(proc.pid))
     return Background(proc.pid, pid_file)

@@ -33,7 +33,7 @@ from infra.prefect_server import (
     start_server,
     start_worker,
 )
-from infra.processes import Background, free_ports, start_background
+from infra.processes import Background, free_ports, make_private, start_background
 from infra.seaweedfs import SeaweedS3
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def start_mlflow(
     root: Path, s3_endpoint: str, creds: dict[str, str], port: int | None = None
 ) -> tuple[Background, str]:
     port = port or free_ports(1)[0]
-    (root / "mlflow").mkdir(parents=True, exist_ok=True)
+    (root / "mlflow").mkdir(parents=True, exist_ok=True, mode=0o700)
     cmd = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
@@ -152,12 +152,13 @@ def start_mlflow(
     ]
     # the users live in their own database; nobody but the admin gets any permission
     auth_ini = root / "mlflow" / "auth.ini"
-    auth_ini.write_text(
+    write_private(
+        auth_ini,
         "[mlflow]\n"
         "default_permission = NO_PERMISSIONS\n"
         f"database_uri = sqlite:///{root / 'mlflow' / 'auth.db'}\n"
         f"admin_username = {AUTH_USER}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
     )
     env = {
         **os.environ,
@@ -189,8 +190,8 @@ def up(
     root = Path(root).resolve()
     if (root / "stack.json").exists() and status(root)["all_alive"]:
         return Stack.load(root)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "data").mkdir(exist_ok=True)
+    make_private(root)  # photos, databases, logs: owner-only (also a stack made before)
+    (root / "data").mkdir(exist_ok=True, mode=0o700)
     creds = _credentials(root)
     started: list[Background] = []
     try:
@@ -203,17 +204,19 @@ def up(
         )
         started.append(server)
         stack = Stack(root, api, mlflow_uri, s3.endpoint)
-        (root / "stack.json").write_text(
+        write_private(
+            root / "stack.json",
             json.dumps(
                 {"prefect_api": api, "mlflow_uri": mlflow_uri, "s3_endpoint": s3.endpoint},
                 indent=1,
-            )
+            ),
         )
         client_env = {**prefect_env(root / "prefect" / "home", api), **stack.env()}
         prefect_cli(client_env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
         worker = start_worker(root / "prefect", api, POOL, extra_env=stack.env())
         started.append(worker)
         write_env_file(root / "stack.env", stack.env())
+        make_private(root)
         return stack
     except BaseException:
         for process in reversed(started):

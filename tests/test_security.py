@@ -178,6 +178,45 @@ def test_secret_files_are_private_and_never_committed_or_built(tmp_path: Path) -
         assert ".stack/" in lines, ignore
 
 
+def _wider_than_owner(root: Path) -> list[str]:
+    """Every file or folder under root that its group or others could read, write or enter."""
+    found = []
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            found.append(f"{path} {oct(stat.S_IMODE(path.stat().st_mode))}")
+    return found
+
+
+def test_a_service_writes_owner_only_files_whatever_the_umask(tmp_path: Path) -> None:
+    """A background service (here a shell writing data, a database-like file and a folder)
+    leaves nothing group- or world-readable, though the caller's umask is 002; a tree made
+    before with wide modes is locked down by make_private."""
+    from infra.processes import make_private, start_background
+
+    old = os.umask(0o002)
+    try:
+        root = tmp_path / "svc"
+        script = f"mkdir -p {root}/data/sub && echo face > {root}/data/sub/photo.dat && echo ok"
+        proc = start_background(["sh", "-c", script], dict(os.environ), root, "svc")
+        _, status = os.waitpid(proc.pid, 0)  # our child: wait for it to end
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (root / "data" / "sub" / "photo.dat").read_text() == "face\n"
+        assert _wider_than_owner(root) == []
+        old_tree = tmp_path / "old"
+        (old_tree / "s3" / "data").mkdir(parents=True)
+        (old_tree / "s3" / "data" / "1.dat").write_text("face")
+        os.chmod(old_tree / "s3" / "data" / "1.dat", 0o644)
+        tool = old_tree / "run.sh"
+        tool.write_text("#!/bin/sh\n")
+        os.chmod(tool, 0o755)
+        assert _wider_than_owner(old_tree)
+        make_private(old_tree)
+        assert _wider_than_owner(old_tree) == []
+        assert stat.S_IMODE(tool.stat().st_mode) == 0o700  # still executable by its owner
+    finally:
+        os.umask(old)
+
+
 # --------------------------------------------------------------------------- cluster
 
 

@@ -543,3 +543,17 @@ def _process_tree(pid: int) -> set[int]:
         found |= more
         grew = bool(more)
     return found
+
+
+def test_everything_the_stack_wrote_is_owner_only(deployed: Stack) -> None:
+    """After the pipeline, the kill and the S3 restart above: the uploaded photos (SeaweedFS
+    .dat files), the MLflow and Prefect databases, the logs and the data folder are the
+    owner's only (0600 files in 0700 folders), whatever the umask the stack started with."""
+    found = []
+    for path in [deployed.root, *deployed.root.rglob("*")]:
+        if not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            found.append(
+                f"{path.relative_to(deployed.root)} {oct(stat.S_IMODE(path.stat().st_mode))}"
+            )
+    assert list((deployed.root / "s3").rglob("*.dat")), "the S3 store holds data"
+    assert found == [], found[:20]
