@@ -546,14 +546,24 @@ def _process_tree(pid: int) -> set[int]:
 
 
 def test_everything_the_stack_wrote_is_owner_only(deployed: Stack) -> None:
-    """After the pipeline, the kill and the S3 restart above: the uploaded photos (SeaweedFS
-    .dat files), the MLflow and Prefect databases, the logs and the data folder are the
-    owner's only (0600 files in 0700 folders), whatever the umask the stack started with."""
+    """After the pipeline, the kill and the S3 restart above: the stack's folder is 0700 and
+    what its services wrote — the uploaded photos (SeaweedFS), the MLflow and Prefect
+    databases, the logs, the worker's data folder — is the owner's only, whatever the umask
+    the stack started with. (Files a user's own client commands write inside keep that user's
+    umask; the 0700 folder keeps them from everyone else.)"""
+    root = deployed.root
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    written = [
+        *(root / "s3").rglob("*"),
+        *root.rglob("*.db"),
+        *root.rglob("*.log"),
+        *(root / "data").rglob("*"),
+    ]
+    assert [p for p in written if p.suffix == ".dat"], "the S3 store holds data"
+    assert list(root.rglob("*.db")), "the databases are there"
     found = []
-    for path in [deployed.root, *deployed.root.rglob("*")]:
-        if not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) & 0o077:
-            found.append(
-                f"{path.relative_to(deployed.root)} {oct(stat.S_IMODE(path.stat().st_mode))}"
-            )
-    assert list((deployed.root / "s3").rglob("*.dat")), "the S3 store holds data"
+    for path in written:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if not path.is_symlink() and mode & 0o077:
+            found.append(f"{path.relative_to(root)} {oct(mode)}")
     assert found == [], found[:20]
