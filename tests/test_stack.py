@@ -548,7 +548,7 @@ def _process_tree(pid: int) -> set[int]:
 def test_everything_the_stack_wrote_is_owner_only(deployed: Stack) -> None:
     """After the pipeline, the kill and the S3 restart above: the stack's folder is 0700 and
     what its services wrote — the uploaded photos (SeaweedFS), the MLflow and Prefect
-    databases, the logs, the worker's data folder — is the owner's only, whatever the umask
+    databases, the logs — is the owner's only, whatever the umask
     the stack started with. (Files a user's own client commands write inside keep that user's
     umask; the 0700 folder keeps them from everyone else.)"""
     root = deployed.root
@@ -557,7 +557,6 @@ def test_everything_the_stack_wrote_is_owner_only(deployed: Stack) -> None:
         *(root / "s3").rglob("*"),
         *root.rglob("*.db"),
         *root.rglob("*.log"),
-        *(root / "data").rglob("*"),
     ]
     assert [p for p in written if p.suffix == ".dat"], "the S3 store holds data"
     assert list(root.rglob("*.db")), "the databases are there"
