@@ -28,10 +28,14 @@ from pydantic import (
 )
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+#: the most sampling steps a preview may take (schedulers are trained on 1000 timesteps)
+MAX_SAMPLING_STEPS = 1000
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN threshold compares False with everything (it would let
+    # every detection through, or none); no setting here means infinity
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- curation
@@ -42,6 +46,18 @@ class DecodeConfig(StrictModel):
         89_478_485, gt=0, description="refuse images with more pixels (decompression bombs)"
     )
     max_bytes: int = Field(200 * 2**20, gt=0, description="refuse files larger than this")
+    max_decoded_megapixels: float = Field(
+        24.0,
+        gt=0,
+        description="larger images are reduced by an integer factor while decoding (JPEG: "
+        "by the codec); the RGB result is at most this (72 MB at 24 MP)",
+    )
+    max_decode_mib: int = Field(
+        384,
+        gt=0,
+        description="refuse images whose pixels in the source's depth (Pillow's storage, "
+        "after JPEG scaling) exceed this: with max_decoded_megapixels, bounds a decode's memory",
+    )
 
 
 class DetectConfig(StrictModel):
@@ -174,7 +190,7 @@ class DataConfig(StrictModel):
     shuffle_buffer: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader workers per rank")
     hflip: bool = True
-    templates: list[str] = DEFAULT_TEMPLATES
+    templates: list[str] = Field(DEFAULT_TEMPLATES, min_length=1, description="prompt templates")
     num_preview: int = Field(2, ge=0, description="held-out faces for the preview grid")
     fixed_batch: bool = Field(
         False, description="repeat the first batch with the same noise (a convergence check)"
@@ -207,7 +223,9 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
     preview_every: int = Field(0, ge=0, description="0: only at the end")
-    preview_steps: int = Field(10, ge=1, description="sampling steps of the preview images")
+    preview_steps: int = Field(
+        10, ge=1, le=MAX_SAMPLING_STEPS, description="sampling steps of the preview images"
+    )
 
 
 class LaunchConfig(StrictModel):
@@ -293,7 +311,7 @@ class TuneConfig(StrictModel):
     lambda_w: float = Field(1e-4, ge=0)
     use_mask: bool = True
     mask_floor: float = Field(0.1, ge=0, le=1)
-    templates: list[str] = DEFAULT_TEMPLATES
+    templates: list[str] = Field(DEFAULT_TEMPLATES, min_length=1, description="prompt templates")
     resolution_px: int = Field(64, ge=16, description="faces are resized to this")
     artifact_dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
     autocast: Literal["auto", "bf16", "off"] = Field(
@@ -306,7 +324,9 @@ class PersonalizeConfig(StrictModel):
     tune: TuneConfig = TuneConfig()
     curate: CurateConfig = CurateConfig(align=AlignConfig(resolution_px=256))
     concepts_per_pass: int = Field(8, ge=1, description="concepts tuned together in one pass")
-    preview_steps: int = Field(20, ge=1, description="sampling steps of the previews")
+    preview_steps: int = Field(
+        20, ge=1, le=MAX_SAMPLING_STEPS, description="sampling steps of the previews"
+    )
     # a preview costs a sampling run (200 prompts of one concept took 497 s); outside
     # tuning_hash, so changing it never redoes a finished concept
     max_prompts_per_concept: int = Field(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import zlib
 from pathlib import Path
 
+import hostile
 import numpy as np
 import pytest
 from conftest import BAD_INPUT_EXPECTED
+from PIL import Image
 
 from e4t.config import DecodeConfig
 from e4t.data.decode import decode_image, is_image_name
@@ -89,3 +93,160 @@ def test_an_image_too_big_for_memory_is_a_too_large_row(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "too_large"
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _asymmetric(width: int = 96, height: int = 64) -> Image.Image:
+    """A picture whose every flip and turn looks different (a gradient and a corner block)."""
+    values = np.zeros((height, width, 3), np.uint8)
+    values[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    values[..., 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
+    values[:16, :24, 2] = 255
+    return Image.fromarray(values, "RGB")
+
+
+def test_the_decoder_fuzzed_never_raises() -> None:
+    """Byte-flipped and cut copies of a valid file of each format: every one decodes or is a
+    reason with a detail; no exception of any type escapes (issue 21: struct.error,
+    NotImplementedError, TypeError... used to)."""
+    outcomes: dict[str, set[str | None]] = {}
+    for ext, data in hostile.valid_files().items():
+        for mutated in hostile.mutations(data, 60, seed=zlib.crc32(ext.encode())):
+            result = decode_image(mutated, DecodeConfig())
+            if result.image is None:
+                assert result.reason and result.detail, (ext, result)
+            else:
+                assert result.image.dtype == np.uint8 and result.image.shape[2] == 3
+            outcomes.setdefault(ext, set()).add(result.reason)
+    assert set(outcomes) == {"jpg", "png", "webp", "tif"}
+
+
+@pytest.mark.parametrize(("tag", "kind"), [(0x0128, "SHORT"), (0x011A, "RATIONAL")])
+def test_a_broken_exif_block_still_turns_the_photo_upright(tag: int, kind: str) -> None:
+    """Orientation 6 plus a standard {kind} tag stored as ASCII: Pillow's exif_transpose
+    raised re-serialising the block; the orientation is read as data instead."""
+    upright = _asymmetric()
+    result = decode_image(hostile.exif_broken_jpeg(upright, tag), DecodeConfig())
+    assert result.image is not None, result.detail
+    assert result.image.shape == (upright.height, upright.width, 3)
+    assert np.abs(result.image.astype(int) - np.asarray(upright, dtype=int)).mean() < 4
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow(orientation: int) -> None:
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    _asymmetric().save(buf, format="PNG", exif=exif.tobytes())
+    result = decode_image(buf.getvalue(), DecodeConfig())
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert result.image is not None
+    assert np.array_equal(result.image, np.asarray(expected))
+
+
+@pytest.mark.parametrize("name", ["dds", "gif"])
+def test_only_the_listed_formats_are_parsed(name: str) -> None:
+    """DDS bytes named .jpg raised NotImplementedError inside Pillow's DDS plugin; formats
+    outside the README's list are not even parsed."""
+    if name == "dds":
+        data = hostile.dds_bytes()
+    else:
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32)).save(buf, format="GIF")
+        data = buf.getvalue()
+    result = decode_image(data, DecodeConfig())
+    assert result.reason == "undecodable"
+    assert "UnidentifiedImageError" in (result.detail or "")
+
+
+def test_a_one_pixel_image_is_too_small() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1), (200, 0, 0)).save(buf, format="PNG")
+    result = decode_image(buf.getvalue(), DecodeConfig())
+    assert result.reason == "too_small" and "1x1" in (result.detail or "")
+
+
+def test_one_nan_pixel_does_not_black_out_a_float_tiff() -> None:
+    result = decode_image(hostile.float_tiff_with_nan(), DecodeConfig())
+    assert result.image is not None, result.detail
+    row = result.image[10, :, 0].astype(int)
+    assert row[-1] == 255 and row[0] == 0  # values 0–1000 span black to white
+    assert np.all(np.diff(row) >= 0) and 100 < row[32] < 160
+    assert result.image[3, 5, 0] == 0  # the NaN pixel itself: black
+
+
+def test_a_jpeg_claiming_9400_px_decodes_scaled_by_the_codec() -> None:
+    """692 bytes whose header claims 9400²: decoded at 1/2 scale (draft), under
+    decode.max_decoded_megapixels, never allocated at full size."""
+    config = DecodeConfig()
+    result = decode_image(hostile.jpeg_claiming(hostile.BIG_SIDE_PX), config)
+    assert result.image is not None or result.reason == "truncated"
+    if result.image is not None:
+        height, width = result.image.shape[:2]
+        assert height * width <= config.max_decoded_megapixels * 1e6
+        assert width == hostile.BIG_SIDE_PX // 2
+
+
+def test_large_images_are_reduced_to_the_decoded_cap() -> None:
+    image = _asymmetric(900, 600)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    result = decode_image(buf.getvalue(), DecodeConfig(max_decoded_megapixels=0.1))
+    assert result.image is not None
+    assert result.image.shape == (200, 300, 3)  # reduced by 3: 0.06 MP ≤ 0.1 MP
+    expected = np.asarray(image.reduce(3))
+    assert np.abs(result.image.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_a_decode_buffer_over_the_cap_is_too_large() -> None:
+    buf = io.BytesIO()
+    Image.new("RGBA", (1200, 1000)).save(buf, format="PNG")  # 4.6 MiB in Pillow's storage
+    result = decode_image(buf.getvalue(), DecodeConfig(max_decode_mib=4))
+    assert result.reason == "too_large" and "max_decode_mib=4" in (result.detail or "")
+
+
+_PEAK_RSS = (
+    "import sys\n"
+    "from e4t.config import DecodeConfig\n"
+    "from e4t.data.decode import decode_image\n"
+    "def kib(key):\n"
+    "    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
+    "data = open(sys.argv[1], 'rb').read()\n"
+    "decode_image(b'GIF89a', DecodeConfig())  # Pillow's plugins loaded before the baseline\n"
+    "open('/proc/self/clear_refs', 'w').write('5')  # the peak (VmHWM) restarts from here\n"
+    "base = kib('VmRSS')\n"
+    "result = decode_image(data, DecodeConfig())\n"
+    "print(result.reason, (kib('VmHWM') - base) // 1024)\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "color_type", "bit_depth"), [("grey16", 0, 16), ("rgba", 6, 8)])
+def test_a_big_image_under_the_caps_decodes_within_512_mib(
+    tmp_path: Path, name: str, color_type: int, bit_depth: int
+) -> None:
+    """9400² (under decode.max_pixels) yet a few hundred KB on disk: peak RSS above the
+    worker's baseline stays under 512 MiB (it was 2.2 GiB for 16-bit grey, 1.7 GiB for RGBA:
+    float64 copies of the whole image). A memory bound, measured in a fresh process."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{name}.png"
+    path.write_bytes(hostile.big_png(hostile.BIG_SIDE_PX, color_type, bit_depth))
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    reason, peak_mib = done.stdout.split()
+    assert reason == "None"  # decoded (reduced), not refused
+    assert int(peak_mib) < 512, f"{name}: {peak_mib} MiB above the baseline"

@@ -1,21 +1,51 @@
 """Robust image decoding: whatever a folder of photos holds becomes RGB uint8 or a reason.
 
-Applies the EXIF orientation, converts grey, CMYK, 16-bit, palette and alpha images to
-RGB (alpha composited over white), and refuses decompression bombs before decoding pixels.
+Only the formats the README lists are parsed (JPEG, PNG, WebP, BMP, TIFF). Applies the EXIF
+orientation (read as data: a broken EXIF block is never re-serialised), converts grey, CMYK,
+16-bit, float, palette and alpha images to RGB (alpha composited over white), and refuses
+decompression bombs before decoding pixels.
+
+Memory is bounded by the caps, not by the file: a decode holds the source's pixels in its own
+depth (at most ``decode.max_decode_mib``; JPEGs are scaled down by the codec while decoding,
+``draft``) plus the RGB result (at most ``decode.max_decoded_megapixels``: larger images are
+reduced by an integer factor, strip by strip, before any conversion). Any exception a decoder
+raises on hostile bytes becomes a reason and a detail naming the exception, never a crash.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import re
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from e4t.config import DecodeConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+#: the Pillow formats ``Image.open`` may choose from (the README's list): nothing else is parsed
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+#: images with a side shorter than this carry no face: ``too_small``
+MIN_SIDE_PX = 8
+#: rows converted at a time (times the reduction factor): bounds the conversion's copies
+STRIP_ROWS = 128
+_MAX_DETAIL_CHARS = 300
+
+# EXIF orientation → the numpy view that makes the stored pixels upright (Pillow's
+# exif_transpose table, as views: one copy at the end, no EXIF re-serialisation)
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 @dataclass(frozen=True)
@@ -39,33 +69,102 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _to_rgb(pil: Image.Image) -> Image.Image:
+def describe_error(err: BaseException) -> str:
+    """``Type: message`` for a manifest's detail: object addresses dropped (rows stay
+    deterministic), non-printable characters escaped, capped in length."""
+    message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(err))
+    text = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """Bytes per pixel of Pillow's in-memory storage for ``mode``."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4  # LA, RGB, RGBA, CMYK, YCbCr, LAB, HSV, I, F: 32 bits per pixel
+
+
+def _grey_scale(pil: Image.Image) -> tuple[float, bool]:
+    """(top, is_float) for an integer or float grey image: ``top`` maps to white."""
     mode = pil.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(pil, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
-        if mode == "F":
-            top = max(float(arr.max()), 1.0)
-        grey = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if mode == "P" and "transparency" in pil.info:
-        pil = pil.convert("RGBA")
+    if mode.startswith("I;16"):
+        return 65535.0, False
+    if mode == "I":
+        _low, high = cast(tuple[int, int], pil.getextrema())
+        return (65535.0 if high > 255 else 255.0), False
+    # F: the brightest finite value is white; NaN and ±inf pixels count as black / clip
+    top = 1.0
+    for y in range(0, pil.height, STRIP_ROWS):
+        strip = np.asarray(pil.crop((0, y, pil.width, min(y + STRIP_ROWS, pil.height))))
+        finite = strip[np.isfinite(strip)]
+        if finite.size:
+            top = max(top, float(finite.max()))
+    return top, True
+
+
+def _strip_to_rgb(strip: Image.Image, grey: tuple[float, bool] | None) -> Image.Image:
+    """One strip of rows of the source, in the source's mode → RGB (8 bits per channel)."""
+    mode = strip.mode
+    if grey is not None:
+        top, is_float = grey
+        values = np.asarray(strip)
+        if is_float:
+            values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=top, neginf=0.0)
+            scaled = np.rint(np.clip(values, 0, top) * (255.0 / top))
+        else:
+            scaled = (np.clip(values.astype(np.int64), 0, int(top)) * 255 + int(top) // 2) // int(
+                top
+            )
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in strip.info:
+        strip = strip.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = pil.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        rgba = strip.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     if mode != "RGB":
-        return pil.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
-    return pil
+        return strip.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    return strip
+
+
+def _to_rgb_array(pil: Image.Image, factor: int) -> np.ndarray:
+    """The loaded image → (ceil(H/factor), ceil(W/factor), 3) uint8, a strip at a time: the
+    source is reduced (box filter) after each strip's conversion, before the next strip."""
+    width, height = pil.size
+    out = np.empty((-(-height // factor), -(-width // factor), 3), dtype=np.uint8)
+    grey = _grey_scale(pil) if pil.mode.startswith("I") or pil.mode == "F" else None
+    rows = factor * max(1, STRIP_ROWS // factor)
+    for y in range(0, height, rows):
+        strip = _strip_to_rgb(pil.crop((0, y, width, min(y + rows, height))), grey)
+        if factor > 1:
+            strip = strip.reduce(factor)
+        values = np.asarray(strip)
+        out[y // factor : y // factor + values.shape[0]] = values
+    return out
 
 
 def decode_image(data: bytes, config: DecodeConfig) -> Decoded:
-    """Decode bytes into an upright RGB array, or say why not (never raises on bad data)."""
+    """Decode bytes into an upright RGB array, or say why not (never raises on bad data:
+    whatever a decoder raises is this file's ``undecodable`` with the exception in detail)."""
     try:
         return _decode(data, config)
     except DecodeRejection as rej:
         return Decoded(image=None, reason=rej.reason, detail=rej.detail)
+    except MemoryError as err:  # under the caps, still too big for this machine
+        return Decoded(image=None, reason="too_large", detail=describe_error(err))
+    except Exception as err:  # a decoder's failure on this file's bytes, whatever its type
+        return Decoded(image=None, reason="undecodable", detail=describe_error(err))
+
+
+def _orientation(pil: Image.Image) -> int:
+    """The EXIF orientation (1–8), read as data; values outside 1–8 are reserved by the EXIF
+    standard and mean "as stored" (what viewers show)."""
+    value = pil.getexif().get(0x0112)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _decode(data: bytes, config: DecodeConfig) -> Decoded:
@@ -78,14 +177,13 @@ def _decode(data: bytes, config: DecodeConfig) -> Decoded:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            pil = Image.open(io.BytesIO(data))
+            pil = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         except UnidentifiedImageError as err:
-            # (the message would hold an object address; keep the manifest deterministic)
-            raise DecodeRejection("undecodable", "not an image format Pillow can read") from err
+            raise DecodeRejection(
+                "undecodable", f"UnidentifiedImageError: not one of {', '.join(IMAGE_FORMATS)}"
+            ) from err
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise DecodeRejection("decompression_bomb", str(err)) from err
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DecodeRejection("undecodable", f"{type(err).__name__}: {err}") from err
         width, height = pil.size
         # checked from the header, before any pixel is decoded
         if width * height > config.max_pixels:
@@ -93,24 +191,39 @@ def _decode(data: bytes, config: DecodeConfig) -> Decoded:
                 "decompression_bomb",
                 f"{width}x{height} = {width * height} px > decode.max_pixels={config.max_pixels}",
             )
+        if min(width, height) < MIN_SIDE_PX:
+            raise DecodeRejection(
+                "too_small", f"{width}x{height} px: a side is under {MIN_SIDE_PX} px"
+            )
         source_mode = pil.mode
+        max_out = config.max_decoded_megapixels * 1e6
+        factor = max(1, math.ceil(math.sqrt(width * height / max_out)))
+        if factor > 1 and pil.format == "JPEG":
+            # the codec decodes at 1/2, 1/4 or 1/8 scale: the full size is never allocated
+            pil.draft(pil.mode, (-(-width // factor), -(-height // factor)))
+            width, height = pil.size
+            factor = max(1, math.ceil(math.sqrt(width * height / max_out)))
+        buffer_bytes = width * height * _bytes_per_pixel(pil.mode)
+        if buffer_bytes > config.max_decode_mib * 2**20:
+            raise DecodeRejection(
+                "too_large",
+                f"{width}x{height} px ({source_mode}) needs {buffer_bytes // 2**20} MiB to decode "
+                f"> decode.max_decode_mib={config.max_decode_mib}",
+            )
         try:
             pil.load()
-            ImageOps.exif_transpose(pil, in_place=True)  # no full-size copy
-            rgb = _to_rgb(pil)
-            del pil
-            array = np.asarray(rgb, dtype=np.uint8)
-            del rgb
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise DecodeRejection("decompression_bomb", str(err)) from err
-        except MemoryError as err:  # passes the byte and pixel caps, still too big for here
-            raise DecodeRejection(
-                "too_large", f"{width}x{height} px ({source_mode}) does not fit in memory"
-            ) from err
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             # Pillow reports truncated files as OSError("image file is truncated ...")
             reason = "truncated" if "truncated" in str(err).lower() else "undecodable"
-            raise DecodeRejection(reason, f"{type(err).__name__}: {err}") from err
-    if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < 8:
-        raise DecodeRejection("undecodable", f"unusable pixel array of shape {array.shape}")
+            raise DecodeRejection(reason, describe_error(err)) from err
+        orientation = _orientation(pil)  # (after load: a PNG's EXIF may follow its pixels)
+        array = _to_rgb_array(pil, factor)
+        pil.close()
+        del pil
+    if orientation in _UPRIGHT:
+        array = _UPRIGHT[orientation](array)
+    if min(array.shape[:2]) < MIN_SIDE_PX:
+        raise DecodeRejection("too_small", f"{array.shape[1]}x{array.shape[0]} px after reduction")
     return Decoded(image=np.ascontiguousarray(array), source_mode=source_mode)
