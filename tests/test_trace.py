@@ -377,3 +377,56 @@ def test_e4t_trace_cli_on_hostile_images_prints_one_line_and_creates_nothing(
             assert rc == 0 and expected in out, f"{name}: {rc} {out!r} {err!r}"
         _assert_clean(out + err, name)
     assert list(work.iterdir()) == []  # no ./data/mlflow.db, nothing else
+
+
+@pytest.mark.slow  # an MLflow database made from scratch: ~20 s here
+def test_trace_through_mlflow_says_the_alias_moved_and_matches_photos_by_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry with versions 1 and 2 of e4t-faces, @candidate moved to 2 after the
+    concept was tuned against 1 (concept.json: ``model_uri`` as asked, ``model_version_uri``
+    pinned): trace follows version 1 and says the alias moved. The training manifest lists
+    photos/biden.jpg; a concept made from inbox/b3/biden.jpg is not reported as curated."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from e4t.tracking.client import mlflow_module
+
+    client = mlflow_module().MlflowClient()
+    experiment = client.create_experiment("trace", artifact_location=(tmp_path / "a").as_uri())
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    training = tmp_path / "photos" / "biden.jpg"
+    manifest_row = {"source": str(training), "status": "accepted", "id": "biden-1"}
+    (shards / "manifest.jsonl").write_text(json.dumps(manifest_row) + "\n")
+    dataset = client.create_run(experiment, tags={"e4t.dataset.url": str(shards)})
+    pretrain = client.create_run(experiment, tags={"e4t.dataset.run_id": dataset.info.run_id})
+    client.create_registered_model("e4t-faces")
+    for _ in range(2):
+        client.create_model_version("e4t-faces", str(tmp_path / "m"), pretrain.info.run_id)
+    client.set_registered_model_alias("e4t-faces", "candidate", "2")
+
+    for photo in (training, tmp_path / "inbox" / "b3" / "biden.jpg"):
+        photo.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(photo)
+        out = tmp_path / "out" / photo.parent.name
+        folder = _concept_folder(out, files=[photo.name], images_url=str(photo.parent))
+        meta = json.loads((folder / "concept.json").read_text())
+        meta |= {"model_uri": "models:/e4t-faces@candidate"}
+        meta |= {"model_version_uri": "models:/e4t-faces/1"}
+        (folder / "concept.json").write_text(json.dumps(meta))
+        image = out / "preview.png"
+        pinned = {"e4t.model_uri": "models:/e4t-faces@candidate"}
+        image.write_bytes(_png(_provenance(str(folder), **pinned)))
+        hops = {hop.what: hop for hop in trace(str(image))}
+        model = hops["domain model"]
+        assert model.value == "models:/e4t-faces@candidate = models:/e4t-faces/1", model
+        assert (
+            "alias @candidate now points at version 2; this concept was tuned against version 1"
+            in model.detail
+        ), model
+        assert hops["pretraining run"].value == pretrain.info.run_id
+        assert hops["dataset run"].value == dataset.info.run_id
+        row = hops["manifest row"].detail
+        if photo == training:
+            assert row.startswith(f"{training}: accepted") and "biden-1" in row, row
+        else:
+            assert "was not curated for it" in row and "accepted" not in row, row
