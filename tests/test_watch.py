@@ -4,6 +4,7 @@ seen at once. The real Prefect server (ephemeral) and SeaweedFS where it matters
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,122 @@ def test_each_batch_starts_one_run_on_the_real_server_and_s3(
     assert failures == 1 and started[-1] == "b4"
     assert waits == [10, 5]  # doubled after the failure, back to the interval after
     assert len(_runs_of(f"{inbox}/b4")) == 1
+
+
+def test_a_failed_batch_is_retried_with_a_new_key_until_its_attempts_run_out(
+    tmp_path: Path,
+) -> None:
+    """A run that failed or crashed is started again on the next scan under a new attempt
+    key, up to max_attempts; completed, running and cancelled runs never; --retry gives a
+    batch another round. (The key logic; the real server below.)"""
+    from flows.watch import attempt_key, request_retry
+
+    runs: dict[str, str] = {}  # run id → state
+    keys: dict[str, str] = {}  # idempotency key → run id, as the server keeps them
+
+    def trigger(parameters: dict, key: str) -> str:
+        if key not in keys:
+            keys[key] = f"run-{len(keys) + 1}"
+            runs[keys[key]] = "SCHEDULED"
+        return keys[key]
+
+    inbox, out = tmp_path / "inbox", str(tmp_path / "out")
+    for name in ("ok", "bad", "stopped"):
+        (inbox / name).mkdir(parents=True)
+        (inbox / name / "READY").write_text("")
+
+    def scan() -> list[str]:
+        return scan_once(str(inbox), out, "m", trigger, state_of=runs.get, max_attempts=2)
+
+    assert scan() == ["bad", "ok", "stopped"]
+    runs["run-1"], runs["run-2"], runs["run-3"] = "FAILED", "COMPLETED", "CANCELLED"
+    assert scan() == ["bad"]  # only the failed one, under its second key
+    assert keys[attempt_key(str(inbox), "bad", 0, 2)] == "run-4"
+    assert scan() == []  # running now: nothing twice
+    runs["run-4"] = "CRASHED"
+    assert scan() == [] and len(keys) == 4  # two attempts were all it had
+
+    state = json.loads((inbox / ".e4t-watch.json").read_text())
+    assert state["batches"]["bad"]["gave_up"] is True
+    assert [a["flow_run_id"] for a in state["batches"]["bad"]["attempts"]] == ["run-1", "run-4"]
+    request_retry(str(inbox), "bad")  # by hand: another round
+    assert scan() == ["bad"] and len(keys) == 5
+    assert keys[attempt_key(str(inbox), "bad", 1, 1)] == "run-5"
+    # the state file lost: the keys hand back the runs the server has; none is reported as
+    # started, nothing new starts, and the failed batch is recorded as out of attempts
+    (inbox / ".e4t-watch.json").unlink()
+    assert scan() == [] and len(keys) == 5
+    state = json.loads((inbox / ".e4t-watch.json").read_text())
+    assert state["batches"]["bad"]["gave_up"] is True
+    assert state["batches"]["ok"]["flow_run_id"] == "run-2"
+
+
+def test_the_watcher_refuses_a_model_that_does_not_exist_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's default, models:/e4t-faces@champion, before any evaluation promoted one:
+    one clear line and exit 2, no state written, nothing triggered; a scan whose check fails
+    starts nothing and does not use the batch up."""
+    from flows.watch import WatchError, check_targets, main
+
+    inbox = tmp_path / "inbox"
+    (inbox / "b1").mkdir(parents=True)
+    (inbox / "b1" / "READY").write_text("")
+    code = main([str(inbox), "--out-root", str(tmp_path / "out"), "--once",
+                 "--model-uri", "models:/e4t-faces@champion"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: --model-uri models:/e4t-faces@champion")
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (inbox / ".e4t-watch.json").exists()
+    with pytest.raises(WatchError, match="no E4T domain model"):
+        check_targets(str(tmp_path / "no-model"), str(tmp_path / "out"))
+
+    calls: list[str] = []
+
+    def refuse() -> None:
+        raise WatchError("--model-uri m: no such model")
+
+    with pytest.raises(WatchError):
+        scan_once(str(inbox), str(tmp_path / "out"), "m", lambda p, k: calls.append(k) or "r",
+                  check=refuse)  # fmt: skip
+    assert calls == [] and not (inbox / ".e4t-watch.json").exists()
+    assert scan_once(str(inbox), str(tmp_path / "out"), "m", lambda p, k: "r-1") == ["b1"]
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_retried_on_the_real_server(deployment: str, tmp_path: Path) -> None:
+    """On the real Prefect server: the batch's run fails → the next scan starts a second run
+    (a new key); a completed run is never started again; the attempts are recorded."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Failed
+
+    from flows.watch import deployment_states, deployment_trigger
+
+    inbox, out = tmp_path / "inbox", str(tmp_path / "out")
+    for name in ("b1", "b2"):
+        (inbox / name).mkdir(parents=True)
+        (inbox / name / "READY").write_text("")
+    trigger, states = deployment_trigger(deployment), deployment_states()
+
+    def scan() -> list[str]:
+        return scan_once(str(inbox), out, "m", trigger, state_of=states, max_attempts=3)
+
+    def set_state(images_url: str, state: Any) -> None:
+        (run,) = [r for r in _runs_of(images_url) if r.state_type.value == "SCHEDULED"]
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(uuid.UUID(str(run.id)), state, force=True)
+
+    assert scan() == ["b1", "b2"]
+    set_state(str(inbox / "b1"), Failed(message="boom"))
+    set_state(str(inbox / "b2"), Completed())
+    assert scan() == ["b1"]
+    runs = _runs_of(str(inbox / "b1"))
+    assert sorted(r.state_type.value for r in runs) == ["FAILED", "SCHEDULED"]
+    assert len(_runs_of(str(inbox / "b2"))) == 1
+    assert scan() == []  # the second run is scheduled: never twice
+    state = json.loads((inbox / ".e4t-watch.json").read_text())
+    assert [a["attempt"] for a in state["batches"]["b1"]["attempts"]] == [1, 2]
