@@ -82,12 +82,31 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked_model(model_uri: str) -> str:
+    """The pinned form of ``--model`` (one registry look-up, before any heavy work); a
+    domain model folder or URL that is not there fails here, naming it."""
+    from e4t import io as eio
+    from e4t.tracking.registry import check_model_folder, resolve_model_version_uri
+
+    pinned = resolve_model_version_uri(model_uri)
+    if not pinned.startswith(("models:/", "runs:/")) and not eio.is_local(pinned):
+        check_model_folder(pinned)
+    return pinned
+
+
 def _cmd_export_concept(args: argparse.Namespace) -> int:
     from e4t.export import export_concept
+    from e4t.generation import check_concept_url, model_provenance
     from e4t.tracking import load_domain_model
 
-    model = load_domain_model(args.model, device=args.device)
-    info = export_concept(model, args.concept, args.out, frozen_steps=args.sample_steps)
+    check_concept_url(args.concept)  # before the model: a typo costs no download
+    pinned = _checked_model(args.model)
+    model = load_domain_model(pinned, device=args.device)
+    origin = model_provenance(args.model, model.fingerprint(), pinned)
+    recorded = {k: origin[k] for k in ("model_uri", "model_version_uri")}
+    info = export_concept(
+        model, args.concept, args.out, frozen_steps=args.sample_steps, recorded=recorded
+    )
     sizes = ", ".join(f"{k} {v:,} bytes" for k, v in info["bytes"].items())
     print(f"exported {info['concept_id']} as {info['token']} to {info['folder']} ({sizes})")
     print(f"base (shared by this domain's concepts): {info['base_folder']}")
@@ -96,15 +115,20 @@ def _cmd_export_concept(args: argparse.Namespace) -> int:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
-    from e4t.trace import TraceError, trace
+    from e4t.trace import trace
 
-    try:
-        hops = trace(args.image)
-    except TraceError as err:  # an image that is not one e4t wrote: one line, no traceback
-        print(f"e4t: error: {err}", file=sys.stderr)
-        return 2
-    for hop in hops:
+    for hop in trace(args.image):
         print(hop.line())
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    """Copy a file, or every file under a folder / prefix (relative paths kept), from any
+    URL (s3://, file://, a path) into a local folder."""
+    from e4t import io as eio
+
+    written = eio.download_to(args.src, args.dest)
+    print(f"downloaded {len(written)} files to {args.dest}")
     return 0
 
 
@@ -253,16 +277,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         model_provenance,
         provenance,
         save_images,
+        staged_concept,
     )
     from e4t.tracking import load_domain_model
 
-    model = load_domain_model(args.model, device=args.device)
-    cls = model.load_concept(args.concept)
-    meta = json.loads((Path(args.concept) / "concept.json").read_text())
+    with staged_concept(args.concept) as concept_dir:  # checked before the model loads
+        pinned = _checked_model(args.model)
+        model = load_domain_model(pinned, device=args.device)
+        cls = model.load_concept(concept_dir)
+        meta = json.loads((concept_dir / "concept.json").read_text())
     origin = provenance(
-        str(meta.get("concept_id") or Path(args.concept).name),
+        str(meta.get("concept_id") or concept_dir.name),
         args.concept,
-        model_provenance(args.model, model.fingerprint()),
+        model_provenance(args.model, model.fingerprint(), pinned),
     )
     config = GenerationConfig(
         num_steps=args.sample_steps,
@@ -578,8 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_encode_concept)
 
     p = sub.add_parser("generate", help="images of a concept from prompts ({} = the concept)")
-    p.add_argument("--model", required=True, help="domain model folder")
-    p.add_argument("--concept", required=True, help="concept folder")
+    p.add_argument(
+        "--model", required=True, help="domain model: models:/NAME@ALIAS, a version URI, a folder"
+    )
+    p.add_argument("--concept", required=True, help="concept folder or URL (s3://...)")
     p.add_argument(
         "--prompt",
         action="append",
@@ -608,7 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pytorch_lora_weights.safetensors: the deltas) and, once per domain model, "
         "OUT/base-<fingerprint>/ (a diffusers folder, UNet with the domain offsets folded in).",
     )
-    p.add_argument("concept", help="a concept folder (concept.json + concept.safetensors)")
+    p.add_argument(
+        "concept",
+        help="a concept folder or URL, e.g. s3://BUCKET/OUT/concepts/ID "
+        "(concept.json + concept.safetensors)",
+    )
     p.add_argument("--model", required=True, help="its domain model: models:/... or a folder")
     p.add_argument("--out", required=True, help="export folder")
     p.add_argument(
@@ -637,6 +670,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="a file or a folder")
     p.add_argument("dest", help="s3://BUCKET/PREFIX or a folder")
     p.set_defaults(func=_cmd_upload)
+
+    p = sub.add_parser(
+        "download",
+        help="copy a concept folder, a file or a prefix from s3:// (or any URL) to a folder",
+        description="Copy the file SRC into DEST, or every file under the folder or prefix "
+        "SRC (a concept folder, OUT/concepts/, a model folder) into DEST with relative paths "
+        "kept. S3 settings come from AWS_* / E4T_S3_ENDPOINT_URL, as for upload.",
+    )
+    p.add_argument("src", help="s3://BUCKET/PREFIX, file://... or a path")
+    p.add_argument("dest", help="a local folder (made if missing)")
+    p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("samples", help="fetch the real sample photos (registry + scikit-image)")
     p.add_argument("dest", help="folder to copy them into")
@@ -715,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     from e4t.data.curation import CurationError
     from e4t.faces.landmarker import LandmarkerUnavailable
     from e4t.models.e4t_model import ArtifactError
+    from e4t.tracking.registry import ModelURIError
     from e4t.training.launch import TrainingFailed
 
     try:
@@ -725,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         LandmarkerUnavailable,
         FileNotFoundError,
         ArtifactError,
+        ModelURIError,
         TrainingFailed,
     ) as err:
         print(f"e4t: error: {err}", file=sys.stderr)

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from e4t.generation import frozen_word_embedding
+from e4t import io as eio
+from e4t.generation import check_concept_url, frozen_word_embedding, staged_concept
 from e4t.models.e4t_model import E4TModel
 
 MARKER = "model_index.json"  # a base folder is complete once this is written (last)
@@ -115,9 +116,19 @@ def export_concept(
     frozen_steps: int = 20,
     seed: int = 0,
     dtype: torch.dtype = torch.float16,
+    recorded: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Export one concept (and, once, its domain's base) for stock diffusers."""
-    concept_dir = Path(concept_dir)
+    """Export one concept (and, once, its domain's base) for stock diffusers.
+
+    ``concept_dir``: a folder or any URL (``s3://``...: read from a local copy);
+    ``recorded``: more export.json fields, e.g. ``model_uri`` and ``model_version_uri``."""
+    url = str(concept_dir)
+    if not eio.is_local(url):  # checked and copied before any heavy work (the base)
+        with staged_concept(url) as local:
+            recorded = {**(recorded or {}), "source_concept": url}
+            return export_concept(model, local, out_root, frozen_steps, seed, dtype, recorded)
+    check_concept_url(url)
+    concept_dir = Path(eio.get_fs(url)[1])  # a path or file://
     base = export_domain_base(model, out_root)
     cls = model.load_concept(concept_dir)
     try:
@@ -142,6 +153,7 @@ def export_concept(
         "dtype": str(dtype).removeprefix("torch."),
         "bytes": {name: (out / name).stat().st_size for name in files},
         "source_concept": str(concept_dir),
+        **(recorded or {}),
         "use": (
             "pipe = StableDiffusionPipeline.from_pretrained(BASE); "
             f"pipe.load_textual_inversion('{out / files[0]}'); "

@@ -8,8 +8,11 @@ offsets merged into the UNet's weights), for tools that only know stock diffuser
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,22 +209,60 @@ def absolute_url(url: str) -> str:
     return url if "://" in url else str(Path(url).resolve())
 
 
-def model_provenance(model_uri: str, fingerprint: str) -> dict[str, str]:
+def model_provenance(
+    model_uri: str, fingerprint: str, model_version_uri: str | None = None
+) -> dict[str, str]:
     """The domain model's part of an image's provenance: the URI as asked for
-    (``models:/e4t-faces@candidate``, a folder), the ``models:/NAME/VERSION`` it named at
-    generation time (when registered; one registry call: make it once per job, not per
-    image) and the encoder + offsets weights' fingerprint."""
-    registered = model_uri.startswith(("models:/", "runs:/"))
-    version = ""
-    if model_uri.startswith("models:/"):
-        from e4t.tracking import pin_model_uri
+    (``models:/e4t-faces@candidate``, a folder), ``model_version_uri``: the
+    ``models:/NAME/VERSION`` it named at generation time (a folder: its absolute path; pass
+    the job's, :func:`e4t.tracking.registry.resolve_model_version_uri`, resolved once per
+    job; resolved here when not given) and the encoder + offsets weights' fingerprint.
+    ``model_version`` repeats the pinned version for a registered model ("" for a folder)."""
+    from e4t.tracking.registry import resolve_model_version_uri
 
-        version = pin_model_uri(model_uri)
+    registered = model_uri.startswith(("models:/", "runs:/"))
+    pinned = model_version_uri or resolve_model_version_uri(model_uri)
     return {
         "model_uri": model_uri if registered else absolute_url(model_uri),
-        "model_version": version,
+        "model_version": pinned if model_uri.startswith("models:/") else "",
+        "model_version_uri": pinned,
         "domain_fingerprint": fingerprint,
     }
+
+
+CONCEPT_MAX_BYTES = {"concept.json": 2**20, "concept.safetensors": 2**30}
+
+
+def check_concept_url(url: str) -> None:
+    """Fail fast, naming the URL, when ``url`` (a path, ``file://``, ``s3://``...) holds no
+    concept folder: call it before loading any model."""
+    from e4t import io as eio
+
+    for name in CONCEPT_MAX_BYTES:
+        if not eio.exists(eio.join(url, name)):
+            raise FileNotFoundError(
+                f"{url}: no E4T concept there ({name} missing): pass a concept folder or URL "
+                "(personalize writes OUT/concepts/<id>; e4t download copies one)"
+            )
+
+
+@contextlib.contextmanager
+def staged_concept(url: str) -> Iterator[Path]:
+    """A local concept folder for the one at ``url``: the folder itself when local, else its
+    two files (size-capped) copied into a temporary folder of the same name, removed on
+    exit."""
+    from e4t import io as eio
+
+    check_concept_url(url)
+    if eio.is_local(url):
+        yield Path(eio.get_fs(url)[1])
+        return
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", url.rstrip("/").rsplit("/", 1)[-1]).strip(".-")
+    with tempfile.TemporaryDirectory(prefix="e4t-concept-") as tmp:
+        local = Path(tmp) / (name or "concept")
+        for file, cap in CONCEPT_MAX_BYTES.items():
+            eio.download_to(url, local, names=[file], max_bytes=cap)
+        yield local
 
 
 def provenance(concept_id: str, concept_uri: str, model: dict[str, str]) -> dict[str, str]:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def _e4t(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -145,3 +147,81 @@ def test_upload_copies_a_folder_keeping_relative_paths(tmp_path: Path) -> None:
     assert (tmp_path / "dest" / "sub" / "b.png").read_bytes() == b"b"
     missing = _e4t("upload", str(tmp_path / "nope"), str(tmp_path / "dest"))
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+
+
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``e4t ARGS`` in this process (no subprocess start-up): exit code, stderr."""
+    from e4t.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_a_bad_model_uri_is_one_clear_line_and_creates_no_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No MLflow traceback, and resolving a model URI never creates ./data/mlflow.db."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("E4T_DATA_DIR", raising=False)  # the default: ./data
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    concept = tmp_path / "concept"
+    concept.mkdir()
+    (concept / "concept.json").write_text("{}")
+    (concept / "concept.safetensors").write_bytes(b"")
+    cases = [
+        (("generate", "--model", "models:/noslash", "--concept", str(concept), "--prompt", "{}"),
+         "'models:/noslash' is not a model URI: use models:/NAME@ALIAS"),
+        (("export-concept", str(concept), "--model", "models:/e4t-faces@", "--out", "x"),
+         "'models:/e4t-faces@' is not a model URI"),
+        (("generate", "--model", "models:/e4t-faces@candidate", "--concept", str(concept),
+          "--prompt", "{}"),
+         f"no MLflow registry at {tmp_path / 'data' / 'mlflow.db'}"),
+        (("export-concept", str(concept), "--model", "models:/e4t-faces/3", "--out", "x"),
+         "set MLFLOW_TRACKING_URI"),
+    ]  # fmt: skip
+    for args, expected in cases:
+        code, err = _main(capsys, *args)
+        assert code == 2, (args, err)
+        assert err.startswith("e4t: error: ") and len(err.strip().splitlines()) == 1, err
+        assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_missing_concept_url_fails_before_the_model_is_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The concept is checked first: the model given here is no model at all, so any
+    attempt to load it would fail with the model's error instead of the concept's; and the
+    export writes nothing (it used to write the domain's base before reading the concept)."""
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    missing = tmp_path / "concepts" / "ada"
+    for args in (
+        ("generate", "--model", str(not_a_model), "--concept", str(missing), "--prompt", "{}"),
+        ("export-concept", str(missing), "--model", str(not_a_model), "--out", str(tmp_path / "o")),
+        ("export-concept", missing.as_uri(), "--model", str(not_a_model), "--out", "o"),
+    ):
+        code, err = _main(capsys, *args)
+        assert code == 2, err
+        assert "no E4T concept there (concept.json missing)" in err, err
+        assert str(missing) in err and "not-a-model" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_download_copies_a_file_or_a_folder_and_refuses_missing_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "concepts" / "ada"
+    (src / "sub").mkdir(parents=True)
+    (src / "concept.json").write_text('{"concept_id": "ada"}')
+    (src / "sub" / "x.bin").write_bytes(b"\x00\x01")
+    code, _ = _main(capsys, "download", src.as_uri(), str(tmp_path / "copy"))
+    assert code == 0
+    assert (tmp_path / "copy" / "concept.json").read_text() == '{"concept_id": "ada"}'
+    assert (tmp_path / "copy" / "sub" / "x.bin").read_bytes() == b"\x00\x01"
+    code, _ = _main(capsys, "download", str(src / "concept.json"), str(tmp_path / "one"))
+    assert code == 0 and (tmp_path / "one" / "concept.json").exists()
+    code, err = _main(capsys, "download", str(tmp_path / "nope"), str(tmp_path / "two"))
+    assert code == 2 and "nope: no such folder or prefix" in err
+    assert not (tmp_path / "two").exists()

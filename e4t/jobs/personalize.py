@@ -47,12 +47,16 @@ def plan(images_url: str, config: PersonalizeConfig) -> dict[str, Any]:
     }
 
 
-def check_model(model_uri: str, device: str) -> str:
-    """Load the domain model up front (an unknown URI fails before any tuning); its
-    fingerprint."""
+def check_model(model_uri: str, device: str) -> dict[str, str]:
+    """Pin the domain model's version once for the whole job (an alias that moves mid-job
+    does not split it) and load it up front (an unknown URI fails before any tuning):
+    ``model_uri`` as given, ``model_version_uri`` pinned, ``fingerprint``."""
     from e4t.tracking import cached_domain_model
+    from e4t.tracking.registry import resolve_model_version_uri
 
-    return str(cached_domain_model(model_uri, device).fingerprint())
+    pinned = resolve_model_version_uri(model_uri)
+    fingerprint = str(cached_domain_model(pinned, device).fingerprint())
+    return {"model_uri": model_uri, "model_version_uri": pinned, "fingerprint": fingerprint}
 
 
 def tune_pass(
@@ -61,18 +65,29 @@ def tune_pass(
     model_uri: str,
     device: str,
     config: PersonalizeConfig,
+    model_version_uri: str = "",
 ) -> list[dict[str, Any]]:
-    """One pass: its unfinished concepts tuned together; one result row per concept."""
+    """One pass: its unfinished concepts tuned together; one result row per concept.
+    ``model_version_uri``: the job's pinned model (:func:`check_model`), loaded and recorded
+    beside ``model_uri``; resolved here when not given."""
     from e4t.tracking import cached_domain_model, model_lock
+    from e4t.tracking.registry import resolve_model_version_uri
     from e4t.training.bulk import personalize_pass
 
-    model = cached_domain_model(model_uri, device)
+    pinned = model_version_uri or resolve_model_version_uri(model_uri)
+    model = cached_domain_model(pinned, device)
     with model_lock(model):  # threads of one worker share its model: one pass at a time
-        rows = personalize_pass(model, specs, output_url, config, model_uri)
+        rows = personalize_pass(model, specs, output_url, config, model_uri, pinned)
     by_id = {spec.concept_id: spec for spec in specs}
-    for row in rows:  # which person, and every file the row accounts for
+    for row in rows:  # which person, which model version, every file the row accounts for
         spec = by_id[row["concept_id"]]
-        row.update(kind="concept", name=spec.name, files=list(spec.files))
+        row.update(
+            kind="concept",
+            name=spec.name,
+            files=list(spec.files),
+            model_uri=model_uri,
+            model_version_uri=pinned,
+        )
     done = sum(r["status"] == "done" for r in rows)
     logger.info("pass of %d concepts: %d done", len(specs), done)
     return rows
@@ -116,9 +131,9 @@ def run(
     steps = steps or InProcess()
     start = time.perf_counter()
     planned = steps.call(plan, images_url, config)
-    steps.call(check_model, model_uri, device)
+    pinned = steps.call(check_model, model_uri, device)["model_version_uri"]
     rows: list[dict[str, Any]] = list(planned["others"])
-    calls = [(output_url, specs, model_uri, device, config) for specs in planned["passes"]]
+    calls = [(output_url, specs, model_uri, device, config, pinned) for specs in planned["passes"]]
     for chunk in steps.map(tune_pass, calls):
         rows += chunk
         if on_pass is not None:
@@ -127,6 +142,7 @@ def run(
         "num_files_listed": planned["num_files"],
         "images_url": images_url if "://" in images_url else str(Path(images_url).resolve()),
         "model_uri": model_uri,
+        "model_version_uri": pinned,
         "wall_seconds": time.perf_counter() - start,
     }
     summary = steps.call(write_results, output_url, rows, extra)
@@ -134,6 +150,7 @@ def run(
     if track_run:
         params = {
             "model_uri": model_uri,
+            "model_version_uri": pinned,
             "images_url": images_url if "://" in images_url else str(Path(images_url).resolve()),
             "output_url": output_url,
             "device": device,

@@ -56,6 +56,7 @@ def log_personalization(
                 "e4t.version": __version__,
                 "e4t.output_url": output_url,
                 "e4t.model_uri": str(params.get("model_uri", "")),
+                "e4t.model_version_uri": str(params.get("model_version_uri", "")),
             }
         )
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
@@ -102,6 +103,7 @@ def log_personalization(
                         params={
                             "steps": str(row.get("steps")),
                             "model_uri": str(params.get("model_uri", "")),
+                            "model_version_uri": str(params.get("model_version_uri", "")),
                         },
                         tags={"e4t.concept_id": cid},
                         model_type="e4t-concept",

@@ -8,6 +8,7 @@ a version of ``e4t-<domain>``; ``models:/e4t-faces@candidate`` names the newest 
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import tempfile
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 from e4t import __version__
 from e4t.config import flatten
-from e4t.tracking.client import get_or_create_experiment, mlflow_module
+from e4t.tracking.client import get_or_create_experiment, mlflow_module, tracking_uri
 from e4t.tracking.datasets import find_dataset_run_by_manifest
 
 PRETRAIN_ALIAS = "candidate"
@@ -135,8 +136,49 @@ def _log_and_register(
     }
 
 
+class ModelURIError(ValueError):
+    """A domain-model URI that names nothing: malformed, unknown, or no registry to ask."""
+
+
+MODEL_URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a folder"
+_ALIAS = re.compile(r"^[A-Za-z0-9_.-]+$")
+MAX_MODEL_FOLDER_BYTES = 64 * 2**30  # a staged remote domain-model folder (SDXL fits)
+
+
+def _parse_registered(model_uri: str) -> tuple[str, str, str]:
+    """(name, "alias" | "version", value) of ``models:/NAME@ALIAS`` / ``models:/NAME/3``;
+    checked before any registry call, so a typo is one clear line, not an MLflow traceback."""
+    ref = model_uri[len("models:/") :]
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        if name and "/" not in name and _ALIAS.match(alias):
+            return name, "alias", alias
+    else:
+        name, _, version = ref.partition("/")
+        if name and version.isdigit():
+            return name, "version", version
+    raise ModelURIError(f"{model_uri!r} is not a model URI: use {MODEL_URI_FORMS}")
+
+
+def _registry_client() -> Any:
+    """An MLflow client for a read: the embedded SQLite store must exist already (opening a
+    missing one would create an empty database, ./data/mlflow.db, as a side effect)."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+        if not db.exists():
+            raise ModelURIError(
+                f"no MLflow registry at {db} to look the model up in: set MLFLOW_TRACKING_URI "
+                "to the tracking server, or pass a domain model folder"
+            )
+    return mlflow_module().MlflowClient()
+
+
 def download_domain_model(model_uri: str, dest: str | Path | None = None) -> dict[str, Path]:
     """Local folders of a registered domain model: ``domain_model`` and maybe ``base_model``."""
+    if model_uri.startswith("models:/"):
+        _parse_registered(model_uri)
+    _registry_client()  # refuses a missing embedded database before MLflow makes one
     mlflow = mlflow_module()
     local = Path(
         mlflow.artifacts.download_artifacts(
@@ -154,12 +196,19 @@ def download_domain_model(model_uri: str, dest: str | Path | None = None) -> dic
 
 
 def load_domain_model(model_uri: str, device: str = "cpu") -> Any:
-    """An :class:`~e4t.models.e4t_model.E4TModel` from ``models:/e4t-faces@candidate``, or a
-    domain model folder."""
+    """An :class:`~e4t.models.e4t_model.E4TModel` from ``models:/e4t-faces@candidate``, a
+    ``runs:/`` URI, or a domain model folder (a path, ``file://``, ``s3://``...)."""
+    from e4t import io as eio
     from e4t.models.e4t_model import E4TModel
 
     if not model_uri.startswith(("models:/", "runs:/")):
-        return E4TModel.from_pretrained(model_uri, overrides={"device": device})
+        if eio.is_local(model_uri):
+            folder = eio.get_fs(model_uri)[1]
+            return E4TModel.from_pretrained(folder, overrides={"device": device})
+        check_model_folder(model_uri)
+        with tempfile.TemporaryDirectory(prefix="e4t-model-") as tmp:
+            eio.download_to(model_uri, tmp, max_bytes=MAX_MODEL_FOLDER_BYTES)
+            return E4TModel.from_pretrained(tmp, overrides={"device": device})
     folders = download_domain_model(model_uri)
     overrides: dict[str, Any] = {"device": device}
     if "base_model" in folders:
@@ -167,29 +216,60 @@ def load_domain_model(model_uri: str, device: str = "cpu") -> Any:
     return E4TModel.from_pretrained(folders["domain_model"], overrides=overrides)
 
 
+def check_model_folder(url: str) -> None:
+    """Fail fast when ``url`` holds no domain model (its config file), naming the URL."""
+    from e4t import io as eio
+    from e4t.models.e4t_model import CONFIG_NAME
+
+    if not eio.exists(eio.join(url, CONFIG_NAME)):
+        raise FileNotFoundError(
+            f"{url}: no E4T domain model there ({CONFIG_NAME} missing): pass a domain model "
+            f"folder or URL (e4t pretrain writes OUTPUT/model), or {MODEL_URI_FORMS}"
+        )
+
+
 def resolve_model_version(model_uri: str) -> tuple[str, str] | None:
     """(registered name, version) of ``models:/name@alias`` or ``models:/name/3``; None for
-    a folder or a run URI."""
+    a folder or a run URI. Raises :class:`ModelURIError` (one line) for a malformed URI, a
+    missing registry, or a name / alias / version the registry does not hold."""
     if not model_uri.startswith("models:/"):
         return None
-    ref = model_uri[len("models:/") :]
-    client = mlflow_module().MlflowClient()
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return name, str(client.get_model_version_by_alias(name, alias).version)
-    name, _, version = ref.partition("/")
-    if not version.isdigit():
-        raise ValueError(f"{model_uri}: use models:/NAME@ALIAS or models:/NAME/VERSION")
-    return name, str(client.get_model_version(name, version).version)
+    name, kind, value = _parse_registered(model_uri)
+    client = _registry_client()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if kind == "alias":
+            return name, str(client.get_model_version_by_alias(name, value).version)
+        return name, str(client.get_model_version(name, value).version)
+    except MlflowException as err:
+        if err.get_http_status_code() in (400, 404):  # unknown name, alias or version
+            first = str(err.message).strip().splitlines()[0][:300] if err.message else ""
+            raise ModelURIError(
+                f"{model_uri}: the registry at {tracking_uri()} has no such model ({first})"
+            ) from err
+        raise
+
+
+def resolve_model_version_uri(model_uri: str) -> str:
+    """The pinned form of a domain-model URI, resolved once per job and recorded beside the
+    URI the user gave (``model_version_uri``): ``models:/name@alias`` →
+    ``models:/name/<version it points at now>``; ``models:/name/3`` as is (checked);
+    ``runs:/`` as is; a local folder → its absolute path; another URL (s3://) as is."""
+    if model_uri.startswith("models:/"):
+        found = resolve_model_version(model_uri)
+        assert found is not None
+        return f"models:/{found[0]}/{found[1]}"
+    if model_uri.startswith("runs:/") or "://" in model_uri:
+        return model_uri
+    return str(Path(model_uri).resolve())
 
 
 def pin_model_uri(model_uri: str) -> str:
     """``models:/name@alias`` → ``models:/name/<version it points at now>`` (cache keys must
     not outlive an alias move); other URIs unchanged."""
     if model_uri.startswith("models:/") and "@" in model_uri:
-        found = resolve_model_version(model_uri)
-        if found:
-            return f"models:/{found[0]}/{found[1]}"
+        return resolve_model_version_uri(model_uri)
     return model_uri
 
 

@@ -66,8 +66,12 @@ def personalize_pass(
     output_url: str,
     config: PersonalizeConfig,
     model_uri: str = "",
+    model_version_uri: str = "",
 ) -> list[dict[str, Any]]:
-    """Tune the unfinished concepts of ``specs`` together; one result row per concept."""
+    """Tune the unfinished concepts of ``specs`` together; one result row per concept.
+
+    ``model_version_uri``: the pinned form of ``model_uri`` the job resolved once
+    (:func:`e4t.tracking.registry.resolve_model_version_uri`), recorded beside it."""
     from e4t.generation import (
         GenerationConfig,
         generate,
@@ -81,7 +85,7 @@ def personalize_pass(
     rows: list[dict[str, Any]] = []
     ready: list[tuple[ConceptSpec, FaceInput, str]] = []
     fingerprint, made_by = model.fingerprint(), tuning_hash(config)  # once per pass
-    model_origin = model_provenance(model_uri, fingerprint)
+    model_origin = model_provenance(model_uri, fingerprint, model_version_uri or None)
     for spec in specs:
         meta = finished_meta(output_url, spec.concept_id, fingerprint, made_by)
         if meta is not None:
@@ -127,7 +131,9 @@ def personalize_pass(
             )
             return rows
         for item in ready:
-            rows += personalize_pass(model, [item[0]], output_url, config, model_uri)
+            rows += personalize_pass(
+                model, [item[0]], output_url, config, model_uri, model_origin["model_version_uri"]
+            )
         return rows
     per_concept = result.seconds / len(ready)
     bank = result.bank
@@ -153,6 +159,7 @@ def personalize_pass(
                     "concept_id": spec.concept_id,
                     "source": source,
                     "model_uri": model_uri,
+                    "model_version_uri": model_origin["model_version_uri"],
                     "steps": tune.num_steps,
                     "tuning_hash": made_by,
                     "result": row,

@@ -1,0 +1,132 @@
+"""Hostile inputs end to end: what a folder from the wild (or an attacker) holds must become
+a clear error or a row, never a traceback, a crash or a write outside the output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+# ------------------------------------------------------------ hostile concept folders
+
+
+def _nan(folder: Path) -> None:
+    _edit_tensors(folder, lambda t: t["word"].fill_(float("nan")))
+
+
+def _inf(folder: Path) -> None:
+    _edit_tensors(folder, lambda t: t["head.bias"].fill_(float("inf")))
+
+
+def _int8(folder: Path) -> None:
+    _edit_tensors(folder, lambda t: t.update(word=t["word"].to(torch.int8)))
+
+
+def _edit_tensors(folder: Path, edit: Callable[[dict[str, torch.Tensor]], object]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "concept.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(folder / "concept.safetensors"))
+
+
+def _edit_json(edit: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        path = folder / "concept.json"
+        path.write_bytes(edit(path.read_bytes()))
+
+    return apply
+
+
+def _truncated_tensors(folder: Path) -> None:
+    path = folder / "concept.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+#: folder name → how a sound concept is made hostile, and what its one-line error says
+HOSTILE_CONCEPTS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "nan-word": (_nan, "NaN or Inf"),
+    "inf-head": (_inf, "NaN or Inf"),
+    "int8-word": (_int8, "not floating point"),
+    "truncated-json": (_edit_json(lambda raw: raw[: len(raw) // 2]), "not valid JSON"),
+    "list-json": (_edit_json(lambda raw: b"[" + raw + b"]"), "JSON list"),
+    "latin1-json": (_edit_json(lambda raw: raw.replace(b"face", b"f\xe9ce")), "not UTF-8"),
+    "rank-four": (_edit_json(lambda raw: raw.replace(b'"rank": 4', b'"rank": "four"')), "rank"),
+    "truncated-tensors": (_truncated_tensors, "not a readable safetensors file"),
+}
+
+
+def _files_outside(root: Path, out: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file() and out not in p.parents}
+
+
+@pytest.mark.slow
+def test_generate_and_export_refuse_hostile_concepts_with_one_line_each(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from e4t.cli import main
+    from e4t.config import ModelConfig
+    from e4t.models.e4t_model import E4TModel
+
+    model = E4TModel.from_config(ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}))
+    model_dir = model.save_pretrained(tmp_path / "model")
+    cls = torch.randn(1, len(model.encoder.layer_indices), model.encoder.config.clip_hidden_size)
+    bank = model.new_concepts(cls, rank=4, seeds=[0])
+    concepts = tmp_path / "concepts"
+    for name, (make_hostile, _) in HOSTILE_CONCEPTS.items():
+        bank.save(0, concepts / name, model.concept_meta({"concept_id": name}), "fp32")
+        make_hostile(concepts / name)
+    bank.save(0, concepts / "ada", model.concept_meta({"concept_id": "ada-1a2b"}), "fp32")
+    (concepts / "ada" / "inner").mkdir()
+    out = tmp_path / "out"
+    before = _files_outside(tmp_path, out)
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = main(list(argv))
+        return code, capsys.readouterr().err
+
+    for name, (_, says) in HOSTILE_CONCEPTS.items():
+        folder = str(concepts / name)
+        for argv in (
+            ["generate", "--model", str(model_dir), "--concept", folder, "--prompt", "{}"]
+            + ["-n", "1", "--sample-steps", "2", "--out", str(out / "images" / name)],
+            ["export-concept", folder, "--model", str(model_dir), "--out", str(out / "export")]
+            + ["--sample-steps", "2"],
+        ):
+            code, err = run(*argv)
+            lines = [line for line in err.splitlines() if line.startswith("e4t: error:")]
+            assert code != 0 and "Traceback" not in err, (name, argv[0], err)
+            assert len(lines) == 1 and says in lines[0] and name in lines[0], (name, err)
+        assert not (out / "images" / name).exists()  # no black images
+        assert not (out / "export" / name).exists()  # no NaN embedding
+    assert _files_outside(tmp_path, out) == before
+
+    # a sound concept reached through a path ending in "..": everything under --out
+    dotdot = str(concepts / "ada" / "inner" / "..")
+    code, _ = run("export-concept", dotdot, "--model", str(model_dir), "--out", str(out / "x"))
+    assert code == 0
+    assert json.loads((out / "x" / "ada-1a2b" / "export.json").read_text())["token"] == "<ada-1a2b>"
+    code, _ = run(
+        "generate", "--model", str(model_dir), "--concept", dotdot, "--prompt", "{}",
+        "-n", "1", "--sample-steps", "2", "--out", str(out / "images" / "ada"),
+    )  # fmt: skip
+    assert code == 0 and list((out / "images" / "ada").glob("*.png"))
+    assert _files_outside(tmp_path, out) == before
+
+    # and as a process: exit status 2, the one line, no traceback
+    proc = subprocess.run(
+        [sys.executable, "-m", "e4t.cli", "generate", "--model", str(model_dir)]
+        + ["--concept", str(concepts / "nan-word"), "--prompt", "{}", "--out", str(out / "p")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("e4t: error:") == 1 and "NaN or Inf" in proc.stderr
