@@ -115,9 +115,14 @@ def _cmd_export_concept(args: argparse.Namespace) -> int:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
-    from e4t.trace import trace
+    from e4t.trace import TraceError, trace
 
-    for hop in trace(args.image):
+    try:
+        hops = trace(args.image)
+    except TraceError as err:  # an image that is not one e4t wrote: one line, no traceback
+        print(f"e4t: error: {err}", file=sys.stderr)
+        return 2
+    for hop in hops:
         print(hop.line())
     return 0
 
