@@ -374,3 +374,32 @@ def test_double_colon_names_are_curated_as_themselves(photos_dir: Path, tmp_path
     assert rows["link.jpg::x.jpg"]["reason"] == "undecodable", rows
     assert rows["Meeting::Bob.jpg"]["status"] == "accepted", rows
     assert sum(r["status"] == "accepted" for r in rows.values()) == 1
+
+
+def test_a_photo_swapped_for_an_outside_symlink_after_listing_is_not_read(
+    photos_dir: Path, tmp_path: Path
+) -> None:
+    """What was listed is what is read: a photo replaced by a link to an outside photo
+    between planning (the listing) and its partition is an ``unreadable`` row, never the
+    outside face (the read opens with O_NOFOLLOW and re-checks a followed link)."""
+    from e4t.data import curation
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copyfile(photos_dir / "biden.jpg", outside / "biden.jpg")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", src / "a.jpg")
+    out = str(tmp_path / "out")
+    config = _config()
+    plan = curation.plan_curation(str(src), out, config)
+    (src / "a.jpg").unlink()
+    (src / "a.jpg").symlink_to(outside / "biden.jpg")  # swapped after the listing
+    for index in range(plan.num_partitions):
+        curation.curate_partition(out, index, config)
+    curation.finalize_curation(out, config)
+    rows = _manifest(tmp_path / "out")
+    assert [(Path(r["source"]).name, r["status"], r.get("reason")) for r in rows] == [
+        ("a.jpg", "rejected", "unreadable")
+    ], rows
+    assert "outside the folder" in rows[0]["detail"]
