@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from e4t import io as eio
 from e4t.generation import check_concept_url, frozen_word_embedding, staged_concept
-from e4t.models.e4t_model import E4TModel
+from e4t.models.e4t_model import ArtifactError, E4TModel
 
 MARKER = "model_index.json"  # a base folder is complete once this is written (last)
 FREEZE_NOTE = (
@@ -42,6 +42,19 @@ def concept_token(concept_id: str) -> str:
     """The token an exported concept is prompted with: ``<id>`` (one per concept, so several
     can share a pipeline)."""
     return "<" + re.sub(r"[^A-Za-z0-9_-]+", "-", concept_id).strip("-") + ">"
+
+
+def export_folder_name(concept_id: str) -> str:
+    """The concept's folder under the export root, from its id (letters, digits, ``_``,
+    ``-``; at most 100 characters), never from its path: a path ending in ``..`` must not
+    write beside the export root. Raises ArtifactError for an id with nothing to name it by."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", concept_id).strip("-")[:100]
+    if not name:
+        raise ArtifactError(
+            f"concept id {concept_id[:80]!a} has no letter or digit to name its export "
+            "folder: set concept_id in its concept.json"
+        )
+    return name
 
 
 @torch.no_grad()
@@ -133,10 +146,10 @@ def export_concept(
     cls = model.load_concept(concept_dir)
     try:
         meta = json.loads((concept_dir / "concept.json").read_text())
-        concept_id = str(meta.get("concept_id") or concept_dir.name)
+        concept_id = str(meta.get("concept_id") or concept_dir.resolve().name)
         token = concept_token(concept_id)
         vector = frozen_word_embedding(model, cls, num_steps=frozen_steps, seed=seed)
-        out = Path(out_root) / concept_dir.name
+        out = Path(out_root) / export_folder_name(concept_id)  # never the concept's path
         out.mkdir(parents=True, exist_ok=True)
         save_file({token: vector.to(dtype).contiguous()}, str(out / "learned_embeds.safetensors"))
         lora = {k: v.to(dtype).contiguous() for k, v in lora_state(model).items()}

@@ -91,14 +91,21 @@ def test_generate_and_export_refuse_hostile_concepts_with_one_line_each(
         code = main(list(argv))
         return code, capsys.readouterr().err
 
+    def generate(concept: str, images: Path) -> list[str]:
+        return [
+            *("generate", "--model", str(model_dir), "--concept", concept, "--prompt", "{}"),
+            *("-n", "1", "--sample-steps", "2", "--out", str(images)),
+        ]
+
+    def export(concept: str, folder: Path) -> list[str]:
+        return [
+            *("export-concept", concept, "--model", str(model_dir), "--out", str(folder)),
+            *("--sample-steps", "2"),
+        ]
+
     for name, (_, says) in HOSTILE_CONCEPTS.items():
         folder = str(concepts / name)
-        for argv in (
-            ["generate", "--model", str(model_dir), "--concept", folder, "--prompt", "{}"]
-            + ["-n", "1", "--sample-steps", "2", "--out", str(out / "images" / name)],
-            ["export-concept", folder, "--model", str(model_dir), "--out", str(out / "export")]
-            + ["--sample-steps", "2"],
-        ):
+        for argv in (generate(folder, out / "images" / name), export(folder, out / "export")):
             code, err = run(*argv)
             lines = [line for line in err.splitlines() if line.startswith("e4t: error:")]
             assert code != 0 and "Traceback" not in err, (name, argv[0], err)
@@ -109,20 +116,16 @@ def test_generate_and_export_refuse_hostile_concepts_with_one_line_each(
 
     # a sound concept reached through a path ending in "..": everything under --out
     dotdot = str(concepts / "ada" / "inner" / "..")
-    code, _ = run("export-concept", dotdot, "--model", str(model_dir), "--out", str(out / "x"))
+    code, _ = run(*export(dotdot, out / "x"))
     assert code == 0
     assert json.loads((out / "x" / "ada-1a2b" / "export.json").read_text())["token"] == "<ada-1a2b>"
-    code, _ = run(
-        "generate", "--model", str(model_dir), "--concept", dotdot, "--prompt", "{}",
-        "-n", "1", "--sample-steps", "2", "--out", str(out / "images" / "ada"),
-    )  # fmt: skip
+    code, _ = run(*generate(dotdot, out / "images" / "ada"))
     assert code == 0 and list((out / "images" / "ada").glob("*.png"))
     assert _files_outside(tmp_path, out) == before
 
     # and as a process: exit status 2, the one line, no traceback
     proc = subprocess.run(
-        [sys.executable, "-m", "e4t.cli", "generate", "--model", str(model_dir)]
-        + ["--concept", str(concepts / "nan-word"), "--prompt", "{}", "--out", str(out / "p")],
+        [sys.executable, "-m", "e4t.cli", *generate(str(concepts / "nan-word"), out / "p")],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path.cwd())},
