@@ -37,15 +37,32 @@ def mlflow_module() -> Any:
     return mlflow
 
 
+# MLflow 3's UI opens an experiment of no declared kind on its GenAI (traces) view; these
+# experiments hold training runs, so they say so and open on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def get_or_create_experiment(name: str) -> str:
-    """The experiment's id; with the embedded database its artifacts live in the data dir."""
+    """The experiment's id; with the embedded database its artifacts live in the data dir.
+    Tagged as a model-development experiment (also one made before the tag existed)."""
     mlflow = mlflow_module()
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) is None:
+            mlflow.MlflowClient().set_experiment_tag(
+                found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
         return str(found.experiment_id)
     artifact_location = None
     if tracking_uri() == default_tracking_uri():
         folder = data_dir() / "mlartifacts" / name
         folder.mkdir(parents=True, exist_ok=True)
         artifact_location = folder.as_uri()
-    return str(mlflow.create_experiment(name, artifact_location=artifact_location))
+    return str(
+        mlflow.create_experiment(
+            name,
+            artifact_location=artifact_location,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
+    )
