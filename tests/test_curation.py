@@ -185,6 +185,26 @@ def test_near_duplicates_across_partitions_are_dropped(photos_dir: Path, tmp_pat
     assert not (tmp_path / "out" / "faces-000002.tar").exists()
 
 
+def test_a_near_duplicate_names_the_twin_that_is_kept(photos_dir: Path, tmp_path: Path) -> None:
+    """Partition 0 keeps a.jpg; partition 1 holds c.jpg and its twin d.jpg. Within the
+    partition d is a duplicate "of c", but finalize drops c as a duplicate of a: d's row
+    must name a (it named c, a key in no shard)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", src / "a.jpg")
+    shutil.copyfile(photos_dir / "biden.jpg", src / "b.jpg")
+    Image.open(photos_dir / "obama.jpg").save(src / "c.jpg", quality=80)
+    Image.open(photos_dir / "obama.jpg").save(src / "d.jpg", quality=70)
+    curate(str(src), str(tmp_path / "out"), _config(**{"shards.num_images_per_partition": 2}))
+    rows = {Path(r["source"]).name: r for r in _manifest(tmp_path / "out")}
+    kept = {r["key"] for r in rows.values() if r["status"] == "accepted"}
+    assert [n for n, r in sorted(rows.items()) if r["status"] == "accepted"] == ["a.jpg", "b.jpg"]
+    for name in ("c.jpg", "d.jpg"):
+        assert rows[name]["reason"] == "near_duplicate"
+        assert rows[name]["duplicate_of"] == rows["a.jpg"]["key"] in kept
+        assert rows[name]["detail"] == f"of {rows['a.jpg']['key']}"
+
+
 def test_rerun_after_a_kill_before_the_manifest_finishes(photos_dir: Path, tmp_path: Path) -> None:
     """A near-duplicate dropped across partitions removes its shard; a finalize killed before
     manifest.jsonl is written must not make every rerun fail on the removed shard."""

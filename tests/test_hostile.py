@@ -133,3 +133,67 @@ def test_generate_and_export_refuse_hostile_concepts_with_one_line_each(
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("e4t: error:") == 1 and "NaN or Inf" in proc.stderr
+
+
+# ------------------------------------------------------------ hostile image files
+
+
+@pytest.fixture(scope="module")
+def hostile_files(photos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """(folder, name → hostile.Expected): the hostile image files of tests/hostile.py."""
+    from hostile import build_hostile_folder
+
+    folder = tmp_path_factory.mktemp("hostile-images")
+    return folder, build_hostile_folder(photos_dir, folder)
+
+
+@pytest.fixture(scope="module")
+def hostile_dir(hostile_files: tuple) -> Path:
+    """A folder of hostile image files; ``hostile_expected`` says what each must become.
+    Add a case in tests/hostile.py: every test taking this folder sees it."""
+    return hostile_files[0]
+
+
+@pytest.fixture(scope="module")
+def hostile_expected(hostile_files: tuple) -> dict:
+    return hostile_files[1]
+
+
+@pytest.mark.slow
+def test_curate_turns_every_hostile_file_into_one_row(
+    hostile_dir: Path, hostile_expected: dict, tmp_path: Path
+) -> None:
+    """Broken EXIF, other formats under image names, truncated, 1x1, 9400² images small on
+    disk, a NaN float TIFF, byte-flipped copies: the job exits 0 with one manifest row per
+    file, no traceback; files that raised carry the exception's type in their detail."""
+    out = tmp_path / "curated"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "e4t.cli", "curate", str(hostile_dir), str(out)),
+            *("--preset", "tiny", "--workers", "1", "--no-track"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    by_name = {Path(row["source"]).name: row for row in rows}
+    assert len(rows) == len(by_name) == len(hostile_expected)
+    assert set(by_name) == set(hostile_expected)
+    for name, want in hostile_expected.items():
+        row = by_name[name]
+        if want.face:
+            assert row["status"] == "accepted", (name, row)
+            continue
+        assert row["status"] == "rejected" and row["reason"], (name, row)
+        allowed = want.reasons or (want.reason,)
+        assert row["reason"] in allowed, (name, row)
+        if want.detail:
+            assert want.detail in row.get("detail", ""), (name, row)
+        if row["reason"] in ("undecodable", "truncated"):
+            # the exception that made it so: "Type: message"
+            assert row.get("detail", "").split(":")[0].isidentifier(), (name, row)

@@ -34,7 +34,7 @@ from PIL import Image
 from e4t import __version__
 from e4t import io as eio
 from e4t.config import CurateConfig, config_hash
-from e4t.data.decode import IMAGE_EXTENSIONS, decode_image, is_image_name
+from e4t.data.decode import IMAGE_EXTENSIONS, decode_image, describe_error, is_image_name
 from e4t.data.inputs import SKIPPED, InputFile, input_id, list_inputs, read_capped
 from e4t.data.shards import read_shard, shard_name, write_shard
 from e4t.faces.alignment import align_face, face_mask
@@ -256,7 +256,10 @@ def curate_one(data: bytes, config: CurateConfig) -> CuratedFace:
     decoded = decode_image(data, config.decode)
     if decoded.image is None:
         return CuratedFace(reason=decoded.reason or "undecodable", detail=decoded.detail)
-    faces = _landmarker(config).detect_batch([decoded.image])[0]
+    try:
+        faces = _landmarker(config).detect_batch([decoded.image])[0]
+    except Exception as err:  # a backend's failure on this photo's pixels: its reason
+        return CuratedFace(reason="detect_failed", detail=describe_error(err))
     if not faces:
         return CuratedFace(reason="no_face", detail="no face detected")
     if len(faces) > 1 and config.quality.multiple_faces == "reject":
@@ -265,10 +268,13 @@ def curate_one(data: bytes, config: CurateConfig) -> CuratedFace:
             detail=f"{len(faces)} faces and quality.multiple_faces=reject",
         )
     face = max(faces, key=lambda f: f.size_px)
-    quality, reason, detail, aligned = _judge_face(face, decoded.image, config, _Timer())
-    if reason is not None:
-        return CuratedFace(quality=quality, reason=reason, detail=detail)
-    mask = face_mask(aligned.landmarks, config.align.resolution_px)
+    try:
+        quality, reason, detail, aligned = _judge_face(face, decoded.image, config, _Timer())
+        if reason is not None:
+            return CuratedFace(quality=quality, reason=reason, detail=detail)
+        mask = face_mask(aligned.landmarks, config.align.resolution_px)
+    except Exception as err:  # alignment's failure on this face: its reason
+        return CuratedFace(reason="align_failed", detail=describe_error(err))
     return CuratedFace(aligned.image, mask, quality)
 
 
@@ -311,48 +317,110 @@ def _faces_rows(
             "face_rank": rank,
             "num_faces": len(ranked),
         }
-        quality, reason, detail, aligned = _judge_face(face, image, config, timer)
-        if reason is None and dedup is not None:
-            twin = dedup.find(int(quality["phash"], 16))
-            if twin is not None:
-                reason, detail = "near_duplicate", f"of {twin}"
-        if reason is not None:
+        try:
+            sample = _judged_sample(
+                key, face, image, config, timer, dedup, landmarker, source, rank, len(ranked)
+            )
+        except Exception as err:  # this face's failure (alignment, encoding): its row
             rows.append(
                 {
                     **base,
                     "status": "rejected",
-                    "reason": reason,
-                    "detail": detail,
+                    "reason": "align_failed",
+                    "detail": describe_error(err),
+                }
+            )
+            continue
+        quality = sample.quality
+        if sample.reason is not None:
+            twin = {"duplicate_of": sample.twin} if sample.twin else {}
+            rows.append(
+                {
+                    **base,
+                    "status": "rejected",
+                    "reason": sample.reason,
+                    "detail": sample.detail,
                     "quality": quality,
+                    **twin,
                 }
             )
             continue
         if dedup is not None:
             dedup.add(int(quality["phash"], 16), key)
-        start = time.perf_counter()
-        meta = {
-            "key": key,
-            "source": source,
-            "face_rank": rank,
-            "num_faces": len(ranked),
-            "bbox": [round(v, 2) for v in face.bbox],
-            "quad": np.round(aligned.quad, 2).tolist(),
-            "landmarks": np.round(aligned.landmarks, 2).tolist(),
-            "resolution_px": config.align.resolution_px,
-            "backend": landmarker.name,
-            "quality": quality,
-        }
-        samples.append(
-            {
-                "__key__": key,
-                "jpg": _encode_jpeg(aligned.image, config.shards.jpeg_quality),
-                "json": json.dumps(meta, sort_keys=True),
-                "mask.png": _encode_png(face_mask(aligned.landmarks, config.align.resolution_px)),
-            }
-        )
-        timer.add("align", start)
+        samples.append(sample.files)
         rows.append({**base, "status": "accepted", "key": key, "quality": quality})
     return rows
+
+
+@dataclass
+class _Judged:
+    quality: dict[str, Any]
+    reason: str | None = None
+    detail: str | None = None
+    twin: str | None = None
+    files: dict[str, bytes | str] = field(default_factory=dict)
+
+
+def _judged_sample(
+    key: str,
+    face: Face,
+    image: np.ndarray,
+    config: CurateConfig,
+    timer: _Timer,
+    dedup: NearDuplicateIndex | None,
+    landmarker: FaceLandmarker,
+    source: str,
+    rank: int,
+    num_faces: int,
+) -> _Judged:
+    """One face: gates, near-duplicate search, then the shard sample's files (all or none)."""
+    quality, reason, detail, aligned = _judge_face(face, image, config, timer)
+    if reason is None and dedup is not None:
+        twin = dedup.find(int(quality["phash"], 16))
+        if twin is not None:
+            return _Judged(quality, "near_duplicate", f"of {twin}", twin)
+    if reason is not None:
+        return _Judged(quality, reason, detail)
+    start = time.perf_counter()
+    meta = {
+        "key": key,
+        "source": source,
+        "face_rank": rank,
+        "num_faces": num_faces,
+        "bbox": [round(v, 2) for v in face.bbox],
+        "quad": np.round(aligned.quad, 2).tolist(),
+        "landmarks": np.round(aligned.landmarks, 2).tolist(),
+        "resolution_px": config.align.resolution_px,
+        "backend": landmarker.name,
+        "quality": quality,
+    }
+    files: dict[str, bytes | str] = {
+        "__key__": key,
+        "jpg": _encode_jpeg(aligned.image, config.shards.jpeg_quality),
+        "json": json.dumps(meta, sort_keys=True),
+        "mask.png": _encode_png(face_mask(aligned.landmarks, config.align.resolution_px)),
+    }
+    timer.add("align", start)
+    return _Judged(quality, files=files)
+
+
+def _detect_each_guarded(
+    landmarker: FaceLandmarker, images: list[np.ndarray]
+) -> list[list[Face] | Exception]:
+    """Detect on a batch; when the batch call raises, again one image at a time, so that
+    the exception is the row of the image that caused it and the others go on."""
+    try:
+        return list(landmarker.detect_batch(images))
+    except Exception as err:  # which image? each alone says
+        if len(images) == 1:
+            return [err]
+    found: list[list[Face] | Exception] = []
+    for image in images:
+        try:
+            found.append(landmarker.detect_batch([image])[0])
+        except Exception as err:  # this image's failure: its row
+            found.append(err)
+    return found
 
 
 def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[str, Any]:
@@ -389,11 +457,14 @@ def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[
         if not decoded:
             return
         before = landmarker.timings
-        found = landmarker.detect_batch([image for _, image in decoded])
+        found = _detect_each_guarded(landmarker, [image for _, image in decoded])
         after = landmarker.timings
         timer.seconds["detect"] += after["detect"] - before["detect"]
         timer.seconds["landmarks"] += after["landmarks"] - before["landmarks"]
         for (entry, image), faces in zip(decoded, found, strict=True):
+            if isinstance(faces, Exception):
+                rows.append(row_of(entry, "detect_failed", describe_error(faces)))
+                continue
             rows.extend(
                 _faces_rows(entry, image, faces, index, config, timer, dedup, samples, landmarker)
             )
@@ -495,9 +566,17 @@ def finalize_curation(output_url: str, config: CurateConfig) -> dict[str, Any]:
         dropped = set()
         for row in part["rows"]:
             key = row.get("key")
+            if row.get("duplicate_of") in twins:  # its twin was dropped here: name the kept one
+                survivor = twins[row["duplicate_of"]]
+                row = {**row, "duplicate_of": survivor, "detail": f"of {survivor}"}
             if key in twins:
                 row = {k: v for k, v in row.items() if k != "key"}
-                row.update(status="rejected", reason="near_duplicate", detail=f"of {twins[key]}")
+                row.update(
+                    status="rejected",
+                    reason="near_duplicate",
+                    detail=f"of {twins[key]}",
+                    duplicate_of=twins[key],
+                )
                 dropped.add(key)
             rows.append(row)
         if part["shard"] is None:
