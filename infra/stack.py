@@ -266,7 +266,14 @@ def _main(argv: list[str]) -> int:
         print(f"MLflow   {stack.mlflow_uri}")
         print(f"S3       {stack.s3_endpoint}   buckets: {', '.join(BUCKETS)}")
         print(f"worker   pool {POOL}; logs and PID files in {root.resolve()}")
-        print(f"then:    source {root / 'stack.env'} && prefect --no-prompt deploy --all")
+        creds = json.loads((stack.root / "credentials.json").read_text())
+        print(f"logins   MLflow: {AUTH_USER} / {creds['mlflow_password']}")
+        print(f"         Prefect (the whole string): {AUTH_USER}:{creds['prefect_password']}")
+        print(f"         (kept in {root / 'credentials.json'}, readable by you only)")
+        print(
+            f"then:    source .venv/bin/activate && source {root / 'stack.env'} "
+            "&& prefect --no-prompt deploy --all"
+        )
         return 0
     if argv[0] == "down":
         down(root)
