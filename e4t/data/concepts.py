@@ -5,7 +5,9 @@ several images (its first usable face is tuned); a concept's id is its file's or
 :func:`e4t.data.inputs.input_id` (a readable slug + a hash of the relative path), so no two
 people share one. Every other file is a row of its own (hidden, unsupported, not a regular
 file, ...). An optional ``concepts.csv`` (``concept_id,class_word,prompts`` with prompts
-separated by ``|``; ``concept_id`` a file stem, folder name or full id) names preview prompts.
+separated by ``|``; ``concept_id`` a file stem, folder name or full id) names preview prompts;
+it is untrusted: read BOM-tolerant and capped, each cut recorded on its row, and a file that
+cannot be read is a row with the reason, never a crash (:func:`_read_prompts`).
 Every input goes through curation's decode → detect → align → quality path
 (:func:`e4t.data.curation.curate_one`); a rejected input is a reason, never a crash.
 Personalization and evaluation both read concepts this way.

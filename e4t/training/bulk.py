@@ -42,7 +42,7 @@ def finished_meta(
     """The concept's ``concept.json`` when it was finished by this domain model (fingerprint)
     with these settings (``made_by``: :func:`tuning_hash`); None when it must be (re)done —
     a folder written by another domain model or another tune config is redone, never
-    skipped."""
+    skipped; so is one whose ``concept.json`` cannot be read (truncated, not JSON)."""
     url = eio.join(concept_url(output_url, concept_id), "concept.json")
     if not eio.exists(url):
         return None
