@@ -33,8 +33,14 @@ class PredictInputError(ValueError):
     """An ``image`` value predict refuses: outside the allowed root, too big, not an image."""
 
 
-def _image_bytes(source: str, root: Path) -> bytes:
-    """The image's bytes: base64 of an image, or a file under ``root``."""
+def _image_bytes(source: str, root: Path, max_bytes: int) -> bytes:
+    """The image's bytes: base64 of an image, or a file under ``root``; never more than
+    ``max_bytes`` decoded or read (the cap applies before decoding or reading)."""
+    if len(source) > 4 * (max_bytes // 3 + 1) + 4:
+        raise PredictInputError(
+            f"image refused: too_large (a value of {len(source)} characters decodes to more "
+            f"than decode.max_bytes={max_bytes})"
+        )
     try:
         data = base64.b64decode(source, validate=True)
         if data.startswith(IMAGE_MAGIC):
@@ -52,7 +58,15 @@ def _image_bytes(source: str, root: Path) -> bytes:
         )
     if not resolved.is_file():
         raise PredictInputError(f"image path {source!r}: no such file under {root}")
-    return resolved.read_bytes()
+    with resolved.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:
+        raise PredictInputError(
+            f"image path {source!r} refused: too_large ({size} bytes > "
+            f"decode.max_bytes={max_bytes})"
+        )
+    return data
 
 
 def load_image(source: str, root: Path, caps: Any) -> Any:
@@ -61,10 +75,25 @@ def load_image(source: str, root: Path, caps: Any) -> Any:
 
     from e4t.data.decode import decode_image
 
-    decoded = decode_image(_image_bytes(source, root), caps)
+    decoded = decode_image(_image_bytes(source, root, caps.max_bytes), caps)
     if decoded.image is None:
         raise PredictInputError(f"image refused: {decoded.reason} ({decoded.detail})")
     return Image.fromarray(decoded.image)
+
+
+def _num_steps(value: Any) -> int:
+    """params ``num_steps`` as an int in 1..MAX_SAMPLING_STEPS, or a PredictInputError."""
+    from e4t.config import MAX_SAMPLING_STEPS
+
+    try:
+        steps = int(value)
+    except (TypeError, ValueError) as err:
+        raise PredictInputError(f"params num_steps={value!r}: not an integer") from err
+    if not 1 <= steps <= MAX_SAMPLING_STEPS:
+        raise PredictInputError(
+            f"params num_steps={steps}: sampling needs 1 to {MAX_SAMPLING_STEPS} steps"
+        )
+    return steps
 
 
 class E4TPyfunc(PythonModel):
@@ -88,7 +117,7 @@ class E4TPyfunc(PythonModel):
 
         params = params or {}
         config = GenerationConfig(
-            num_steps=int(params.get("num_steps", 30)),
+            num_steps=_num_steps(params.get("num_steps", 30)),
             guidance_scale=float(params.get("guidance_scale", 7.5)),
             batch_size=1,
         )

@@ -197,3 +197,40 @@ def test_curate_turns_every_hostile_file_into_one_row(
         if row["reason"] in ("undecodable", "truncated"):
             # the exception that made it so: "Type: message"
             assert row.get("detail", "").split(":")[0].isidentifier(), (name, row)
+
+
+def test_the_pyfunc_refuses_hostile_images_with_its_own_error(
+    hostile_dir: Path, hostile_expected: dict, tmp_path: Path
+) -> None:
+    """Every hostile file, sent by path: an image or a PredictInputError naming the reason,
+    never a raw struct.error / NotImplementedError / MemoryError."""
+    from e4t.config import DecodeConfig
+    from e4t.mlflow_model import PredictInputError, load_image
+
+    for name, want in hostile_expected.items():
+        if "9400" in name:
+            continue  # the memory bound is test_decode's
+        try:
+            image = load_image(name, hostile_dir, DecodeConfig())
+        except PredictInputError as err:
+            assert not want.face, (name, err)
+            assert "image refused:" in str(err), (name, err)
+        else:
+            assert image.mode == "RGB", name
+
+    # the byte cap holds before reading: a 1 TiB sparse file is refused from its size
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as handle:
+        handle.truncate(2**40)
+    with pytest.raises(PredictInputError, match="too_large"):
+        load_image("huge.png", tmp_path, DecodeConfig())
+
+
+@pytest.mark.parametrize("value", [0, -3, "x", None, 10**6])
+def test_the_pyfunc_refuses_a_num_steps_sampling_cannot_take(value: object) -> None:
+    """num_steps 0 or -3 reached the scheduler as ZeroDivisionError / IndexError."""
+    from e4t.mlflow_model import PredictInputError, _num_steps
+
+    with pytest.raises(PredictInputError, match="num_steps"):
+        _num_steps(value)
+    assert _num_steps("12") == 12
