@@ -225,3 +225,85 @@ def test_download_copies_a_file_or_a_folder_and_refuses_missing_urls(
     code, err = _main(capsys, "download", str(tmp_path / "nope"), str(tmp_path / "two"))
     assert code == 2 and "nope: no such folder or prefix" in err
     assert not (tmp_path / "two").exists()
+
+
+def test_upload_of_one_file_is_cp_like(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One file goes to DEST itself (a batch's READY marker), or into DEST when DEST ends
+    with / or is an existing folder; never DEST/NAME/NAME."""
+    marker = tmp_path / "READY"
+    marker.write_bytes(b"")
+    batch = tmp_path / "inbox" / "b2"
+    batch.mkdir(parents=True)
+    assert _main(capsys, "upload", str(marker), str(batch / "READY"))[0] == 0
+    assert (batch / "READY").is_file()  # the object itself, not b2/READY/READY
+    other = tmp_path / "inbox" / "b3"
+    assert _main(capsys, "upload", str(marker), f"{other}/")[0] == 0
+    assert (other / "READY").is_file()
+    assert _main(capsys, "upload", str(marker), str(batch))[0] == 0  # an existing folder
+    assert sorted(p.name for p in batch.iterdir()) == ["READY"]
+
+
+@pytest.mark.slow
+def test_the_pinned_version_is_recorded_beside_the_alias(
+    tiny_dir: Path, photos_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """concept.json, summary.json, the result rows, export.json and the images' provenance
+    record ``model_version_uri`` (the version @candidate named then) beside the alias; after
+    a second registration moves @candidate, the concept still names the first version."""
+    import shutil
+
+    from PIL import Image
+
+    from e4t.config import ModelConfig, PersonalizeConfig, load_config
+    from e4t.jobs import personalize as job
+    from e4t.models.e4t_model import E4TModel
+    from e4t.tracking import register_domain_model, start_pretrain_run
+    from e4t.tracking.registry import resolve_model_version_uri
+
+    model = E4TModel.from_config(ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}))
+    folder = model.save_pretrained(tmp_path / "domain")
+
+    def register() -> dict[str, str]:
+        run_id = start_pretrain_run({"domain": "pintest"}, str(tmp_path), {}, "e4t-pretrain", {})
+        return register_domain_model(run_id, folder, "pintest", base_model=str(tiny_dir))
+
+    first = register()
+    alias = first["alias_uri"]
+    assert alias == "models:/e4t-pintest@candidate"
+    images = tmp_path / "photos"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
+    config = load_config(PersonalizeConfig, "personalize", "tiny", values={"tune.num_steps": 1})
+    out = tmp_path / "out"
+    result = job.run(str(images), str(out), alias, config, track_run=False)
+    (row,) = [r for r in result["rows"] if r["status"] == "done"]
+    concept = out / "concepts" / row["concept_id"]
+    recorded = [
+        json.loads((concept / "concept.json").read_text()),
+        json.loads((out / "summary.json").read_text()),
+        json.loads((out / "results.jsonl").read_text().splitlines()[0]),
+    ]
+    for meta in recorded:
+        assert (meta["model_uri"], meta["model_version_uri"]) == (alias, first["model_uri"])
+
+    code, err = _main(
+        capsys, "export-concept", str(concept), "--model", alias, "--out", str(tmp_path / "x"),
+        "--sample-steps", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    (export_json,) = (tmp_path / "x").rglob("export.json")
+    exported = json.loads(export_json.read_text())
+    assert (exported["model_uri"], exported["model_version_uri"]) == (alias, first["model_uri"])
+    code, err = _main(
+        capsys, "generate", "--model", alias, "--concept", str(concept), "--prompt", "{}",
+        "-n", "1", "--sample-steps", "2", "--out", str(tmp_path / "images"),
+    )  # fmt: skip
+    assert code == 0, err
+    (png,) = (tmp_path / "images").glob("*.png")
+    text = Image.open(png).text
+    assert (text["e4t.model_uri"], text["e4t.model_version_uri"]) == (alias, first["model_uri"])
+
+    second = register()  # moves @candidate
+    assert resolve_model_version_uri(alias) == second["model_uri"] != first["model_uri"]
+    meta = json.loads((concept / "concept.json").read_text())
+    assert meta["model_version_uri"] == first["model_uri"] == "models:/e4t-pintest/1"

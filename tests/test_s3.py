@@ -120,3 +120,52 @@ def test_a_large_prefix_is_listed_page_by_page(s3_env: dict[str, str]) -> None:
     assert peak_streaming < 8 * 2**20, peak_streaming
     entries = list_inputs(f"s3://{s3_env['bucket']}/many")
     assert len(entries) == count and len({e.id for e in entries}) == count
+
+
+def test_concepts_and_models_on_s3_generate_export_and_download(
+    s3_env: dict[str, str], tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the stack writes to S3 (a concept folder, a domain model folder) is read back by
+    generate, export-concept and download straight from its s3:// URL."""
+    import torch
+    from PIL import Image
+
+    from e4t.cli import main
+    from e4t.config import ModelConfig
+    from e4t.models.e4t_model import E4TModel
+
+    model = E4TModel.from_config(ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}))
+    domain = model.save_pretrained(tmp_path / "domain")
+    cls = torch.randn(1, len(model.encoder.layer_indices), model.encoder.config.clip_hidden_size)
+    local = model.save_concept(tmp_path / "ada", cls, extra={"concept_id": "ada"})
+    prefix = f"s3://{s3_env['bucket']}/stack"
+    concept_url, model_url = f"{prefix}/concepts/ada", f"{prefix}/model"
+    eio.upload_folder(local, concept_url, "concept.json")
+    eio.upload_folder(domain, model_url, "e4t_config.json")
+
+    assert main(["download", concept_url, str(tmp_path / "back")]) == 0
+    for path in local.iterdir():
+        assert (tmp_path / "back" / path.name).read_bytes() == path.read_bytes()
+
+    args = ["--prompt", "{}", "-n", "1", "--sample-steps", "2", "--out", str(tmp_path / "img")]
+    assert main(["generate", "--model", model_url, "--concept", concept_url, *args]) == 0
+    (png,) = (tmp_path / "img").glob("*.png")
+    text = Image.open(png).text
+    assert text["e4t.concept_uri"] == concept_url and text["e4t.model_version_uri"] == model_url
+
+    export = ["--model", str(domain), "--out", str(tmp_path / "x"), "--sample-steps", "2"]
+    assert main(["export-concept", concept_url, *export]) == 0
+    (export_json,) = (tmp_path / "x").rglob("export.json")
+    info = json.loads(export_json.read_text())
+    assert info["source_concept"] == concept_url
+    assert info["model_version_uri"] == str(domain.resolve())
+    assert (export_json.parent / "learned_embeds.safetensors").stat().st_size > 0
+    capsys.readouterr()
+
+    missing = f"{prefix}/concepts/nobody"
+    assert (
+        main(["export-concept", missing, "--model", model_url, "--out", str(tmp_path / "y")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"{missing}: no E4T concept there" in err and "Traceback" not in err
+    assert not (tmp_path / "y").exists()
