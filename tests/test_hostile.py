@@ -234,3 +234,28 @@ def test_the_pyfunc_refuses_a_num_steps_sampling_cannot_take(value: object) -> N
     with pytest.raises(PredictInputError, match="num_steps"):
         _num_steps(value)
     assert _num_steps("12") == 12
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value"),
+    [
+        ("DetectConfig", "min_detection_score", float("nan")),
+        ("QualityConfig", "min_sharpness", float("inf")),
+        ("TuneConfig", "templates", []),
+        ("DataConfig", "templates", []),
+        ("PersonalizeConfig", "preview_steps", 10**9),
+        ("TrainConfig", "preview_steps", 10**9),
+    ],
+)
+def test_config_refuses_values_that_silently_break_a_stage(
+    model: str, field: str, value: object
+) -> None:
+    """A NaN score threshold compares False with every detection, no templates leaves no
+    prompt to draw, a billion preview steps is a hang: refused where the config is read."""
+    import pydantic
+
+    from e4t import config
+
+    cls = getattr(config, model)
+    with pytest.raises(pydantic.ValidationError, match=field):
+        cls(**{field: value})
