@@ -8,12 +8,16 @@ Layout under ``OUT``::
                                   whose UNet has the domain offsets folded in (W0 + ΔW)
     <concept>/learned_embeds.safetensors   {"<concept>": v*}: the frozen word
     <concept>/pytorch_lora_weights.safetensors   the concept's deltas B·A (PEFT keys)
-    <concept>/export.json         token, base folder, how v* was frozen, bytes
+    <concept>/export.json         token, adapter name, base folder, how v* was frozen, bytes
+
+Several concepts share one pipeline: each has its own token and loads its LoRA under its
+own adapter name (:func:`concept_adapter_name`); ``pipe.set_adapters([name])`` picks one.
 
 What freezing gives up: e4t re-predicts v* at every denoising step from (x, z_t, t); a stock
 pipeline takes one fixed token. The frozen v* is the mean of the re-predicted v* along a
-sampling trajectory of "a photo of {}" (:func:`e4t.generation.frozen_word_embedding`);
-the evaluation's ``e4t-frozen`` method measures the difference.
+sampling trajectory of "a photo of {}" (:func:`e4t.generation.freeze_concept`, the concept
+as stored); the evaluation's ``e4t-frozen`` method scores exactly this and measures the
+difference.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ import torch
 from safetensors.torch import save_file
 
 from e4t import io as eio
-from e4t.generation import check_concept_url, frozen_word_embedding, staged_concept
+from e4t.generation import (
+    FROZEN_SEED,
+    FROZEN_STEPS,
+    check_concept_url,
+    freeze_concept,
+    staged_concept,
+)
 from e4t.models.e4t_model import ArtifactError, E4TModel
 
 MARKER = "model_index.json"  # a base folder is complete once this is written (last)
@@ -42,6 +52,18 @@ def concept_token(concept_id: str) -> str:
     """The token an exported concept is prompted with: ``<id>`` (one per concept, so several
     can share a pipeline)."""
     return "<" + re.sub(r"[^A-Za-z0-9_-]+", "-", concept_id).strip("-") + ">"
+
+
+def concept_adapter_name(concept_id: str) -> str:
+    """The LoRA adapter name an exported concept loads under
+    (``pipe.load_lora_weights(folder, adapter_name=...)``): the concept id as PEFT takes it —
+    letters, digits, ``_`` and ``-`` (no dots: PEFT keys modules by it), at most 64
+    characters, and ``concept-`` before a name that is empty or one of ``nn.ModuleDict``'s
+    own attributes (``training``, ``keys``...), which PEFT cannot use."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", concept_id).strip("-")[:64]
+    if not name or hasattr(torch.nn.ModuleDict(), name):
+        name = f"concept-{name}".strip("-")
+    return name
 
 
 def export_folder_name(concept_id: str) -> str:
@@ -126,12 +148,13 @@ def export_concept(
     model: E4TModel,
     concept_dir: str | Path,
     out_root: str | Path,
-    frozen_steps: int = 20,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float16,
+    frozen_steps: int = FROZEN_STEPS,
+    seed: int = FROZEN_SEED,
+    dtype: torch.dtype | None = None,
     recorded: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Export one concept (and, once, its domain's base) for stock diffusers.
+    """Export one concept (and, once, its domain's base) for stock diffusers; ``dtype`` of
+    the files: None = the dtype the concept is stored in (what e4t-frozen scores).
 
     ``concept_dir``: a folder or any URL (``s3://``...: read from a local copy);
     ``recorded``: more export.json fields, e.g. ``model_uri`` and ``model_version_uri``."""
@@ -143,16 +166,20 @@ def export_concept(
     check_concept_url(url)
     concept_dir = Path(eio.get_fs(url)[1])  # a path or file://
     base = export_domain_base(model, out_root)
-    cls = model.load_concept(concept_dir)
+    tensors, stored = model.read_concept(concept_dir)
     try:
+        frozen = freeze_concept(model, tensors, int(stored.get("rank", 4)), frozen_steps, seed)
+        file_dtype = dtype or frozen.word.dtype
         meta = json.loads((concept_dir / "concept.json").read_text())
         concept_id = str(meta.get("concept_id") or concept_dir.resolve().name)
-        token = concept_token(concept_id)
-        vector = frozen_word_embedding(model, cls, num_steps=frozen_steps, seed=seed)
+        token, adapter = concept_token(concept_id), concept_adapter_name(concept_id)
         out = Path(out_root) / export_folder_name(concept_id)  # never the concept's path
         out.mkdir(parents=True, exist_ok=True)
-        save_file({token: vector.to(dtype).contiguous()}, str(out / "learned_embeds.safetensors"))
-        lora = {k: v.to(dtype).contiguous() for k, v in lora_state(model).items()}
+        save_file(
+            {token: frozen.word.to(file_dtype).contiguous()},
+            str(out / "learned_embeds.safetensors"),
+        )
+        lora = {k: v.to(file_dtype).contiguous() for k, v in lora_state(model).items()}
         save_file(lora, str(out / "pytorch_lora_weights.safetensors"))
     finally:
         model.detach_concepts()
@@ -160,17 +187,20 @@ def export_concept(
     info = {
         "concept_id": concept_id,
         "token": token,
+        "adapter_name": adapter,
         "base": str(Path("..") / base.name),
         "domain_fingerprint": model.fingerprint(),
         "frozen_v_star": FREEZE_NOTE.format(steps=frozen_steps, seed=seed),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(file_dtype).removeprefix("torch."),
         "bytes": {name: (out / name).stat().st_size for name in files},
         "source_concept": str(concept_dir),
         **(recorded or {}),
         "use": (
             "pipe = StableDiffusionPipeline.from_pretrained(BASE); "
             f"pipe.load_textual_inversion('{out / files[0]}'); "
-            f"pipe.load_lora_weights('{out}'); pipe('a photo of {token}')"
+            f"pipe.load_lora_weights('{out}', adapter_name='{adapter}'); "
+            f"pipe.set_adapters(['{adapter}']); "
+            f"pipe('a photo of {token}')"
         ),
     }
     (out / "export.json").write_text(json.dumps(info, indent=1))

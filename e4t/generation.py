@@ -30,6 +30,7 @@ from diffusers import (
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel
 from e4t.models.precision import AutocastMode, autocast
 
@@ -306,9 +307,15 @@ def save_images(
 # ---------------------------------------------------------------------- stock pipelines
 
 
+# The one trajectory a concept is frozen along: the export (e4t.export) and the
+# evaluation's e4t-frozen both freeze through :func:`freeze_concept` with these.
+FROZEN_STEPS = 20
+FROZEN_SEED = 0
+
+
 @torch.no_grad()
 def frozen_word_embedding(
-    model: E4TModel, cls: torch.Tensor, num_steps: int = 20, seed: int = 0
+    model: E4TModel, cls: torch.Tensor, num_steps: int = FROZEN_STEPS, seed: int = FROZEN_SEED
 ) -> torch.Tensor:
     """One fixed v* (D,): the mean of v* along a sampling trajectory of "a photo of {}".
 
@@ -317,6 +324,37 @@ def frozen_word_embedding(
     config = GenerationConfig(num_steps=num_steps, batch_size=1)
     (item,) = generate(model, cls, ["a photo of {}"], 1, seed, config, keep_v_star=True)
     return torch.stack(item.v_star_history).mean(dim=0)
+
+
+@dataclass
+class FrozenConcept:
+    """A concept as a stock pipeline runs it (one fixed word + its deltas)."""
+
+    word: torch.Tensor  # (D,) the frozen v*, in the dtype the concept is stored in
+    cls: torch.Tensor  # (1, L, C) the concept's [CLS] tokens as stored
+    bank: ConceptBank  # the stored concept, attached to the model (its deltas: the LoRA)
+
+
+@torch.no_grad()
+def freeze_concept(
+    model: E4TModel,
+    tensors: dict[str, torch.Tensor],
+    rank: int,
+    num_steps: int = FROZEN_STEPS,
+    seed: int = FROZEN_SEED,
+) -> FrozenConcept:
+    """Freeze a concept given as stored (``tensors``: what :meth:`ConceptBank.tensors_of`
+    returns in the concept's storage dtype, as saved or read back): attach it, and take
+    :func:`frozen_word_embedding` on its trajectory, rounded to that dtype.
+
+    The one freezing the export writes and the evaluation's ``e4t-frozen`` scores. Leaves
+    the stored concept attached (``model.detach_concepts()`` when done).
+    """
+    bank = ConceptBank.from_tensors([tensors], rank, model.base.device, model.projection_groups())
+    model.attach_concepts(bank)
+    cls = bank.cls.to(model.image_encoder.dtype)
+    word = frozen_word_embedding(model, cls, num_steps, seed)
+    return FrozenConcept(word.to(tensors["word"].dtype), cls, bank)
 
 
 @torch.no_grad()

@@ -378,3 +378,52 @@ def test_two_concurrent_promotions_move_the_alias_once(
     holder = client.get_model_version_by_alias("e4t-castest", "champion").version
     assert str(holder) == str(versions[promoted[0]])
     assert client.get_run(runs[loser]).data.tags["e4t.promotion"] == "kept"
+
+
+def test_the_evaluations_frozen_concept_is_the_exports(tiny_dir: Path, tmp_path: Path) -> None:
+    """e4t-frozen scores what export-concept writes: the same tuned concept, round-tripped
+    through its stored dtype (fp16) and frozen by one function with one step count and seed,
+    gives the same v* (bit-equal) and the same LoRA."""
+    from safetensors.torch import load_file
+
+    from e4t.config import ModelConfig
+    from e4t.evaluation.evaluate import freeze_stored
+    from e4t.export import export_concept
+    from e4t.models.e4t_model import E4TModel
+
+    model = E4TModel.from_config(
+        ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}), seed=3
+    )
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a domain model whose v* depends on (z_t, t)
+        for p in model.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    cls = torch.randn(2, len(model.encoder.layer_indices), model.encoder.config.clip_hidden_size)
+    bank = model.new_concepts(cls, rank=4, seeds=[0, 1])
+    with torch.no_grad():  # two "tuned" concepts, in fp32 as tuning holds them
+        for p in bank.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    index = 1
+    frozen = freeze_stored(model, bank, index, "fp16")  # what the evaluation scores
+    scored_word = frozen.word.clone()
+    scored_lora = {k: v for k, v in frozen.bank.tensors_of(0, torch.float16).items() if "." in k}
+    model.detach_concepts()
+
+    folder = tmp_path / "concepts" / "ada"
+    bank.save(index, folder, model.concept_meta({"concept_id": "ada"}), "fp16")  # as bulk does
+    info = export_concept(model, folder, tmp_path / "export")
+    exported = load_file(str(Path(info["folder"]) / "learned_embeds.safetensors"))[info["token"]]
+    assert exported.dtype == torch.float16 and info["dtype"] == "float16"
+    assert torch.equal(exported, scored_word)
+    lora = load_file(str(Path(info["folder"]) / "pytorch_lora_weights.safetensors"))
+    for path in bank.paths:
+        assert torch.equal(lora[f"unet.{path}.lora_A.weight"], scored_lora[f"delta.{path}.down"])
+        assert torch.equal(lora[f"unet.{path}.lora_B.weight"], scored_lora[f"delta.{path}.up"])
+    # what e4t-frozen scored before: the in-memory fp32 concept frozen along the
+    # evaluation's 30 generation steps, a word the export never writes
+    from e4t.generation import frozen_word_embedding
+
+    single = model.attach_concepts(bank.subset(index))
+    before = frozen_word_embedding(model, single.cls, 30, 0)
+    model.detach_concepts()
+    assert not torch.equal(before, exported.float())

@@ -21,7 +21,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -36,6 +36,9 @@ from e4t.evaluation.results import EvalResult, thumb_key
 from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel
 from e4t.training.tune import tune_concepts, tune_full
+
+if TYPE_CHECKING:
+    from e4t.generation import FrozenConcept
 
 THUMB_PX = 160
 
@@ -117,6 +120,17 @@ def artifact_bytes(bank: ConceptBank, index: int, method: str, dtype: str) -> in
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def freeze_stored(model: E4TModel, bank: ConceptBank, index: int, dtype: str) -> FrozenConcept:
+    """Concept ``index`` of a tuned bank as its export runs it: round-tripped through the
+    dtype concepts are stored in (the tensors :meth:`ConceptBank.save` writes), then frozen
+    by :func:`e4t.generation.freeze_concept` — the export's function, steps and seed.
+    Leaves the stored concept attached."""
+    from e4t.generation import freeze_concept
+
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    return freeze_concept(model, bank.tensors_of(index, torch_dtype), bank.rank)
+
+
 def _mean(values: list[float]) -> float:
     return float(statistics.fmean(values)) if values else float("nan")
 
@@ -171,7 +185,7 @@ def evaluate_concepts(
     identity: IdentityBackend | None = None,
     scorer: ClipScorer | None = None,
 ) -> EvalResult:
-    from e4t.generation import GenerationConfig, frozen_word_embedding, generate
+    from e4t.generation import GenerationConfig, generate
 
     if not concepts:
         raise ValueError("no usable concept to evaluate (every input was rejected)")
@@ -309,9 +323,7 @@ def evaluate_concepts(
                             score(method, step, concept, single.cls)
                         if method == "e4t" and frozen_wanted:
                             began = time.perf_counter()
-                            frozen = frozen_word_embedding(
-                                model, single.cls, config.generation_steps, config.seed
-                            )
+                            frozen = freeze_stored(model, bank, index, tune_dtype)
                             extra = extras.setdefault(("e4t-frozen", step), {})
                             extra.setdefault("tune_seconds", []).append(
                                 seconds / len(chunk) + time.perf_counter() - began
@@ -319,7 +331,7 @@ def evaluate_concepts(
                             extra.setdefault("artifact_bytes", []).append(
                                 artifact_bytes(bank, index, "e4t-frozen", tune_dtype)
                             )
-                            score("e4t-frozen", step, concept, single.cls, frozen)
+                            score("e4t-frozen", step, concept, frozen.cls, frozen.word)
 
                 seeds = [config.seed + concept_inputs.stable_seed(c.concept_id) for c in chunk]
                 tune_concepts(
