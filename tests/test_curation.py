@@ -423,3 +423,23 @@ def test_a_photo_swapped_for_an_outside_symlink_after_listing_is_not_read(
         ("a.jpg", "rejected", "unreadable")
     ], rows
     assert "outside the folder" in rows[0]["detail"]
+
+
+def test_curate_one_turns_hostile_files_into_reasons(photos_dir: Path, tmp_path: Path) -> None:
+    """Personalization's path (curate_one): a broken EXIF block is still a face, DDS bytes
+    named .jpg are undecodable with the exception's type (it recorded "error: error:
+    required argument is not an integer" and raised NotImplementedError)."""
+    from hostile import build_hostile_folder
+
+    from e4t.data.curation import curate_one
+
+    expected = build_hostile_folder(photos_dir, tmp_path, big=False)
+    config = _config()
+    for name, want in expected.items():
+        result = curate_one((tmp_path / name).read_bytes(), config)
+        if want.face:
+            assert result.reason is None and result.image is not None, (name, result.detail)
+        else:
+            assert result.reason in (want.reasons or (want.reason,)), (name, result.reason)
+            if want.detail:
+                assert want.detail in (result.detail or ""), (name, result.detail)
