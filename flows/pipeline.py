@@ -49,7 +49,7 @@ def e4t_pipeline(
             missing (tiny or sd15-random); null for real checkpoints or hub ids.
         preset: Every stage's preset (tiny; on GPUs see stage_presets).
         pretrain_steps: Pretraining steps.
-        domain: The domain; the model is registered as e4t-<domain>.
+        domain: The domain; the model is registered as e4t-DOMAIN (e.g. e4t-faces).
         device: Torch device of personalization and evaluation.
         nproc_per_node: Pretraining processes (GPUs) on this node.
         run_evaluation: Evaluate the new version (and maybe promote it).

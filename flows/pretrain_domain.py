@@ -1,5 +1,5 @@
 """``pretrain-domain``: curated shards → a domain model (encoder + offsets) under torchrun,
-tracked in MLflow and registered as a new version of ``e4t-<domain>`` (alias ``candidate``).
+tracked in MLflow and registered as a new version of ``e4t-DOMAIN`` (alias ``candidate``).
 
 The job is :mod:`e4t.jobs.pretrain`; this flow resolves the config once, runs the job's
 steps as Prefect tasks and adds the result artifact.
@@ -56,7 +56,7 @@ def pretrain_domain(
         node_rank: This node's rank; node 0 tracks and registers.
         rdzv_endpoint: HOST:PORT of the c10d rendezvous, reachable from every node.
         experiment: MLflow experiment of the run.
-        domain: The domain; the model is registered as e4t-<domain>.
+        domain: The domain; the model is registered as e4t-DOMAIN (e.g. e4t-faces).
         overrides: Config values by dotted key, e.g. {"optim.lr": 1e-5}.
         track: Track in MLflow and register the model.
     """

@@ -221,6 +221,13 @@ def test_mlflow_run_previews_and_registered_alias(
 
     version = client.get_model_version_by_alias("e4t-faces", "candidate")
     assert str(version.version) == out["version"] and version.run_id == out["run_id"]
+    # runs and versions a person can tell apart: what differs is in the name and the tags
+    assert run.info.run_name.startswith("pretrain-faces-4steps-"), run.info.run_name
+    assert version.tags["e4t.train.num_steps"] == "4"
+    assert version.tags["e4t.fingerprint"] == out["result"]["fingerprint"]
+    assert version.tags["e4t.dataset.run_id"] == run.data.tags["e4t.dataset.run_id"]
+    assert float(version.tags["e4t.heldout_loss"]) == pytest.approx(heldout[-1].value, abs=1e-5)
+    assert "4 pretraining steps" in version.description
     model = load_domain_model("models:/e4t-faces@candidate")
     assert model.fingerprint() == out["result"]["fingerprint"]
     pyfunc = mlflow.pyfunc.load_model("models:/e4t-faces@candidate")

@@ -8,10 +8,12 @@ a version of ``e4t-<domain>``; ``models:/e4t-faces@candidate`` names the newest 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,19 @@ from e4t.tracking.client import get_or_create_experiment, mlflow_module, trackin
 from e4t.tracking.datasets import find_dataset_run_by_manifest
 
 PRETRAIN_ALIAS = "candidate"
+
+
+def pretrain_run_name(config: dict[str, Any]) -> str:
+    """What tells two pretraining runs apart in the MLflow UI: domain, steps, preset when
+    known, and the UTC start time (``pretrain-faces-200steps-1127-1602``)."""
+    steps = config.get("train", {}).get("num_steps")
+    parts = ["pretrain", str(config.get("domain", "domain"))]
+    if steps:
+        parts.append(f"{steps}steps")
+    if config.get("preset"):
+        parts.append(str(config["preset"]))
+    parts.append(time.strftime("%m%d-%H%M%S", time.gmtime()))
+    return "-".join(parts)
 
 
 def start_pretrain_run(
@@ -47,9 +62,7 @@ def start_pretrain_run(
         if dataset_run:
             run_tags["e4t.dataset.run_id"] = dataset_run
     client = mlflow.MlflowClient()
-    run = client.create_run(
-        experiment_id, tags=run_tags, run_name=f"pretrain-{config.get('domain', 'domain')}"
-    )
+    run = client.create_run(experiment_id, tags=run_tags, run_name=pretrain_run_name(config))
     params = flatten(config)
     if "e4t.global_batch" in tags:  # batch × accumulation × ranks: what one step averages
         params["global_batch"] = tags["e4t.global_batch"]
@@ -126,6 +139,7 @@ def _log_and_register(
         )
     version = mlflow.register_model(info.model_uri, name)
     client = mlflow.MlflowClient()
+    describe_version(client, name, str(version.version), run_id, artifacts["domain_model"])
     client.set_registered_model_alias(name, alias, version.version)
     client.set_tag(run_id, "e4t.model.version", str(version.version))
     return {
@@ -134,6 +148,36 @@ def _log_and_register(
         "model_uri": f"models:/{name}/{version.version}",
         "alias_uri": f"models:/{name}@{alias}",
     }
+
+
+def describe_version(client: Any, name: str, version: str, run_id: str, model_dir: str) -> None:
+    """A version a person can tell apart in the registry: a one-line description and tags
+    with its training run, dataset run, steps, last held-out loss and fingerprint."""
+    run = client.get_run(run_id)
+    from e4t.models.e4t_model import CONFIG_NAME
+
+    meta_path = Path(model_dir) / CONFIG_NAME
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    tags = {
+        "e4t.run_id": run_id,
+        "e4t.dataset.run_id": run.data.tags.get("e4t.dataset.run_id", ""),
+        "e4t.train.num_steps": run.data.params.get("train.num_steps", ""),
+        "e4t.heldout_loss": (
+            f"{run.data.metrics['heldout_loss']:.5f}" if "heldout_loss" in run.data.metrics else ""
+        ),
+        "e4t.fingerprint": str(meta.get("fingerprint", "")),
+        "e4t.base_model": str(meta.get("model", {}).get("base_model", ""))[:500],
+    }
+    tags = {k: v for k, v in tags.items() if v}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    steps = tags.get("e4t.train.num_steps", "?")
+    loss = tags.get("e4t.heldout_loss", "n/a")
+    description = (
+        f"{name} v{version}: {steps} pretraining steps (run {run.info.run_name}), held-out "
+        f"loss {loss}, fingerprint {tags.get('e4t.fingerprint', 'n/a')}"
+    )
+    client.update_model_version(name, version, description=description)
 
 
 class ModelURIError(ValueError):
