@@ -443,3 +443,16 @@ def test_curate_one_turns_hostile_files_into_reasons(photos_dir: Path, tmp_path:
             assert result.reason in (want.reasons or (want.reason,)), (name, result.reason)
             if want.detail:
                 assert want.detail in (result.detail or ""), (name, result.detail)
+
+
+def test_a_detector_failure_is_the_row_of_the_image_that_caused_it(photos_dir: Path) -> None:
+    """The real dlib backend raises on an array it cannot take (float64): the batch is
+    retried one image at a time, the face of the other image is still found."""
+    from e4t.data.curation import _detect_each_guarded, _landmarker
+
+    landmarker = _landmarker(load_config(CurateConfig, "curate", "tiny"))
+    photo = np.asarray(Image.open(photos_dir / "obama.jpg").convert("RGB"))
+    found = _detect_each_guarded(landmarker, [photo, photo.astype(np.float64)])
+    assert isinstance(found[0], list) and len(found[0]) == 1
+    assert isinstance(found[1], Exception)  # (TypeError or RuntimeError, by the image size)
+    assert isinstance(_detect_each_guarded(landmarker, [photo.astype(np.float64)])[0], Exception)
