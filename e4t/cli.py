@@ -94,6 +94,15 @@ def _checked_model(model_uri: str) -> str:
     return pinned
 
 
+def _add_allow_model_mismatch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-model-mismatch",  # e4t_model.ALLOW_MISMATCH_FLAG (not imported: fast --help)
+        action="store_true",
+        help="use a concept tuned against another domain model (its concept.json's "
+        "domain_fingerprint differs from --model's): refused without this flag",
+    )
+
+
 def _cmd_export_concept(args: argparse.Namespace) -> int:
     from e4t.export import export_concept
     from e4t.generation import check_concept_url, model_provenance
@@ -105,7 +114,12 @@ def _cmd_export_concept(args: argparse.Namespace) -> int:
     origin = model_provenance(args.model, model.fingerprint(), pinned)
     recorded = {k: origin[k] for k in ("model_uri", "model_version_uri")}
     info = export_concept(
-        model, args.concept, args.out, frozen_steps=args.sample_steps, recorded=recorded
+        model,
+        args.concept,
+        args.out,
+        frozen_steps=args.sample_steps,
+        recorded=recorded,
+        allow_model_mismatch=args.allow_model_mismatch,
     )
     sizes = ", ".join(f"{k} {v:,} bytes" for k, v in info["bytes"].items())
     print(f"exported {info['concept_id']} as {info['token']} to {info['folder']} ({sizes})")
@@ -289,7 +303,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     with staged_concept(args.concept) as concept_dir:  # checked before the model loads
         pinned = _checked_model(args.model)
         model = load_domain_model(pinned, device=args.device)
-        cls = model.load_concept(concept_dir)
+        cls = model.load_concept(concept_dir, args.allow_model_mismatch)
         meta = json.loads((concept_dir / "concept.json").read_text())
     origin = provenance(
         str(meta.get("concept_id") or concept_dir.name),
@@ -633,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="outputs", help="folder for the PNGs")
+    _add_allow_model_mismatch(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser(
@@ -653,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sample-steps", type=int, default=20, help="steps of the trajectory v* is averaged on"
     )
     p.add_argument("--device", default="cpu")
+    _add_allow_model_mismatch(p)
     p.set_defaults(func=_cmd_export_concept)
 
     p = sub.add_parser(

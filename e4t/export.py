@@ -82,7 +82,8 @@ def export_folder_name(concept_id: str) -> str:
 @torch.no_grad()
 def export_domain_base(model: E4TModel, out_root: str | Path) -> Path:
     """The domain's base as a diffusers folder (UNet with the domain offsets folded in),
-    written once per domain model (its fingerprint names the folder) and reused."""
+    written once per domain model and reused: its fingerprint names the folder, and covers
+    the encoder, offsets, base model identity and dtype (:meth:`E4TModel.fingerprint`)."""
     folder = Path(out_root) / f"base-{model.fingerprint()}"
     if (folder / MARKER).exists():
         return folder
@@ -152,6 +153,7 @@ def export_concept(
     seed: int = FROZEN_SEED,
     dtype: torch.dtype | None = None,
     recorded: dict[str, str] | None = None,
+    allow_model_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Export one concept (and, once, its domain's base) for stock diffusers; ``dtype`` of
     the files: None = the dtype the concept is stored in (what e4t-frozen scores).
@@ -162,11 +164,14 @@ def export_concept(
     if not eio.is_local(url):  # checked and copied before any heavy work (the base)
         with staged_concept(url) as local:
             recorded = {**(recorded or {}), "source_concept": url}
-            return export_concept(model, local, out_root, frozen_steps, seed, dtype, recorded)
+            return export_concept(
+                model, local, out_root, frozen_steps, seed, dtype, recorded, allow_model_mismatch
+            )
     check_concept_url(url)
     concept_dir = Path(eio.get_fs(url)[1])  # a path or file://
+    # refused (another domain model: check_concept_binding) before the base is written
+    tensors, stored = model.read_concept(concept_dir, allow_model_mismatch)
     base = export_domain_base(model, out_root)
-    tensors, stored = model.read_concept(concept_dir)
     try:
         frozen = freeze_concept(model, tensors, int(stored.get("rank", 4)), frozen_steps, seed)
         file_dtype = dtype or frozen.word.dtype
@@ -189,7 +194,8 @@ def export_concept(
         "token": token,
         "adapter_name": adapter,
         "base": str(Path("..") / base.name),
-        "domain_fingerprint": model.fingerprint(),
+        "domain_fingerprint": stored.get("domain_fingerprint"),  # the concept's
+        "model_fingerprint": model.fingerprint(),  # the model it was exported with (base-*)
         "frozen_v_star": FREEZE_NOTE.format(steps=frozen_steps, seed=seed),
         "dtype": str(file_dtype).removeprefix("torch."),
         "bytes": {name: (out / name).stat().st_size for name in files},

@@ -98,6 +98,48 @@ def test_an_exported_concept_gives_the_frozen_concepts_images_in_stock_diffusers
     assert np.abs(no_lora - stock[0]).max() > 2 / 255
 
 
+def test_export_is_bound_to_the_concepts_domain_model(tiny_dir: Path, tmp_path: Path) -> None:
+    """Equal encoder and offsets on another base are another domain model: its export of the
+    concept is refused (no base written) unless asked for; export.json records the concept's
+    fingerprint, and each model's base folder is named by its own full identity."""
+    from e4t.models.architectures import init_model
+    from e4t.models.e4t_model import ConceptModelMismatch
+
+    def on(base: Path) -> E4TModel:
+        config = ModelConfig(base_model=str(base), encoder={"hidden_dim": 32})
+        model = E4TModel.from_config(config)
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for p in model.trainable_parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        return model
+
+    tuned, other = on(tiny_dir), on(init_model(tmp_path / "tiny-seed1", arch="tiny", seed=1))
+    cls = torch.randn(1, len(tuned.encoder.layer_indices), tuned.encoder.config.clip_hidden_size)
+    bank = tuned.new_concepts(cls, rank=4, seeds=[0])
+    meta = tuned.concept_meta({"concept_id": "ada", "model_uri": "models:/e4t-faces/1"})
+    bank.save(0, tmp_path / "concepts" / "ada", meta)
+
+    with pytest.raises(ConceptModelMismatch, match="--allow-model-mismatch"):
+        export_concept(other, tmp_path / "concepts" / "ada", tmp_path / "export", frozen_steps=2)
+    assert not (tmp_path / "export").exists() or not any((tmp_path / "export").iterdir())
+
+    info = export_concept(
+        other,
+        tmp_path / "concepts" / "ada",
+        tmp_path / "export",
+        frozen_steps=2,
+        allow_model_mismatch=True,
+    )
+    recorded = json.loads((Path(info["folder"]) / "export.json").read_text())
+    assert recorded["domain_fingerprint"] == tuned.fingerprint() != other.fingerprint()
+    assert recorded["model_fingerprint"] == other.fingerprint()
+    assert Path(info["base_folder"]).name == f"base-{other.fingerprint()}"
+    mine = export_concept(tuned, tmp_path / "concepts" / "ada", tmp_path / "export", frozen_steps=2)
+    assert Path(mine["base_folder"]).name == f"base-{tuned.fingerprint()}"
+    assert mine["base_folder"] != info["base_folder"]  # one base folder per base identity
+
+
 # ------------------------------------------------------------ concepts as untrusted files
 
 

@@ -610,3 +610,86 @@ def test_text_encoder_checkpointing_refuses_a_text_encoder_with_dropout() -> Non
         enable_text_encoder_checkpointing(
             CLIPTextModel(CLIPTextConfig(**small, attention_dropout=0.1))
         )
+
+
+# ---------------------------------------------------------------- a concept's domain model
+
+
+@pytest.fixture(scope="module")
+def other_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny architecture from another seed: the same shapes, other base weights."""
+    return init_model(tmp_path_factory.mktemp("models") / "tiny-seed1", arch="tiny", seed=1)
+
+
+def twin_on(base: Path, model: E4TModel, **overrides: object) -> E4TModel:
+    """A domain model with ``model``'s encoder and offsets weights on another base."""
+    twin = make_model(base, **overrides)
+    twin.encoder.load_state_dict(model.encoder.state_dict())
+    twin.offsets.load_state_dict(model.offsets.state_dict())
+    return twin
+
+
+def test_fingerprint_covers_the_base_model_and_dtype(
+    tiny_dir: Path, other_base_dir: Path, tmp_path: Path
+) -> None:
+    model = make_model(tiny_dir)
+    randomize(model)
+    same_files = shutil.copytree(tiny_dir, tmp_path / "copy")  # identity is content, not path
+    assert twin_on(same_files, model).fingerprint() == model.fingerprint()
+    assert twin_on(other_base_dir, model).fingerprint() != model.fingerprint()
+    assert twin_on(tiny_dir, model, dtype="bf16").fingerprint() != model.fingerprint()
+
+
+def test_a_concept_is_refused_by_a_model_it_was_not_tuned_against(
+    tiny_dir: Path, other_base_dir: Path, tmp_path: Path
+) -> None:
+    from e4t.models.e4t_model import ConceptModelMismatch
+
+    model = make_model(tiny_dir)
+    randomize(model)
+    bank = model.attach_concepts(_random_bank(model))
+    meta = model.concept_meta({"model_uri": "models:/e4t-faces/3"})
+    bank.save(0, tmp_path / "concept", meta, dtype="fp32")
+    model.detach_concepts()
+    assert model.load_concept(tmp_path / "concept").shape == bank.cls.shape  # its own model
+
+    other = twin_on(other_base_dir, model)  # same encoder and offsets, another base
+    with pytest.raises(ConceptModelMismatch) as refused:
+        other.load_concept(tmp_path / "concept")
+    message = str(refused.value)
+    for part in (model.fingerprint(), other.fingerprint(), "models:/e4t-faces/3"):
+        assert part in message
+    assert "--allow-model-mismatch" in message
+    assert other.concepts is None  # nothing attached
+
+    cls = other.load_concept(tmp_path / "concept", allow_model_mismatch=True)  # deliberately
+    assert torch.equal(cls.float(), bank.cls.float()) and other.concepts is not None
+
+
+def test_generate_and_export_commands_refuse_a_mismatch_unless_flagged(
+    tiny_dir: Path, other_base_dir: Path, tmp_path: Path
+) -> None:
+    from e4t.cli import build_parser
+    from e4t.models.e4t_model import ConceptModelMismatch
+
+    model = make_model(tiny_dir)
+    randomize(model)
+    model.save_pretrained(tmp_path / "a")
+    twin_on(other_base_dir, model).save_pretrained(tmp_path / "b")
+    concept = tmp_path / "concept"
+    model.save_concept(concept, torch.randn(1, 2, 32), extra={"model_uri": str(tmp_path / "a")})
+    common = ["--model", str(tmp_path / "b"), "--sample-steps", "2"]
+    images = ["--out", str(tmp_path / "images"), "-n", "1", "--batch-size", "1"]
+    commands = {
+        "generate": ["generate", "--concept", str(concept), "--prompt", "{}", *images, *common],
+        "export-concept": ["export-concept", str(concept), "--out", str(tmp_path / "x"), *common],
+    }
+    for name, argv in commands.items():
+        args = build_parser().parse_args(argv)
+        with pytest.raises(ConceptModelMismatch, match="--allow-model-mismatch") as refused:
+            args.func(args)
+        assert str(tmp_path / "a") in str(refused.value), name  # the concept's model_uri
+        args = build_parser().parse_args([*argv, "--allow-model-mismatch"])
+        assert args.func(args) == 0, name
+    assert len(list((tmp_path / "images").glob("*.png"))) == 1
+    assert (tmp_path / "x" / "concept" / "export.json").exists()

@@ -268,3 +268,30 @@ def test_an_unreadable_concept_json_in_out_is_redone_not_a_crash(
     assert finished_meta(str(tmp_path), "ada-1a2b", "f", "h") is not None  # a sound one: skip
     (folder / "concept.json").write_bytes(marker)
     assert finished_meta(str(tmp_path), "ada-1a2b", "f", "h") is None  # redo it
+
+
+def test_a_concept_done_against_another_base_model_is_redone_not_skipped(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Equal encoder and offsets on another base (@champion moved to a model on another
+    base) are another domain model: the job redoes the concept with the model it was given."""
+    import torch
+
+    from e4t.config import ModelConfig
+    from e4t.models.architectures import init_model
+    from e4t.models.e4t_model import E4TModel
+    from e4t.training.bulk import concept_url, finished_meta
+
+    def on(base: Path) -> E4TModel:
+        return E4TModel.from_config(ModelConfig(base_model=str(base), encoder={"hidden_dim": 32}))
+
+    before = on(tiny_dir)
+    after = on(init_model(tmp_path / "tiny-seed1", arch="tiny", seed=1))
+    after.encoder.load_state_dict(before.encoder.state_dict())
+    after.offsets.load_state_dict(before.offsets.state_dict())
+    extra = {"concept_id": "ada", "tuning_hash": "h", "result": {"steps": 3}}
+    before.save_concept(
+        concept_url(str(tmp_path / "out"), "ada"), torch.randn(1, 2, 32), "fp32", extra
+    )
+    assert finished_meta(str(tmp_path / "out"), "ada", before.fingerprint(), "h") is not None
+    assert finished_meta(str(tmp_path / "out"), "ada", after.fingerprint(), "h") is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -27,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from e4t.config import ModelConfig
-from e4t.models.base import BaseModels, load_base_models
+from e4t.models.base import BaseModels, is_local_source, load_base_models, resolve_image_encoder
 from e4t.models.concept import CONCEPT_CONFIG, CONCEPT_TENSORS, ConceptBank
 from e4t.models.encoder import E4TEncoder
 from e4t.models.fused import ProjectionGroup, group_projections
@@ -41,6 +42,157 @@ CLIP_TENSORS = "model.safetensors"  # clip/: the CLIP layers, when pretraining t
 
 class ArtifactError(ValueError):
     """A model or concept file that does not fit the model it is loaded into."""
+
+
+class ConceptModelMismatch(ArtifactError):
+    """A concept tuned against another domain model (encoder, offsets, base or dtype) than
+    the one it is loaded into."""
+
+
+#: the CLI flag that loads a concept into a model it was not tuned against, deliberately
+ALLOW_MISMATCH_FLAG = "--allow-model-mismatch"
+
+
+def _shown(value: Any, cap: int = 200) -> str:
+    """A value read from a file, printable: capped and escaped (``ascii``)."""
+    text = str(value)
+    return ascii(text[:cap] + ("…" if len(text) > cap else ""))
+
+
+def check_concept_binding(
+    meta: dict[str, Any], model_fingerprint: str, folder: str | Path, allow_mismatch: bool = False
+) -> None:
+    """Refuse a concept whose ``domain_fingerprint`` (concept.json) is not the loaded model's:
+    its deltas and word were tuned on another encoder, offsets or base, so it would silently
+    give another concept's images. ``allow_mismatch`` loads it anyway, with a warning."""
+    found = meta.get("domain_fingerprint")
+    if found == model_fingerprint:
+        return
+    model_uri = meta.get("model_uri") or "(not recorded)"
+    if allow_mismatch:
+        logger.warning(
+            "%s was tuned against domain model %s (%s), loaded into %s as asked (%s)",
+            folder,
+            _shown(found),
+            _shown(model_uri),
+            model_fingerprint,
+            ALLOW_MISMATCH_FLAG,
+        )
+        return
+    raise ConceptModelMismatch(
+        f"{folder} was tuned against domain model fingerprint {_shown(found)} "
+        f"(its model_uri: {_shown(model_uri)}), but the loaded model's fingerprint is "
+        f"{model_fingerprint!r} (another encoder, offsets, base model or dtype). Load the model "
+        f"it was tuned with, personalize the photo again against this model, or pass "
+        f"{ALLOW_MISMATCH_FLAG} (allow_model_mismatch=True) to use it with this model anyway."
+    )
+
+
+#: a base component's files that define it: configs, tokenizer files, weights
+_IDENTITY_SUFFIXES = (".json", ".txt")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_BIG_FILE_BYTES = 64 * 2**20  # file hashes above this are kept under $E4T_CACHE_DIR
+_file_digests: dict[tuple[str, int, int], str] = {}
+_HEX = "0123456789abcdef"
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's bytes. A Hugging Face cache snapshot links LFS files to
+    ``blobs/<sha256>``: that name is the digest, read for free. Others are hashed once per
+    (path, size, mtime) — in memory, and for big files under ``$E4T_CACHE_DIR/sha256``."""
+    resolved = path.resolve()
+    name = resolved.name
+    if resolved.parent.name == "blobs" and len(name) == 64 and set(name) <= set(_HEX):
+        return name
+    stat = resolved.stat()
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    if key in _file_digests:
+        return _file_digests[key]
+    from e4t.samples import cache_dir
+
+    record = cache_dir() / "sha256" / hashlib.sha256(repr(key).encode()).hexdigest()
+    if stat.st_size >= _BIG_FILE_BYTES and record.exists():
+        digest = record.read_text().strip()
+    else:
+        sha = hashlib.sha256()
+        with open(resolved, "rb") as f:
+            for block in iter(lambda: f.read(2**22), b""):
+                sha.update(block)
+        digest = sha.hexdigest()
+        if stat.st_size >= _BIG_FILE_BYTES:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+            tmp.write_text(digest)
+            tmp.replace(record)
+    _file_digests[key] = digest
+    return digest
+
+
+def _identity_files(folder: Path) -> list[Path]:
+    """The files of one component folder that make it what it is: configs and tokenizer
+    files, and the weights ``from_pretrained`` reads (non-variant safetensors, else .bin)."""
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    weights = [f for f in files if f.suffix in _WEIGHT_SUFFIXES and f.name.count(".") == 1]
+    if any(f.suffix == ".safetensors" for f in weights):
+        weights = [f for f in weights if f.suffix == ".safetensors"]
+    return sorted([f for f in files if f.suffix in _IDENTITY_SUFFIXES] + weights)
+
+
+def _source_folder(source: str, probe: str) -> Path | None:
+    """A base source's folder: the local folder, or a hub id's snapshot in the local Hugging
+    Face cache (the revision ``main`` named when it was loaded); None for a model built in
+    memory."""
+    if is_local_source(source):
+        folder = Path(source).expanduser()
+        return folder if folder.is_dir() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source, probe)
+    if not isinstance(found, str):
+        raise ArtifactError(
+            f"base model {source!r} is not in the local Hugging Face cache, so its identity "
+            "(the fingerprint concepts are bound to) cannot be read: load it once with network "
+            "access, or point base_model at a local copy"
+        )
+    return Path(found).parent
+
+
+def base_identity(base: BaseModels, config: ModelConfig) -> str:
+    """The identity of the frozen base a domain model runs on: sha256 over, for each
+    component folder read (unet, vae, text_encoder, tokenizer, scheduler, feature_extractor,
+    the image encoder),
+    each defining file's name and content digest (:func:`_file_digest`). A local folder and
+    the hub snapshot it was copied from get the same identity; hub LFS weights are named by
+    their sha256, so a hub base costs no hashing, a local SD 1.5 folder one read per file
+    (cached). A base built in memory (benchmarks) hashes its modules' weights instead."""
+    digest = hashlib.sha256()
+    folder = _source_folder(base.source, "model_index.json")
+    if folder is None:  # built in memory: the weights themselves
+        modules = {
+            "unet": base.unet,
+            "vae": base.vae,
+            "text_encoder": base.text_encoder,
+            "image_encoder": base.image_encoder,
+        }
+        for name, module in modules.items():
+            for key, value in sorted(module.state_dict().items()):
+                digest.update(f"{name}.{key}".encode())
+                digest.update(value.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
+    names = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor")
+    components = [(name, folder / name) for name in names]
+    enc_repo, enc_sub = resolve_image_encoder(config.model_copy(update={"base_model": base.source}))
+    if enc_sub:
+        components.append(("image_encoder", folder / enc_sub))
+    else:  # a vision tower of its own (a folder or a hub id)
+        enc_folder = _source_folder(enc_repo, "config.json")
+        components.append(("image_encoder", enc_folder or Path(enc_repo)))
+    for name, sub in components:
+        if not sub.is_dir():
+            continue
+        for f in _identity_files(sub):
+            digest.update(f"{name}/{f.name}:{_file_digest(f)}".encode())
+    return digest.hexdigest()
 
 
 class _StopForward(Exception):
@@ -185,6 +337,7 @@ class E4TModel(nn.Module):
         self.concepts: ConceptBank | None = None
         self._groups: list[ProjectionGroup] | None = None
         self.clip_trained = False  # set_trainable(["clip"]) or a domain model with clip/
+        self._base_identity: str | None = None  # the frozen base's, computed once
 
     # ------------------------------------------------------------------ construction
 
@@ -435,12 +588,19 @@ class E4TModel(nn.Module):
         return {n: p for n, p in self.image_encoder.named_parameters() if id(p) in read}
 
     def fingerprint(self) -> str:
-        """A hash of the encoder + offsets weights (+ the CLIP tower when it was trained):
-        names a domain model version."""
+        """Names a domain model version as loaded, the thing a concept is bound to: a hash of
+        the encoder + offsets weights (+ the CLIP tower when it was trained), the frozen
+        base's identity (:func:`base_identity`: its files' content digests, computed once per
+        model) and the dtype the base runs in. Two domain models with equal encoder and
+        offsets on different bases (or dtypes) differ."""
         digest = hashlib.sha256()
         for name, tensor in sorted(self._trained_state().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        if self._base_identity is None:
+            self._base_identity = base_identity(self.base, self.config)
+        digest.update(f"base:{self._base_identity}".encode())
+        digest.update(f"dtype:{str(self.base.dtype).removeprefix('torch.')}".encode())
         return digest.hexdigest()[:16]
 
     def _trained_state(self) -> dict[str, torch.Tensor]:
@@ -558,8 +718,16 @@ class E4TModel(nn.Module):
             **(extra or {}),
         }
 
-    def read_concept(self, folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """A concept's tensors and metadata, checked against this model."""
+    def read_concept(
+        self,
+        folder: str | Path,
+        allow_model_mismatch: bool = False,
+        model_fingerprint: str | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """A concept's tensors and metadata, checked against this model: a concept tuned
+        against another domain model (fingerprint) is refused unless ``allow_model_mismatch``
+        (:func:`check_concept_binding`); ``model_fingerprint``: this model's, when the caller
+        has it already."""
         folder = Path(folder)
         meta = read_concept_meta(folder)  # values checked before anything else reads them
         if meta.get("class_word") != self.config.class_word:
@@ -585,11 +753,18 @@ class E4TModel(nn.Module):
             expected[f"delta.{p}.up"] = torch.Size((out_f, rank))
         check_tensors(path, tensors, expected)
         check_finite_float(path, tensors)
+        # last: a concept of another architecture gets the more telling shape error above
+        check_concept_binding(
+            meta, model_fingerprint or self.fingerprint(), folder, allow_model_mismatch
+        )
         return tensors, meta
 
-    def load_concepts(self, folders: list[str | Path]) -> ConceptBank:
+    def load_concepts(
+        self, folders: list[str | Path], allow_model_mismatch: bool = False
+    ) -> ConceptBank:
         """Load and attach K concepts; returns their bank (its ``cls`` are the images')."""
-        read = [self.read_concept(f) for f in folders]
+        fingerprint = self.fingerprint()
+        read = [self.read_concept(f, allow_model_mismatch, fingerprint) for f in folders]
         ranks = {int(meta.get("rank", 4)) for _, meta in read}
         if len(ranks) != 1:
             raise ArtifactError(f"concepts of different ranks {sorted(ranks)} cannot share a pass")
@@ -598,7 +773,7 @@ class E4TModel(nn.Module):
         )
         return self.attach_concepts(bank)
 
-    def load_concept(self, folder: str | Path) -> torch.Tensor:
+    def load_concept(self, folder: str | Path, allow_model_mismatch: bool = False) -> torch.Tensor:
         """Load and attach one concept; returns its [CLS] tokens (1, L, C)."""
-        bank = self.load_concepts([folder])
+        bank = self.load_concepts([folder], allow_model_mismatch)
         return bank.cls.to(self.image_encoder.dtype)

@@ -54,8 +54,18 @@ def finished_meta(
     if not isinstance(meta.get("result", {}), dict):
         logger.warning("%s: its concept.json holds no result row, redoing it", concept_id)
         return None
-    if meta.get("domain_fingerprint") != fingerprint or meta.get("tuning_hash") != made_by:
-        logger.info("%s was made by another model or config: redoing it", concept_id)
+    if meta.get("domain_fingerprint") != fingerprint:
+        # the job's model is the one asked for: its output folder is redone with it, not
+        # refused (fingerprint: encoder, offsets, base model and dtype; E4TModel.fingerprint)
+        logger.info(
+            "%s was tuned against domain model %s, this job's is %s: redoing it",
+            concept_id,
+            ascii(str(meta.get("domain_fingerprint"))[:64]),
+            fingerprint,
+        )
+        return None
+    if meta.get("tuning_hash") != made_by:
+        logger.info("%s was made with another tuning config: redoing it", concept_id)
         return None
     return dict(meta)
 
