@@ -142,12 +142,19 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    """Copy a file, or every file under a folder / prefix (relative paths kept), from any
-    URL (s3://, file://, a path) into a local folder."""
+    """Copy from any URL (s3://, file://, a path) as ``cp -r`` does: every file under a
+    folder / prefix into DEST (relative paths kept); one file to DEST itself, or into DEST
+    when DEST ends with / or is an existing folder."""
     from e4t import io as eio
 
+    fs, path = eio.get_fs(args.src)
+    into = args.dest.endswith(("/", os.sep)) or Path(args.dest).is_dir()
+    if fs.isfile(path) and not into:
+        eio.write_bytes(args.dest, eio.read_bytes(args.src))
+        print(f"downloaded 1 file to {args.dest}")
+        return 0
     written = eio.download_to(args.src, args.dest)
-    print(f"downloaded {len(written)} files to {args.dest}")
+    print(f"downloaded {len(written)} file{'s' if len(written) != 1 else ''} to {args.dest}")
     return 0
 
 
@@ -278,11 +285,20 @@ def _cmd_init_domain(args: argparse.Namespace) -> int:
 def _cmd_encode_concept(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from e4t import io as eio
+    from e4t.config import DecodeConfig
+    from e4t.data.decode import decode_image
     from e4t.generation import clip_pixels
-    from e4t.models.e4t_model import E4TModel
+    from e4t.tracking import load_domain_model
 
-    model = E4TModel.from_pretrained(args.model, overrides={"device": args.device})
-    cls = model.clip_cls(clip_pixels(model, Image.open(args.image)))
+    if not eio.exists(args.image):  # checked before the model loads
+        raise FileNotFoundError(f"{args.image}: no such image")
+    pinned = _checked_model(args.model)
+    decoded = decode_image(eio.read_bytes(args.image), DecodeConfig())  # capped, upright RGB
+    if decoded.image is None:
+        raise FileNotFoundError(f"{args.image}: not a usable image ({decoded.reason})")
+    model = load_domain_model(pinned, device=args.device)
+    cls = model.clip_cls(clip_pixels(model, Image.fromarray(decoded.image)))
     out = model.save_concept(args.dest, cls, extra={"source": args.image, "steps": 0})
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote a 0-step concept of {args.image} to {out} ({size:,} bytes)")
@@ -617,9 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_init_domain)
 
     p = sub.add_parser("encode-concept", help="a 0-step concept: the encoder's prediction alone")
-    p.add_argument("image")
+    p.add_argument("image", help="a photo: a path or URL (s3://...)")
     p.add_argument("dest")
-    p.add_argument("--model", required=True, help="domain model folder")
+    p.add_argument(
+        "--model", required=True, help="domain model: models:/NAME@ALIAS, a version URI, a folder"
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_encode_concept)
 

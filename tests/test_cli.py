@@ -161,6 +161,8 @@ def test_a_bad_model_uri_is_one_clear_line_and_creates_no_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No MLflow traceback, and resolving a model URI never creates ./data/mlflow.db."""
+    from PIL import Image
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("E4T_DATA_DIR", raising=False)  # the default: ./data
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -168,6 +170,9 @@ def test_a_bad_model_uri_is_one_clear_line_and_creates_no_database(
     concept.mkdir()
     (concept / "concept.json").write_text("{}")
     (concept / "concept.safetensors").write_bytes(b"")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 64), (200, 120, 90)).save(photos / "ada.jpg")
     cases = [
         (("generate", "--model", "models:/noslash", "--concept", str(concept), "--prompt", "{}"),
          "'models:/noslash' is not a model URI: use models:/NAME@ALIAS"),
@@ -178,12 +183,20 @@ def test_a_bad_model_uri_is_one_clear_line_and_creates_no_database(
          f"no MLflow registry at {tmp_path / 'data' / 'mlflow.db'}"),
         (("export-concept", str(concept), "--model", "models:/e4t-faces/3", "--out", "x"),
          "set MLFLOW_TRACKING_URI"),
+        (("personalize", str(photos), "--model", "models:/noslash", "--out", "x", "--no-track"),
+         "'models:/noslash' is not a model URI"),
+        (("personalize", str(photos), "--model", "models:/e4t-faces@champion", "--out", "x"),
+         "no MLflow registry at"),
+        (("evaluate", str(photos), "--model", "models:/e4t-faces@candidate", "--out", "x",
+          "--no-track"),
+         "no MLflow registry at"),
     ]  # fmt: skip
     for args, expected in cases:
         code, err = _main(capsys, *args)
         assert code == 2, (args, err)
-        assert err.startswith("e4t: error: ") and len(err.strip().splitlines()) == 1, err
-        assert expected in err and "Traceback" not in err
+        lines = [line for line in err.splitlines() if "e4t: error: " in line]  # bars aside
+        assert len(lines) == 1 and lines[0].startswith("e4t: error: "), err
+        assert expected in lines[0] and "Traceback" not in err
     assert not (tmp_path / "data").exists()
     assert not (tmp_path / "x").exists()
 
@@ -207,6 +220,11 @@ def test_a_missing_concept_url_fails_before_the_model_is_touched(
         assert "no E4T concept there (concept.json missing)" in err, err
         assert str(missing) in err and "not-a-model" not in err
     assert not (tmp_path / "o").exists()
+    photo = (tmp_path / "photos" / "ada.jpg").as_uri()
+    code, err = _main(
+        capsys, "encode-concept", photo, str(tmp_path / "c"), "--model", str(not_a_model)
+    )
+    assert code == 2 and f"{photo}: no such image" in err
 
 
 def test_download_copies_a_file_or_a_folder_and_refuses_missing_urls(
@@ -220,8 +238,13 @@ def test_download_copies_a_file_or_a_folder_and_refuses_missing_urls(
     assert code == 0
     assert (tmp_path / "copy" / "concept.json").read_text() == '{"concept_id": "ada"}'
     assert (tmp_path / "copy" / "sub" / "x.bin").read_bytes() == b"\x00\x01"
+    # one file, as cp does: into a folder (trailing / or existing), else to the name given
+    code, _ = _main(capsys, "download", str(src / "concept.json"), f"{tmp_path / 'one'}/")
+    assert code == 0 and (tmp_path / "one" / "concept.json").exists()
     code, _ = _main(capsys, "download", str(src / "concept.json"), str(tmp_path / "one"))
     assert code == 0 and (tmp_path / "one" / "concept.json").exists()
+    code, _ = _main(capsys, "download", src.as_uri() + "/concept.json", str(tmp_path / "c.json"))
+    assert code == 0 and (tmp_path / "c.json").read_text() == '{"concept_id": "ada"}'
     code, err = _main(capsys, "download", str(tmp_path / "nope"), str(tmp_path / "two"))
     assert code == 2 and "nope: no such folder or prefix" in err
     assert not (tmp_path / "two").exists()
