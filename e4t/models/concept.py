@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
 from safetensors.torch import save_file
 from torch import nn
 
-from e4t.models.fused import FusedAttnProcessor, ProjectionGroup, check_plain
+from e4t.models.fused import FusedAttnProcessor, ProjectionGroup, check_plain, kernel_for
 from e4t.models.offsets import WeightOffsets, projection_linears
 
 CONCEPT_TENSORS = "concept.safetensors"
@@ -41,6 +42,11 @@ class ConceptBank(nn.Module):
     The deltas of one shape class are one tensor each: ``down[class]`` (K, n, j, r, in) and
     ``up[class]`` (K, n, j, out, r) for the class's n groups of j projections, so
     ``up @ down`` is every delta of the class in one matmul.
+
+    Attached (:meth:`attach`), the bank caches the UNet's weights stacked per class (with
+    the domain offsets folded in), keyed by each tensor's ``data_ptr`` and ``_version``: a
+    write through ``.data`` (a PEFT merge, ``fuse_lora``) bumps neither, so **weights must
+    not change under an attached bank** — or call :meth:`invalidate` after changing them.
     """
 
     def __init__(
@@ -103,15 +109,20 @@ class ConceptBank(nn.Module):
         self._offsets: WeightOffsets | None
         object.__setattr__(self, "_unet", None)
         object.__setattr__(self, "_offsets", None)
-        self._originals: dict[str, Any] = {}
+        # attention path → (its module, the fused processor installed there)
+        self._installed: dict[str, tuple[Attention, FusedAttnProcessor]] = {}
         self._handle: Any = None
+        self._generation = 0  # bumped by invalidate(): part of every cache key
         self._linears: dict[str, nn.Linear] = {}
         # per folded-or-not: (what they were made of, per class (weights, biases))
         self._stacks: dict[
             bool, tuple[Any, dict[str, tuple[torch.Tensor, torch.Tensor | None]]]
         ] = {}
         self._deltas: tuple[Any, dict[str, torch.Tensor]] | None = None
-        self._current: dict[int, tuple[torch.Tensor, torch.Tensor | None, bool]] | None = None
+        # per group (weight, bias, delta): see _refresh
+        self._current: (
+            dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] | None
+        ) = None
         self._made_of: tuple[Any, ...] = ()
 
     # ------------------------------------------------------------------ grouping
@@ -140,35 +151,72 @@ class ConceptBank(nn.Module):
 
     def attach(self, unet: nn.Module, offsets: WeightOffsets | None = None) -> ConceptBank:
         """Route ``unet``'s attentions through fused processors reading this bank's weights:
-        W0 (+ the frozen domain ``offsets``, folded) + each concept's B·A."""
+        W0 (+ the frozen domain ``offsets``, folded) + each concept's B·A.
+
+        Each fused processor runs the attention kernel of the processor it replaces
+        (:func:`~e4t.models.fused.kernel_for`: sdpa or eager; others are refused). Every
+        UNet forward checks the fused processors are still in place: a processor switch
+        while attached (``enable_attention_slicing``, ``set_attn_processor``, xformers)
+        would silently drop the concepts, so it raises instead."""
         self.detach()
         linears = projection_linears(unet, self.shapes, "concept delta")
         by_attention: dict[str, dict[str, int]] = {}
         for index, group in enumerate(self.groups):
             by_attention.setdefault(group.attention, {})[group.role] = index
+        # everything checked before any processor is replaced
+        modules = {a: check_plain(a, unet.get_submodule(a)) for a in by_attention}
+        kernels = {a: kernel_for(a, m.processor) for a, m in modules.items()}
         object.__setattr__(self, "_unet", unet)
         object.__setattr__(self, "_offsets", offsets)
         self._linears = linears
         for attention, roles in by_attention.items():
-            module = check_plain(attention, unet.get_submodule(attention))
-            self._originals[attention] = module.processor
-            module.set_processor(FusedAttnProcessor(self, roles, module.processor))
-        self._handle = unet.register_forward_pre_hook(self._refresh)
+            module = modules[attention]
+            fused = FusedAttnProcessor(self, roles, module.processor, kernels[attention])
+            module.set_processor(fused)
+            self._installed[attention] = (module, fused)
+        self._handle = unet.register_forward_pre_hook(self._before_forward)
         return self
 
     def detach(self) -> None:
-        if self._unet is not None:
-            for attention, original in self._originals.items():
-                check_plain(attention, self._unet.get_submodule(attention)).set_processor(original)
+        """Put back the processors the UNet had before :meth:`attach` (the same objects);
+        where a processor was switched since, the switch is left as it is."""
+        for module, fused in self._installed.values():
+            if module.processor is fused:
+                module.set_processor(fused.original)
+        if self._handle is not None:
             self._handle.remove()
         object.__setattr__(self, "_unet", None)
         object.__setattr__(self, "_offsets", None)
         self._handle = None
-        self._originals.clear()
+        self._installed.clear()
         self._linears.clear()
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Forget every cached weight stack: the next forward rebuilds them from the UNet's
+        and the offsets' current weights. Call after changing weights in place without
+        autograd's version counter seeing it (writes through ``.data``)."""
+        self._generation += 1
         self._stacks.clear()
         self._deltas = self._current = None
         self._made_of = ()
+
+    def _before_forward(self, *_: Any) -> None:
+        """The UNet's forward pre-hook: the fused processors are still in place (a Python
+        identity check per attention: no device work), then this forward's weights."""
+        switched = [
+            a for a, (module, fused) in self._installed.items() if module.processor is not fused
+        ]
+        if switched:
+            raise RuntimeError(
+                f"the attention processors of {len(switched)} attention(s) (first: "
+                f"{switched[0]}) were replaced while a concept bank is attached "
+                "(enable_attention_slicing, set_attn_processor or xformers?): the UNet "
+                "would run without the concepts. Detach the concepts "
+                "(E4TModel.detach_concepts() or bank.detach()) before switching attention "
+                "processors, then attach them again"
+            )
+        self._refresh()
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
@@ -181,24 +229,39 @@ class ConceptBank(nn.Module):
             self._enabled = previous
 
     def project(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Group ``index``'s projections of x (B, T, in) → (B, T, Σout), one matmul; with the
-        deltas on, each concept's contiguous share of the batch meets its own weights."""
+        """Group ``index``'s projections of x (B, T, in) → (B, T, Σout), one matmul (two in
+        reduced precision); with the deltas on, each concept's contiguous share of the batch
+        meets its own weights."""
         if self._current is None:
             self._refresh()
         assert self._current is not None
-        weight, bias, per_concept = self._current[index]
-        if not per_concept:
+        weight, bias, delta = self._current[index]
+        if weight.dim() == 2 and delta is None:  # deltas off: the base weights
             return F.linear(x, weight, bias)
-        grouped = x.reshape(weight.shape[0], -1, x.shape[-1])  # (K, n·T, in)
+        if delta is None:  # fp32: W0 + B·A folded per concept, (K, Σout, in)
+            grouped = x.reshape(weight.shape[0], -1, x.shape[-1])  # (K, n·T, in)
+            if bias is None:
+                y = torch.bmm(grouped, weight.transpose(1, 2))
+            else:
+                y = torch.baddbmm(bias, grouped, weight.transpose(1, 2))
+            return y.reshape(*x.shape[:-1], -1)
+        # bf16/fp16: rounding W0 + B·A to W0's precision would zero most small deltas, so
+        # each concept's term x·(B·A)ᵀ is computed beside W0 and summed inside W0's matmul,
+        # which accumulates in fp32 and rounds the output once
+        x = x.to(delta.dtype)  # once: under autocast each matmul would cast it again
+        grouped = x.reshape(delta.shape[0], -1, x.shape[-1])  # (K, n·T, in)
         if bias is None:
-            y = torch.bmm(grouped, weight.transpose(1, 2))
-        else:
-            y = torch.baddbmm(bias, grouped, weight.transpose(1, 2))
+            low = torch.bmm(grouped, delta.transpose(1, 2))
+        else:  # the bias rides in the small term: its rounding is the output's own scale
+            low = torch.baddbmm(bias, grouped, delta.transpose(1, 2))
+        y = torch.addmm(low.flatten(0, 1), x.reshape(-1, x.shape[-1]), weight.t())
         return y.reshape(*x.shape[:-1], -1)
 
-    def _refresh(self, *_: Any) -> None:
-        """The weights of this UNet forward (a forward pre-hook): per group (weight, bias,
-        per-concept?); rebuilt only when something they are made of changed."""
+    def _refresh(self) -> None:
+        """The weights of this UNet forward: per group (weight, bias, delta) — deltas off:
+        W0 (Σout, in), no delta; fp32: W0 + B·A folded, (K, Σout, in), no delta; reduced
+        precision: W0 (Σout, in) and B·A (K, Σout, in) apart, in the compute dtype. Rebuilt
+        only when something they are made of changed."""
         assert self._unet is not None
         device = self.word.device.type
         dtype = (
@@ -214,15 +277,20 @@ class ConceptBank(nn.Module):
             a is b for a, b in zip(self._made_of, made_of, strict=True)
         ):
             return
-        current: dict[int, tuple[torch.Tensor, torch.Tensor | None, bool]] = {}
+        fold = dtype == torch.float32  # W0 + B·A rounds at 2^-24 of W0: exact enough
+        current: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = {}
         for key, members in self.classes.items():
             weight, bias = stacks[key]
+            bases = weight.unbind(0)  # (Σout, in) each
             if deltas is None:
-                pieces = weight.unbind(0)  # (Σout, in) each
+                pieces: tuple[torch.Tensor | None, ...] = (None,) * len(members)
+            elif fold:
+                bases = (weight + deltas[key]).unbind(1)  # (K, Σout, in) each
+                pieces = (None,) * len(members)
             else:
-                pieces = (weight + deltas[key]).to(dtype).unbind(1)  # (K, Σout, in) each
+                pieces = deltas[key].to(dtype).unbind(1)  # (K, Σout, in) each
             for m, index in enumerate(members):
-                current[index] = (pieces[m], None if bias is None else bias[m], deltas is not None)
+                current[index] = (bases[m], None if bias is None else bias[m], pieces[m])
         self._current, self._made_of = current, made_of
 
     def _base_stacks(
@@ -232,6 +300,7 @@ class ConceptBank(nn.Module):
         domain offsets folded in when ``folded``; rebuilt when a weight or offset changed."""
         offsets = self._offsets if folded else None
         key: tuple[Any, ...] = (
+            self._generation,
             dtype,
             *((lin.weight.data_ptr(), lin.weight._version) for lin in self._linears.values()),
         )

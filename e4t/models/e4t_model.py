@@ -384,6 +384,7 @@ class E4TModel(nn.Module):
                 encoder, offsets = self._fresh_parts(self.config, self.base, seed)
             self.encoder.load_state_dict(encoder.state_dict())
             self.offsets.load_state_dict(offsets.state_dict())
+            self.invalidate_concepts()
             yield self
 
     @contextmanager
@@ -399,6 +400,7 @@ class E4TModel(nn.Module):
                 module.load_state_dict(
                     {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
                 )
+            self.invalidate_concepts()
             for param, flag in trainable.items():
                 param.requires_grad_(flag)
 
@@ -693,6 +695,12 @@ class E4TModel(nn.Module):
         if self.concepts is not None:
             self.concepts.detach()
         self.concepts = None
+
+    def invalidate_concepts(self) -> None:
+        """After changing the UNet's or the offsets' weights in place: the attached bank
+        rebuilds its cached weight stacks (:meth:`ConceptBank.invalidate`)."""
+        if self.concepts is not None:
+            self.concepts.invalidate()
 
     def save_concept(
         self,

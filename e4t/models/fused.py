@@ -17,10 +17,11 @@ from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from torch import nn
 
 Role = Literal["hidden", "context", "output"]
+Kernel = Literal["sdpa", "eager"]
 OUT = "to_out.0"
 
 
@@ -118,6 +119,29 @@ def _linear_shape(module: nn.Module, attention: str, name: str) -> tuple[int, in
     return linear.out_features, linear.in_features
 
 
+def kernel_for(attention: str, processor: Any) -> Kernel:
+    """The attention kernel a fused processor runs in place of ``processor``: diffusers'
+    ``AttnProcessor2_0`` → ``sdpa``, its ``AttnProcessor`` (``ModelConfig.attention: eager``)
+    → ``eager``. Any other processor (sliced, xformers, a custom one) does something the
+    fused path would silently drop: refused, as is another bank's fused processor."""
+    if isinstance(processor, FusedAttnProcessor):
+        raise ValueError(
+            f"{attention} already runs another concept bank's fused processor: detach that "
+            "bank first (bank.detach() or E4TModel.detach_concepts())"
+        )
+    if type(processor) is AttnProcessor2_0:
+        return "sdpa"
+    if type(processor) is AttnProcessor:
+        return "eager"
+    raise ValueError(
+        f"{attention} runs {type(processor).__name__}: concept deltas replace it with a fused "
+        "processor computing plain attention (sdpa or eager, as ModelConfig.attention sets), "
+        "which would drop what it does; set AttnProcessor2_0 or AttnProcessor on the UNet "
+        "before attaching concepts (e.g. pipe.disable_attention_slicing(), "
+        "pipe.disable_xformers_memory_efficient_attention())"
+    )
+
+
 class ProjectionSource(Protocol):
     """What supplies a fused processor's weights (the concept bank)."""
 
@@ -130,14 +154,18 @@ class FusedAttnProcessor:
     """A diffusers attention processor whose projections come from a concept bank.
 
     ``groups``: role → index of that role's group in the bank. Projections no group covers
-    run as the module's own layers. The attention itself is
-    ``F.scaled_dot_product_attention``, as in diffusers' ``AttnProcessor2_0``.
+    run as the module's own layers. The attention itself is ``kernel``:
+    ``F.scaled_dot_product_attention`` as in diffusers' ``AttnProcessor2_0`` (``sdpa``), or
+    the explicit softmax(q·kᵀ·scale)·v of its ``AttnProcessor`` (``eager``).
     """
 
-    def __init__(self, bank: ProjectionSource, groups: dict[str, int], original: Any) -> None:
+    def __init__(
+        self, bank: ProjectionSource, groups: dict[str, int], original: Any, kernel: Kernel
+    ) -> None:
         self.bank = bank
         self.groups = groups
         self.original = original  # put back when the bank detaches
+        self.kernel = kernel
 
     def __call__(
         self,
@@ -170,10 +198,15 @@ class FusedAttnProcessor:
         mask = None
         if attention_mask is not None:
             mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
-            mask = mask.view(batch, heads, -1, mask.shape[-1])
-        q, k, v = (x.unflatten(-1, (heads, -1)).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
-        out = out.transpose(1, 2).flatten(2)
+        if self.kernel == "eager":  # as AttnProcessor: (batch·heads, tokens, head_dim)
+            q, k, v = (attn.head_to_batch_dim(x) for x in (q, k, v))
+            out = attn.batch_to_head_dim(torch.bmm(attn.get_attention_scores(q, k, mask), v))
+        else:
+            if mask is not None:
+                mask = mask.view(batch, heads, -1, mask.shape[-1])
+            q, k, v = (x.unflatten(-1, (heads, -1)).transpose(1, 2) for x in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
+            out = out.transpose(1, 2).flatten(2)
         if "output" in self.groups:
             out = self.bank.project(self.groups["output"], out)
         else:
