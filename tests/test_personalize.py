@@ -98,9 +98,14 @@ def test_personalize_bulk_flow(
         assert "concept.safetensors" in files
 
     stamp = (out / "concepts" / ids["obama"] / "concept.json").stat().st_mtime_ns
+    runs_before = len(mlflow.search_runs([parent.info.experiment_id], output_format="list"))
     again = personalize_bulk(**kwargs)
     assert again["summary"]["num_skipped"] == 3
     assert (out / "concepts" / ids["obama"] / "concept.json").stat().st_mtime_ns == stamp
+    # a rerun that tuned nothing logs no empty parent run: the first run stands for it
+    assert again["mlflow_run_id"] == result["mlflow_run_id"]
+    runs_after = len(mlflow.search_runs([parent.info.experiment_id], output_format="list"))
+    assert runs_after == runs_before
 
 
 @pytest.mark.slow

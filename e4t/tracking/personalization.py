@@ -31,6 +31,22 @@ def log_personalization(
     children) that a failed try left, so a retried task never makes a second parent."""
     mlflow = mlflow_module()
     experiment_id = get_or_create_experiment(experiment)
+    tuned_now = [r for r in rows if r.get("status") == "done" and not r.get("skipped")]
+    if not tuned_now:
+        # a rerun that tuned nothing: the run that logged these concepts stands for it
+        # (no empty parent run); a job whose first tracking failed still gets its run
+        logged = [
+            run
+            for run in mlflow.MlflowClient().search_runs(
+                [experiment_id],
+                filter_string="tags.`e4t.log_complete` = '1'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1000,
+            )
+            if run.data.tags.get("e4t.output_url") == output_url  # compared here: any URL
+        ]
+        if logged:
+            return str(logged[0].info.run_id)
     key = hashlib.sha256(
         json.dumps([output_url, rows, summary, params], sort_keys=True, default=str).encode()
     ).hexdigest()[:32]
