@@ -158,8 +158,22 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def upload_targets(src: Path, dest: str, dest_is_folder: bool) -> list[tuple[Path, str]]:
+    """(local file, URL) pairs of an upload, as ``cp`` does it: a folder's files keep their
+    relative paths under DEST; a file goes to DEST itself, or into DEST when DEST ends with
+    ``/`` or is an existing folder/prefix (``e4t upload READY s3://b/in/b2/READY`` writes
+    that one object; ``e4t upload READY s3://b/in/b2/`` writes ``b2/READY``)."""
+    from e4t import io as eio
+
+    if src.is_file():
+        into = dest.endswith("/") or dest_is_folder
+        return [(src, eio.join(dest, src.name) if into else dest)]
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    return [(p, eio.join(dest, p.relative_to(src).as_posix())) for p in files]
+
+
 def _cmd_upload(args: argparse.Namespace) -> int:
-    """Copy a file or a folder's files to any URL (s3://, a path), keeping relative paths."""
+    """Copy a file or a folder's files to any URL (s3://, a path), as ``cp`` does."""
     from tqdm import tqdm
 
     from e4t import io as eio
@@ -167,11 +181,15 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     src = Path(args.src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder to upload")
-    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
-    base = src.parent if src.is_file() else src
-    for path in tqdm(files, desc="upload", unit="file", disable=not files):
-        eio.write_bytes(eio.join(args.dest, path.relative_to(base).as_posix()), path.read_bytes())
-    print(f"uploaded {len(files)} files to {args.dest}")
+    dest_is_folder = False
+    if src.is_file() and not args.dest.endswith("/"):
+        fs, path = eio.get_fs(args.dest)
+        dest_is_folder = fs.isdir(path)
+    pairs = upload_targets(src, args.dest, dest_is_folder)
+    for path, url in tqdm(pairs, desc="upload", unit="file", disable=len(pairs) < 2):
+        eio.write_bytes(url, path.read_bytes())
+    where = pairs[0][1] if src.is_file() else args.dest
+    print(f"uploaded {len(pairs)} file{'s' if len(pairs) != 1 else ''} to {where}")
     return 0
 
 
@@ -702,12 +720,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "upload",
         help="copy photos to s3:// (or any URL) with the S3 settings of the environment",
-        description="Copy a file, or every file under a folder (relative paths kept), to "
-        "DEST: s3://BUCKET/PREFIX or a path. Credentials and endpoint come from AWS_* / "
-        "E4T_S3_ENDPOINT_URL, as for every other command.",
+        description="Copy every file under a folder (relative paths kept) to the prefix "
+        "DEST, or one file, as cp does: to DEST itself, or into DEST when DEST ends with / or "
+        "is an existing folder (`e4t upload READY s3://e4t/inbox/b2/READY` drops a batch's "
+        "marker). Credentials and endpoint come from AWS_* / E4T_S3_ENDPOINT_URL, as for "
+        "every other command.",
     )
     p.add_argument("src", help="a file or a folder")
-    p.add_argument("dest", help="s3://BUCKET/PREFIX or a folder")
+    p.add_argument("dest", help="s3://BUCKET/PREFIX, a folder, or (for one file) its new URL")
     p.set_defaults(func=_cmd_upload)
 
     p = sub.add_parser(
