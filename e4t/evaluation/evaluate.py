@@ -33,6 +33,7 @@ from e4t.data.transforms import FaceInput
 from e4t.evaluation.clip_score import ClipScorer, clipscore, cosines, diversity
 from e4t.evaluation.identity import IdentityBackend, create_identity_backend, identity_scores
 from e4t.evaluation.results import EvalResult, thumb_key
+from e4t.models.base import DTYPES
 from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel
 from e4t.training.tune import tune_concepts, tune_full
@@ -127,8 +128,7 @@ def freeze_stored(model: E4TModel, bank: ConceptBank, index: int, dtype: str) ->
     Leaves the stored concept attached."""
     from e4t.generation import freeze_concept
 
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    return freeze_concept(model, bank.tensors_of(index, torch_dtype), bank.rank)
+    return freeze_concept(model, bank.tensors_of(index, DTYPES[dtype]), bank.rank)
 
 
 def _mean(values: list[float]) -> float:
