@@ -330,3 +330,27 @@ def test_the_pinned_version_is_recorded_beside_the_alias(
     assert resolve_model_version_uri(alias) == second["model_uri"] != first["model_uri"]
     meta = json.loads((concept / "concept.json").read_text())
     assert meta["model_version_uri"] == first["model_uri"] == "models:/e4t-pintest/1"
+
+
+def test_an_unknown_model_in_a_real_registry_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).create_registered_model("e4t-known")
+    capsys.readouterr()  # MLflow's own notes on creating the database
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    concept = tmp_path / "concept"
+    concept.mkdir()
+    (concept / "concept.json").write_text("{}")
+    (concept / "concept.safetensors").write_bytes(b"")
+    for model, expected in (
+        ("models:/e4t-unknown@candidate", "models:/e4t-unknown@candidate: the registry at"),
+        ("models:/e4t-known@candidate", "models:/e4t-known@candidate: the registry at"),
+        ("models:/e4t-known/7", "models:/e4t-known/7: the registry at"),
+    ):
+        args = ("generate", "--model", model, "--concept", str(concept), "--prompt", "{}")
+        code, err = _main(capsys, *args)
+        assert code == 2 and err.startswith(f"e4t: error: {expected}"), err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
