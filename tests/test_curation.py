@@ -425,6 +425,21 @@ def test_a_photo_swapped_for_an_outside_symlink_after_listing_is_not_read(
     assert "outside the folder" in rows[0]["detail"]
 
 
+def test_an_in_folder_link_across_sub_folders_is_read(photos_dir: Path, tmp_path: Path) -> None:
+    """A link inside the folder to a photo in another of its sub-folders is read (its real
+    path is checked against the listed folder, not the link's own sub-folder); a twin photo,
+    so one row is its near-duplicate."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    shutil.copyfile(photos_dir / "obama.jpg", src / "a.jpg")
+    (src / "sub" / "l.jpg").symlink_to("../a.jpg")
+    out = tmp_path / "out"
+    curate(str(src), str(out), _config())
+    rows = {r["source"]: r for r in _manifest(out)}
+    assert "unreadable" not in {r.get("reason") for r in rows.values()}, rows
+    assert sorted(r["status"] for r in rows.values()) == ["accepted", "rejected"], rows
+
+
 def test_curate_one_turns_hostile_files_into_reasons(photos_dir: Path, tmp_path: Path) -> None:
     """Personalization's path (curate_one): a broken EXIF block is still a face, DDS bytes
     named .jpg are undecodable with the exception's type (it recorded "error: error:

@@ -59,6 +59,7 @@ class ConceptSpec:
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PREVIEW_PROMPTS))
     name: str = ""
     files: tuple[str, ...] = ()
+    root_url: str = ""  # the listed folder: a symlink read must resolve inside it
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def list_concepts(
                 prompts.get(concept_id) or prompts.get(readable) or list(DEFAULT_PREVIEW_PROMPTS),
                 name=readable,
                 files=tuple(display_name(m.relpath) for m in members),
+                root_url=images_url,
             )
         )
     return ConceptListing(sorted(concepts, key=lambda c: c.concept_id), others)
@@ -285,7 +287,7 @@ def prepare_face(
             reasons.append("unsupported_extension")
             continue
         try:
-            data = read_capped(source, curate.decode.max_bytes)
+            data = read_capped(source, curate.decode.max_bytes, root_url=spec.root_url or None)
         except OSError as err:  # vanished or no longer a regular file since the listing
             reasons.append(f"unreadable: {type(err).__name__}")
             continue

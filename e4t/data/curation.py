@@ -482,7 +482,7 @@ def curate_partition(output_url: str, index: int, config: CurateConfig) -> dict[
             continue
         start = time.perf_counter()
         try:
-            data = read_capped(entry.url, config.decode.max_bytes)
+            data = read_capped(entry.url, config.decode.max_bytes, root_url=plan.source_url)
         except OSError as err:  # vanished, unreadable, no longer a regular file
             rows.append(row_of(entry, "unreadable", f"{type(err).__name__}: {err}"))
             continue
