@@ -701,7 +701,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="its domain model: models:/... or a folder")
     p.add_argument("--out", required=True, help="export folder")
     p.add_argument(
-        "--sample-steps", type=int, default=20, help="steps of the trajectory v* is averaged on"
+        "--sample-steps",
+        type=int,
+        default=20,  # generation.FROZEN_STEPS (not imported: a fast --help)
+        help="steps of the trajectory v* is averaged on (20: what the evaluation's "
+        "e4t-frozen method scores; another count exports something it did not score)",
     )
     p.add_argument("--device", default="cpu")
     _add_allow_model_mismatch(p)
