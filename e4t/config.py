@@ -367,6 +367,12 @@ class PromotionConfig(StrictModel):
     metric: str = Field("e4t.identity", description="evaluation metric compared")
     mode: Literal["max", "min"] = "max"
     min_delta: float = Field(0.0, description="the candidate must beat the champion by this")
+    min_face_rate: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="refuse when fewer generated samples held a detected face (0: never)",
+    )
     alias: str = "champion"
 
 

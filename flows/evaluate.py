@@ -78,15 +78,8 @@ def evaluate(
     if result.get("skipped"):
         print(f"{output_url} already holds this evaluation of this version; nothing to do")
         return result
+    # the summary names its MLflow run and the promotion decision (the job wrote them in)
     markdown = eio.read_text(result["urls"]["summary"])
-    decision = result.get("promotion")
-    if decision is not None:
-        markdown += (
-            f"\n**Promotion** ({decision['metric']}): "
-            f"{'promoted' if decision['promoted'] else 'kept'} — {decision.get('reason')}\n"
-        )
-    if result.get("mlflow_run_id"):
-        markdown += f"\nMLflow run: `{result['mlflow_run_id']}`\n"
     create_markdown_artifact(key="evaluation-summary", markdown=markdown, description=output_url)
     print(f"report: {result['urls']['report']}")
     return result

@@ -17,6 +17,7 @@ check_inputs = retrying_task(job.check_inputs, "check-evaluation-inputs")
 previous_result = task(job.previous_result, name="previous-evaluation")
 track = retrying_task(job.track, "log-evaluation")
 promote = task(job.promote, name="promote-if-better")
+add_tracking_to_report = retrying_task(job.add_tracking_to_report, "add-tracking-to-report")
 record_done = task(job.record_done, name="record-evaluation")
 
 
@@ -57,5 +58,6 @@ STEPS = {
     job.evaluate: evaluate,
     job.track: track,
     job.promote: promote,
+    job.add_tracking_to_report: add_tracking_to_report,
     job.record_done: record_done,
 }

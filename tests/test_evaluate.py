@@ -130,8 +130,10 @@ def test_evaluate_flow_reports_tracks_and_promotes(
     def champion() -> str:
         return str(client.get_model_version_by_alias("e4t-evaltest", "champion").version)
 
-    # the first evaluated version becomes champion (no champion yet), and the run says so
-    assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "no champion yet"
+    # the first evaluated version becomes champion (no champion yet), and the run says so,
+    # and that the tiny preset promotes a model that draws no faces (min_face_rate=0)
+    assert first["promotion"]["promoted"]
+    assert first["promotion"]["reason"].startswith("no champion yet; faces found in 0%")
     assert champion() == v1["version"]
     run1 = mlflow.get_run(first["mlflow_run_id"])
     assert run1.data.tags["e4t.promotion"] == "promoted"
@@ -427,3 +429,108 @@ def test_the_evaluations_frozen_concept_is_the_exports(tiny_dir: Path, tmp_path:
     before = frozen_word_embedding(model, single.cls, 30, 0)
     model.detach_concepts()
     assert not torch.equal(before, exported.float())
+
+
+def test_promotion_refuses_a_model_that_draws_no_faces() -> None:
+    """Faces detected in fewer samples than promotion.min_face_rate: refused with the reason,
+    whatever the metric says; allowed (min_face_rate=0): promoted, the reason says so."""
+    refused = decide_promotion(0.9, None, "max", 0.0, face_rate=0.0, min_face_rate=0.5)
+    assert refused[0] is False and "faces found in only 0%" in refused[1]
+    assert "min_face_rate=0.5" in refused[1]
+    assert not decide_promotion(0.9, 0.1, "max", 0.0, face_rate=0.49, min_face_rate=0.5)[0]
+    no_input_face = decide_promotion(0.9, None, "max", 0.0, float("nan"), 0.5)
+    assert no_input_face[0] is False and "no input had a detected face" in no_input_face[1]
+    allowed = decide_promotion(0.9, None, "max", 0.0, face_rate=0.0, min_face_rate=0.0)
+    assert allowed[0] is True
+    assert allowed[1].startswith("no champion yet; faces found in 0% of the generated samples")
+    # enough faces: the plain rule, nothing added
+    assert decide_promotion(0.9, None, "max", 0.0, 0.75, 0.5) == (True, "no champion yet")
+    assert not decide_promotion(0.4, 0.5, "max", 0.0, 1.0, 0.5)[0]
+
+
+def _header_rows(page: str) -> list[list[str]]:
+    """Each <thead> row's header cell texts."""
+    from html.parser import HTMLParser
+
+    rows: list[list[str]] = []
+
+    class Rows(HTMLParser):
+        in_head = in_cell = False
+
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            if tag == "thead":
+                self.in_head = True
+            elif tag == "tr" and self.in_head:
+                rows.append([])
+            elif tag == "th" and self.in_head:
+                self.in_cell = True
+                rows[-1].append("")
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "thead":
+                self.in_head = False
+            elif tag == "th":
+                self.in_cell = False
+
+        def handle_data(self, data: str) -> None:
+            if self.in_cell:
+                rows[-1][-1] += data.strip()
+
+    Rows().feed(page)
+    return rows
+
+
+def test_the_report_on_a_model_without_faces_says_so(
+    photos_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """The tiny model draws no faces: the report warns at the top that identity (and CLIP-T)
+    mean nothing, links its MLflow run, states the promotion decision (refused under the
+    default min_face_rate), and has no empty header row; the run holds that report."""
+    import mlflow
+
+    from e4t.config import EvaluateConfig, load_config
+    from e4t.jobs import evaluate as job
+    from e4t.tracking import tracking_uri
+
+    version = _register(tiny_dir, tmp_path, seed=4)
+    images = tmp_path / "faces"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
+    config = load_config(
+        EvaluateConfig,
+        "evaluate",
+        "tiny",
+        {
+            "methods": ["e4t"],
+            "prompts": ["a photo of {}"],
+            "seeds": [0],
+            "steps": [0],
+            "promotion.min_face_rate": 0.5,
+        },
+    )
+    out = job.run(version["model_uri"], str(images), str(tmp_path / "eval"), config)
+
+    decision = out["promotion"]
+    assert decision["promoted"] is False and decision["face_rate"] == 0.0
+    assert "faces found in only 0%" in decision["reason"]
+    page = (tmp_path / "eval" / "report.html").read_text()
+    warning = page.find("The face detector found a face in only 0 of 1 generated samples")
+    assert 0 <= warning < page.find("<table")  # at the top, before any table
+    assert "CLIP-T is 0 for every method" in page
+    run_id = out["mlflow_run_id"]
+    assert f"/runs/{run_id}" in page and "href=" in page
+    assert "Promotion: not promoted" in page and "min_face_rate=0.5" in page
+    headers = _header_rows(page)
+    assert headers and all(any(cell for cell in row) for row in headers), headers
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert "**Warning**: The face detector" in summary and run_id in summary
+    assert "Promotion: not promoted" in summary
+
+    mlflow.set_tracking_uri(tracking_uri())
+    run = mlflow.get_run(run_id)
+    assert run.data.tags["e4t.promotion"] == "kept"
+    assert "faces found in only 0%" in run.data.tags["e4t.promotion.reason"]
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="report.html", dst_path=str(tmp_path / "logged")
+    )
+    assert Path(logged).read_text() == page  # the run holds the report that names it

@@ -8,7 +8,12 @@ import html
 import math
 from typing import Any
 
-from e4t.evaluation.results import METRICS, EvalResult, thumb_key
+from e4t.evaluation.results import FEW_FACES, METRICS, EvalResult, count_faces, thumb_key
+
+# the MLflow run and the promotion decision are known only after the report is written
+# (the run logs it); the job swaps the section between these markers afterwards
+TRACKING_START = "<!--e4t:tracking-->"
+TRACKING_END = "<!--/e4t:tracking-->"
 
 COLOURS = {
     "e4t": "#d62728",
@@ -37,6 +42,7 @@ th{background:#f3f3f3} td.l,th.l{text-align:left}
 img.t{width:120px;height:120px;object-fit:cover;display:block}
 .plots{display:flex;flex-wrap:wrap;gap:16px}
 .muted{color:#777;font-size:13px}
+.warn{background:#fff3cd;border:1px solid #e0b000;padding:8px 12px;max-width:900px}
 """
 
 
@@ -53,15 +59,19 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img class="t" src="{src}" alt="{html.escape(alt)}">'
 
 
-def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f'<th class="{"l" if i == 0 else ""}">{h}</th>' for i, h in enumerate(headers))
+def _table(headers: list[str] | None, rows: list[list[str]], cls: str = "") -> str:
+    """A table; ``headers=None``: no header row (a key/value table)."""
+    head = "".join(
+        f'<th class="{"l" if i == 0 else ""}">{h}</th>' for i, h in enumerate(headers or [])
+    )
+    thead = f"<thead><tr>{head}</tr></thead>" if headers else ""
     body = "".join(
         "<tr>"
         + "".join(f'<td class="{"l" if i == 0 else ""}">{c}</td>' for i, c in enumerate(r))
         + "</tr>"
         for r in rows
     )
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -133,6 +143,69 @@ def svg_plot(
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def warnings(result: EvalResult) -> list[str]:
+    """Why the numbers of this evaluation mean little, in plain text (empty: nothing to say).
+
+    A model that draws no faces (the tiny preset's random model) scores identity 0 on every
+    sample, and a random CLIP scores CLIP-T 0: the tables still rank the methods."""
+    out = []
+    found, scored = count_faces(result.samples)
+    if result.samples and not scored:
+        out.append("No input had a detected face: identity was not scored.")
+    elif scored and found < FEW_FACES * scored:
+        out.append(
+            f"The face detector found a face in only {found} of {scored} generated samples "
+            f"({100 * found / scored:.0f} %). Identity counts 0 where no face is found, so the "
+            "identity columns measure the detector, not the likeness, and no method's lead "
+            "(CLIP-I included) says anything about faces: this model does not draw faces "
+            "(the tiny preset's random model never does)."
+        )
+    clip_t = _finite([v["clip_t"] for by in result.summary.values() for v in by.values()])
+    if clip_t and all(v == 0.0 for v in clip_t):
+        out.append(
+            "CLIP-T is 0 for every method and budget: the CLIP model scores no text-image "
+            "agreement (the tiny preset's random CLIP), so prompt alignment is not measured."
+        )
+    return out
+
+
+def _describe_promotion(decision: dict[str, Any]) -> str:
+    value = decision.get("candidate_value")
+    shown = "" if value is None else f" ({decision.get('metric')} = {fmt(value)})"
+    alias = decision.get("alias", "champion")
+    verdict = "promoted to @" + str(alias) if decision.get("promoted") else "not promoted"
+    return f"{verdict}{shown}: {decision.get('reason')}"
+
+
+def render_tracking(
+    run_id: str | None, run_url: str | None, decision: dict[str, Any] | None
+) -> tuple[str, str]:
+    """The MLflow run and the promotion decision, as (HTML, Markdown), each between the
+    tracking markers; the report is written with ``(None, None, None)``: not tracked."""
+    if run_id is None:
+        run_html = run_md = "none (this evaluation was not tracked)"
+    else:
+        url = html.escape(run_url or "")
+        link = f' — <a href="{url}">{url}</a>' if url.startswith("http") else ""
+        run_html = f"<code>{html.escape(run_id)}</code>{link}"
+        run_md = f"`{run_id}`" + (f" — {run_url}" if run_url else "")
+    said = "none" if decision is None else _describe_promotion(decision)
+    section = f'<p class="tracking">MLflow run: {run_html}<br>Promotion: {html.escape(said)}</p>'
+    markdown = f"MLflow run: {run_md}\n\nPromotion: {said}"
+    return (
+        TRACKING_START + section + TRACKING_END,
+        TRACKING_START + "\n" + markdown + "\n" + TRACKING_END,
+    )
+
+
+def replace_tracking(text: str, section: str) -> str:
+    """``text`` (a report or summary) with its tracking section replaced by ``section``."""
+    start, end = text.find(TRACKING_START), text.find(TRACKING_END)
+    if start < 0 or end < start:
+        raise ValueError("the report has no tracking section (written by another version?)")
+    return text[:start] + section + text[end + len(TRACKING_END) :]
 
 
 def _final_rows(result: EvalResult) -> list[list[str]]:
@@ -207,6 +280,8 @@ def render_html(result: EvalResult, meta: dict[str, Any]) -> str:
         else "<p>none</p>"
     )
     info = [[html.escape(k), html.escape(str(v))] for k, v in meta.items()]
+    warned = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings(result))
+    tracking, _ = render_tracking(None, None, None)
     info.append(["config hash", result.config_hash])
     info.append(["seeds", html.escape(str(cfg["seeds"]))])
     info.append(["budgets (steps)", html.escape(str(steps_list))])
@@ -215,7 +290,9 @@ def render_html(result: EvalResult, meta: dict[str, Any]) -> str:
         f"<title>E4T evaluation — {html.escape(str(meta.get('model_uri', '')))}</title>"
         f"<style>{CSS}</style></head><body>"
         "<h1>E4T evaluation</h1>"
-        + _table(["", ""], info, "meta")
+        + warned
+        + tracking
+        + _table(None, info, "meta")
         + "<h2>At the largest budget</h2>"
         + _table(headers, _final_rows(result), "summary")
         + "<h2>Plots</h2><div class=plots>"
@@ -231,9 +308,10 @@ def render_html(result: EvalResult, meta: dict[str, Any]) -> str:
 
 
 def render_markdown(result: EvalResult, meta: dict[str, Any]) -> str:
-    lines = [
-        f"# E4T evaluation of `{meta.get('model_uri', '')}`",
-        "",
+    lines = [f"# E4T evaluation of `{meta.get('model_uri', '')}`", ""]
+    lines += [line for w in warnings(result) for line in (f"> **Warning**: {w}", "")]
+    lines += [render_tracking(None, None, None)[1], ""]
+    lines += [
         f"{len(result.concepts)} concepts, {len(result.rejected)} rejected; "
         f"prompts × seeds = {len(result.config['prompts'])} × {len(result.config['seeds'])}.",
         "",
@@ -243,6 +321,4 @@ def render_markdown(result: EvalResult, meta: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in _final_rows(result)]
     if meta.get("report_url"):
         lines += ["", f"Report: `{meta['report_url']}`"]
-    if meta.get("promotion"):
-        lines += ["", f"Promotion: {meta['promotion']}"]
     return "\n".join(lines) + "\n"

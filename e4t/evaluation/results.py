@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["METRICS", "EvalResult", "thumb_key"]
+__all__ = ["FEW_FACES", "METRICS", "EvalResult", "count_faces", "thumb_key"]
+
+# below this share of generated samples with a detected face, identity (and the CLIP scores
+# of a face model) measure nothing: the report warns at the top, promotion refuses by default
+FEW_FACES = 0.5
 
 METRICS = (
     "identity",
@@ -48,3 +52,10 @@ class EvalResult:
 
 def thumb_key(concept_id: str, method: str, steps: int, prompt: str) -> str:
     return f"{concept_id}|{method}|{steps}|{prompt}"
+
+
+def count_faces(samples: list[dict[str, Any]]) -> tuple[int, int]:
+    """(samples whose generated image had a detected face, samples scored for identity: those
+    whose input had a face)."""
+    scored = [s for s in samples if s.get("reference_has_face")]
+    return sum(1 for s in scored if s.get("identity") is not None), len(scored)

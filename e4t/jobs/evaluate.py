@@ -1,5 +1,6 @@
 """The ``evaluate`` job, written once: check inputs → (skip a recorded evaluation) →
-evaluate → log the MLflow run → promote → done marker.
+evaluate → log the MLflow run → promote → the run and the decision into the report → done
+marker.
 
 ``e4t evaluate`` runs it in-process with a progress bar; the ``evaluate`` flow runs each
 step as a Prefect task (the evaluation step reports into a progress artifact)."""
@@ -7,20 +8,26 @@ step as a Prefect task (the evaluation step reports into a progress artifact).""
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from e4t import io as eio
 from e4t.config import EvaluateConfig, flatten
 from e4t.evaluation import evaluate as ev
+from e4t.evaluation.report import render_tracking, replace_tracking
 from e4t.jobs.steps import InProcess, StepRunner
 from e4t.tracking import (
     cached_domain_model,
     find_personalization_runs,
+    get_or_create_experiment,
     log_evaluation,
+    mlflow_module,
     model_lock,
     promote_if_better,
     resolve_model_version,
+    tracking_uri,
 )
 
 
@@ -136,6 +143,8 @@ def promote(
     if metric not in final:
         raise ValueError(f"promotion.metric: {metric!r} is not one of {', '.join(final)}")
     value = final[metric]
+    # share of the method's samples with a detected face (None in JSON: no input had one)
+    face_rate = final.get("face_rate")
     version = checked["model"]
     return promote_if_better(
         run_id,
@@ -144,7 +153,34 @@ def promote(
         config.promotion,
         checked["eval_key"],
         experiment,
+        float("nan") if face_rate is None else float(face_rate),
     )
+
+
+def run_ui_url(run_id: str, experiment: str) -> str:
+    """Where the run opens in the MLflow UI: on the tracking server, or (a local database)
+    on ``mlflow ui``'s default address."""
+    base = tracking_uri()
+    if not base.startswith(("http://", "https://")):
+        base = "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{get_or_create_experiment(experiment)}/runs/{run_id}"
+
+
+def add_tracking_to_report(
+    urls: dict[str, str], run_id: str, decision: dict[str, Any], experiment: str
+) -> None:
+    """The report and summary name their MLflow run and the promotion decision (known only
+    after the run logged them); the run's copies are replaced by these."""
+    run_url = run_ui_url(run_id, experiment)
+    page, markdown = render_tracking(run_id, run_url, decision)
+    for key, section in (("report", page), ("summary", markdown)):
+        eio.write_text(urls[key], replace_tracking(eio.read_text(urls[key]), section))
+    client = mlflow_module().MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in ("report", "summary"):
+            path = Path(tmp) / urls[key].rsplit("/", 1)[-1]
+            path.write_text(eio.read_text(urls[key]), encoding="utf-8")
+            client.log_artifact(run_id, str(path))
 
 
 def run(
@@ -173,6 +209,7 @@ def run(
             track, out, model_uri, concepts_url, output_url, config, checked, preset, experiment
         )
         decision = steps.call(promote, run_id, out["summary"], config, checked, experiment)
+        steps.call(add_tracking_to_report, out["urls"], run_id, decision, experiment)
     result = {**out, "mlflow_run_id": run_id, "promotion": decision}
     steps.call(record_done, output_url, checked, result)  # a rerun of the same is skipped
     return result

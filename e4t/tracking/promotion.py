@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from e4t.evaluation.results import FEW_FACES
 from e4t.tracking.client import get_or_create_experiment, mlflow_module
 from e4t.tracking.evaluation import EVALUATE_EXPERIMENT
 
@@ -41,10 +42,53 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
         raise
 
 
+def check_face_rate(face_rate: float | None, min_face_rate: float) -> tuple[bool, str]:
+    """Whether enough generated samples held a detected face for the scores to mean anything
+    (``face_rate``: the share of samples with a face; NaN: no input had one; None: not
+    measured, nothing to check), and what the decision should say about it ("": nothing)."""
+    if face_rate is None or (face_rate == face_rate and face_rate >= max(min_face_rate, FEW_FACES)):
+        return True, ""
+    known = face_rate == face_rate  # NaN: no input had a face
+    shown = f"{face_rate:.0%}" if known else "none (no input had a face)"
+    if min_face_rate <= 0.0:
+        return True, (
+            f"faces found in {shown} of the generated samples, allowed by promotion.min_face_rate=0"
+        )
+    if not known:
+        return False, (
+            "no input had a detected face, so identity was not measured "
+            f"(promotion.min_face_rate={min_face_rate:g} needs faces)"
+        )
+    if face_rate < min_face_rate:
+        return False, (
+            f"faces found in only {shown} of the generated samples "
+            f"(< promotion.min_face_rate={min_face_rate:g}): the model draws no faces here, "
+            "so its scores say nothing about identity"
+        )
+    return True, f"faces found in only {shown} of the generated samples"
+
+
 def decide_promotion(
+    candidate: float,
+    champion: float | None,
+    mode: str,
+    min_delta: float,
+    face_rate: float | None = None,
+    min_face_rate: float = 0.0,
+) -> tuple[bool, str]:
+    """Whether the candidate's value beats the champion's by ``min_delta`` (NaN never does),
+    and why. A candidate whose samples held a face less often than ``min_face_rate`` is
+    refused; one promoted with few faces (``min_face_rate=0``) says so in the reason."""
+    faces_ok, faces_note = check_face_rate(face_rate, min_face_rate)
+    if not faces_ok:
+        return False, faces_note
+    ok, why = _beats(candidate, champion, mode, min_delta)
+    return ok, f"{why}; {faces_note}" if faces_note else why
+
+
+def _beats(
     candidate: float, champion: float | None, mode: str, min_delta: float
 ) -> tuple[bool, str]:
-    """Whether the candidate's value beats the champion's by ``min_delta`` (NaN never does)."""
     if candidate != candidate:  # NaN
         return False, "candidate metric is NaN"
     if champion is None:
@@ -84,9 +128,15 @@ def _promotion_decision(
     promotion: Any,
     eval_key: str,
     experiment: str,
+    face_rate: float | None,
 ) -> dict[str, Any]:
     """What to do with the alias, and why; moves it when the rule says so."""
-    decision: dict[str, Any] = {"promoted": False, "metric": promotion.metric}
+    decision: dict[str, Any] = {
+        "promoted": False,
+        "metric": promotion.metric,
+        "alias": promotion.alias,
+        "face_rate": face_rate,
+    }
     if not promotion.enabled:
         return {**decision, "reason": "promotion disabled"}
     if model is None:
@@ -107,7 +157,14 @@ def _promotion_decision(
             }
         champion_value = float(comparable.data.metrics[promotion.metric])
         decision["champion_run_id"] = comparable.info.run_id
-    ok, why = decide_promotion(candidate_value, champion_value, promotion.mode, promotion.min_delta)
+    ok, why = decide_promotion(
+        candidate_value,
+        champion_value,
+        promotion.mode,
+        promotion.min_delta,
+        face_rate,
+        promotion.min_face_rate,
+    )
     if ok:
         # compare-and-set: the alias moves only if it still names the champion this decision
         # was made against (another evaluation may have moved it meanwhile)
@@ -131,13 +188,15 @@ def promote_if_better(
     promotion: Any,
     eval_key: str,
     experiment: str = EVALUATE_EXPERIMENT,
+    face_rate: float | None = None,
 ) -> dict[str, Any]:
     """Move ``promotion.alias`` to the evaluated version when it beats the current holder on
-    ``promotion.metric`` in a comparable evaluation (same config and concepts: ``eval_key``).
-    The decision, and why, is recorded as tags of the evaluation run."""
+    ``promotion.metric`` in a comparable evaluation (same config and concepts: ``eval_key``)
+    and its samples held a face often enough (``face_rate`` against
+    ``promotion.min_face_rate``). The decision, and why, is recorded as tags of the run."""
     client = mlflow_module().MlflowClient()
     decision = _promotion_decision(
-        client, run_id, model, candidate_value, promotion, eval_key, experiment
+        client, run_id, model, candidate_value, promotion, eval_key, experiment, face_rate
     )
     decision["candidate_value"] = candidate_value
     tags = {
@@ -145,6 +204,7 @@ def promote_if_better(
         "e4t.promotion.reason": str(decision.get("reason", ""))[:5000],
         "e4t.promotion.previous": str(decision.get("previous")),
         "e4t.promotion.metric": promotion.metric,
+        "e4t.promotion.face_rate": str(face_rate),
     }
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
