@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: <data dir>/demo)")
     parser.add_argument("--steps", type=int, default=20, help="pretraining steps")
     args = parser.parse_args(argv)
+    from e4t.quiet import quiet_libraries
+
+    quiet_libraries()  # no per-file or download bars, no MLflow model-logging hints
 
     from e4t.config import data_dir
     from e4t.samples import fetch_sample_photos

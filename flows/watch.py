@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # the Prefect client's every request ("HTTP Request: POST …") is not the watcher's news
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.max_attempts < 1:
         parser.error("--max-attempts must be at least 1")
     if args.retry:

@@ -354,3 +354,43 @@ def test_an_unknown_model_in_a_real_registry_is_one_clear_line(
         code, err = _main(capsys, *args)
         assert code == 2 and err.startswith(f"e4t: error: {expected}"), err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+NOISE = r"warn|torchvision|Loading weights|Writing model shards|Downloading artifacts|it/s\]"
+
+# an entry point's start (quiet_libraries), then a model registration as pretrain-domain does
+REGISTER = """
+import json, sys
+from e4t.quiet import quiet_libraries
+quiet_libraries()
+from e4t.tracking import register_domain_model, start_pretrain_run
+run_id = start_pretrain_run({"domain": "quiettest"}, sys.argv[1], {}, "e4t-pretrain", {})
+print(json.dumps(register_domain_model(run_id, sys.argv[2], "quiettest", base_model=sys.argv[3])))
+"""
+
+
+def test_a_model_is_registered_and_fetched_without_warnings_or_bars(
+    tiny_dir: Path, photos_dir: Path, tmp_path: Path
+) -> None:
+    """Behind an entry point's quiet_libraries(): registering a model (MLflow's pyfunc
+    log_model) prints none of MLflow's UserWarnings, and a command that fetches a registered
+    model prints no download or per-file loading bar."""
+    from e4t.config import ModelConfig
+    from e4t.models.e4t_model import E4TModel
+
+    model = E4TModel.from_config(ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}))
+    folder = model.save_pretrained(tmp_path / "domain")
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", REGISTER, str(tmp_path), str(folder),
+         str(tiny_dir)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "UserWarning" not in done.stderr, done.stderr[-3000:]
+    registered = json.loads(done.stdout.strip().splitlines()[-1])
+
+    done = _e4t("encode-concept", str(photos_dir / "obama.jpg"), str(tmp_path / "concept"),
+                "--model", registered["alias_uri"])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    noise = [ln for ln in (done.stdout + done.stderr).splitlines() if re.search(NOISE, ln, re.I)]
+    assert noise == []

@@ -274,3 +274,39 @@ def test_a_failed_run_is_retried_on_the_real_server(deployment: str, tmp_path: P
     assert scan() == []  # the second run is scheduled: never twice
     state = json.loads((inbox / ".e4t-watch.json").read_text())
     assert [a["attempt"] for a in state["batches"]["b1"]["attempts"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_the_watcher_prints_its_runs_not_every_http_request(
+    deployment: str,
+    tiny_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One --once scan against the real Prefect server: the started batch is printed, the
+    Prefect client's httpx "HTTP Request" lines are not logged."""
+    import logging
+
+    from e4t.config import ModelConfig
+    from e4t.models.e4t_model import E4TModel
+    from flows.watch import main
+
+    model = E4TModel.from_config(ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}))
+    folder = model.save_pretrained(tmp_path / "domain")
+    inbox = tmp_path / "inbox"
+    (inbox / "b1").mkdir(parents=True)
+    (inbox / "b1" / "READY").write_text("")
+    caplog.set_level(logging.INFO)  # what the watcher's basicConfig(level=INFO) shows
+    try:
+        code = main([str(inbox), "--out-root", str(tmp_path / "out"), "--once",
+                     "--model-uri", str(folder), "--deployment", deployment])  # fmt: skip
+        logged = [(r.name, r.getMessage()) for r in caplog.records]
+    finally:
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    assert code == 0
+    assert f"started {deployment} for batch b1" in capsys.readouterr().out
+    assert any("batch b1 → flow run" in message for _, message in logged)
+    assert len(_runs_of(str(inbox / "b1"))) == 1  # requests were made, and went through
+    assert [m for name, m in logged if name.startswith(("httpx", "httpcore"))] == []

@@ -340,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         + os.environ.get("RANK", "0")
         + " %(levelname)s %(name)s: %(message)s",
     )
+    from e4t.quiet import quiet_libraries
+
+    quiet_libraries()  # a rank's output is relayed into the task's log: no per-file bars
     config = PretrainConfig.model_validate_json(Path(args.config).read_text())
     np.random.seed(config.train.seed)
     pretrain(config, args.output, args.run_id)
