@@ -269,6 +269,8 @@ def test_hostile_images_get_one_error_line_or_a_clean_trace(
     monkeypatch.delenv("E4T_S3_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("E4T_TRACE_ALLOW", raising=False)
+    # a fresh shell's registry: mlflow.set_tracking_uri (any earlier test) exports its URI
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("E4T_DATA_DIR", str(tmp_path / "no-data-here"))
     monkeypatch.chdir(tmp_path)
     with _recording_server() as (port, connections):
