@@ -394,3 +394,53 @@ def test_a_model_is_registered_and_fetched_without_warnings_or_bars(
     assert done.returncode == 0, done.stderr[-2000:]
     noise = [ln for ln in (done.stdout + done.stderr).splitlines() if re.search(NOISE, ln, re.I)]
     assert noise == []
+
+
+@pytest.mark.slow
+def test_every_pass_of_a_job_uses_the_version_pinned_at_its_start(
+    tiny_dir: Path, photos_dir: Path, tmp_path: Path
+) -> None:
+    """@candidate moves to another model between the job's two passes: both concepts are
+    tuned against, and record, the version the job pinned at its start."""
+    import shutil
+
+    from e4t.config import ModelConfig, PersonalizeConfig, load_config
+    from e4t.jobs import personalize as job
+    from e4t.models.e4t_model import E4TModel
+    from e4t.tracking import register_domain_model, start_pretrain_run
+
+    def register(seed: int) -> dict[str, str]:
+        config = ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32})
+        model = E4TModel.from_config(config, seed=seed)
+        folder = model.save_pretrained(tmp_path / f"domain-{seed}")
+        run_id = start_pretrain_run({"domain": "movetest"}, str(tmp_path), {}, "e4t-pretrain", {})
+        return register_domain_model(run_id, folder, "movetest", base_model=str(tiny_dir))
+
+    first = register(1)
+    images = tmp_path / "photos"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
+    shutil.copyfile(photos_dir / "biden.jpg", images / "biden.jpg")
+    config = load_config(
+        PersonalizeConfig,
+        "personalize",
+        "tiny",
+        values={"tune.num_steps": 1, "concepts_per_pass": 1, "preview_steps": 1},
+    )
+    moved: list[dict[str, str]] = []
+
+    def move_the_alias(chunk: list[dict]) -> None:
+        if not moved:  # after the first pass, before the second
+            moved.append(register(2))
+
+    out = tmp_path / "out"
+    result = job.run(
+        str(images), str(out), first["alias_uri"], config, track_run=False, on_pass=move_the_alias
+    )
+    assert moved and moved[0]["version"] != first["version"]
+    done = [r for r in result["rows"] if r["status"] == "done"]
+    assert len(done) == 2
+    metas = [json.loads((out / "concepts" / r["concept_id"] / "concept.json").read_text())
+             for r in done]  # fmt: skip
+    assert {m["model_version_uri"] for m in metas} == {first["model_uri"]}
+    assert len({m["domain_fingerprint"] for m in metas}) == 1
