@@ -70,10 +70,12 @@ def evaluate(
     checked: dict[str, Any],
     on_progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """Tune every method at every budget, generate, score; write the report."""
-    model = cached_domain_model(model_uri, device)
+    """Tune every method at every budget, generate, score; write the report. The model is
+    the version :func:`check_inputs` pinned (an alias that moved since is not followed)."""
+    version = checked["model"]
+    pinned = f"models:/{version[0]}/{version[1]}" if version else model_uri
+    model = cached_domain_model(pinned, device)
     with model_lock(model):  # it attaches concepts and baselines to the shared model
-        version = checked["model"]
         meta = {
             "model_uri": model_uri,
             "model_version": f"{version[0]} v{version[1]}" if version else "(not registered)",
