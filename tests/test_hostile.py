@@ -259,3 +259,45 @@ def test_config_refuses_values_that_silently_break_a_stage(
     cls = getattr(config, model)
     with pytest.raises(pydantic.ValidationError, match=field):
         cls(**{field: value})
+
+
+@pytest.mark.slow
+def test_personalize_turns_every_hostile_file_into_one_row(
+    hostile_dir: Path, hostile_expected: dict, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """The same hostile folder as a personalization inbox (one concept per file): the job
+    exits 0, every file is accounted for by exactly one row, only real faces become
+    concepts, and nothing is written outside --out."""
+    from e4t.config import ModelConfig
+    from e4t.models.e4t_model import E4TModel
+
+    domain = E4TModel.from_config(
+        ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32})
+    ).save_pretrained(tmp_path / "domain")
+    out = tmp_path / "out"
+    before = _files_outside(tmp_path, out)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "e4t.cli", "personalize", str(hostile_dir)),
+            *("--model", str(domain), "--out", str(out), "--preset", "tiny"),
+            *("--tune-steps", "1", "--set", "preview_steps=1", "--no-track"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    accounted = [f for row in rows for f in (row.get("files") or [row.get("source", "")])]
+    names = sorted(Path(str(f)).name for f in accounted)
+    assert names == sorted(hostile_expected), (names, sorted(hostile_expected))
+    faces = {name for name, want in hostile_expected.items() if want.face}
+    done_rows = [r for r in rows if r["status"] == "done"]
+    assert len(done_rows) == len(faces), [(r.get("files"), r["status"]) for r in rows]
+    for row in rows:
+        if row["status"] != "done":
+            assert row.get("reason"), row
+    assert _files_outside(tmp_path, out) == before  # nothing outside --out
