@@ -323,7 +323,21 @@ def _cmd_encode_concept(args: argparse.Namespace) -> int:
     return 0
 
 
+def _concept_folder_names(ids: list[str]) -> list[str]:
+    """One output folder name per concept of a multi-concept ``generate``: its id (from its
+    concept.json: untrusted) reduced to [A-Za-z0-9_.-] (≤ 64), ``-<k>`` added on a clash."""
+    import re
+
+    names: list[str] = []
+    for k, concept_id in enumerate(ids):
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", concept_id)[:64].strip(".-") or f"concept{k}"
+        names.append(f"{name}-{k}" if name in names else name)
+    return names
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
+    import contextlib
+
     from e4t.generation import (
         GenerationConfig,
         generate,
@@ -334,16 +348,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     )
     from e4t.tracking import load_domain_model
 
-    with staged_concept(args.concept) as concept_dir:  # checked before the model loads
+    with contextlib.ExitStack() as stack:
+        # every concept checked (and staged) before the model loads
+        concept_dirs = [stack.enter_context(staged_concept(url)) for url in args.concept]
         pinned = _checked_model(args.model)
         model = load_domain_model(pinned, device=args.device)
-        cls = model.load_concept(concept_dir, args.allow_model_mismatch)
-        meta = json.loads((concept_dir / "concept.json").read_text())
-    origin = provenance(
-        str(meta.get("concept_id") or concept_dir.name),
-        args.concept,
-        model_provenance(args.model, model.fingerprint(), pinned),
-    )
+        bank = model.load_concepts(concept_dirs, args.allow_model_mismatch)
+        cls = bank.cls.to(model.image_encoder.dtype)
+        metas = [json.loads((d / "concept.json").read_text()) for d in concept_dirs]
+    domain = model_provenance(args.model, model.fingerprint(), pinned)
+    ids = [str(m.get("concept_id") or d.name) for m, d in zip(metas, concept_dirs, strict=True)]
     config = GenerationConfig(
         num_steps=args.sample_steps,
         guidance_scale=args.cfg,
@@ -354,8 +368,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     images = generate(model, cls, args.prompt, args.num_images, args.seed, config)
-    for path in save_images(images, args.out, config, origin):
-        print(path)
+    # one concept: its PNGs in OUT (as ever); several: OUT/<concept id>/ each
+    folders = [args.out]
+    if len(ids) > 1:
+        folders = [os.path.join(args.out, name) for name in _concept_folder_names(ids)]
+    for k, (concept_id, url, folder) in enumerate(zip(ids, args.concept, folders, strict=True)):
+        mine = [item for item in images if item.concept_index == k]
+        for path in save_images(mine, folder, config, provenance(concept_id, url, domain)):
+            print(path)
     return 0
 
 
@@ -663,7 +683,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", required=True, help="domain model: models:/NAME@ALIAS, a version URI, a folder"
     )
-    p.add_argument("--concept", required=True, help="concept folder or URL (s3://...)")
+    p.add_argument(
+        "--concept",
+        action="append",
+        required=True,
+        help="concept folder or URL (s3://...); repeatable: several concepts sample together, "
+        "each one's PNGs in OUT/<concept id>/",
+    )
     p.add_argument(
         "--prompt",
         action="append",

@@ -64,6 +64,7 @@ class GeneratedImage:
     prompt: str
     seed: int
     v_star_history: list[torch.Tensor] = field(default_factory=list, repr=False)
+    concept_index: int = 0  # the row of ``cls`` (the attached bank's concept) it shows
 
 
 def clip_pixels(model: E4TModel, image: Image.Image) -> torch.Tensor:
@@ -101,18 +102,30 @@ def generate(
     keep_v_star: bool = False,
     frozen_v_star: torch.Tensor | None = None,
 ) -> list[GeneratedImage]:
-    """Images for each prompt (``{}`` = the concept), ``num_images`` seeds each.
+    """Images for each prompt (``{}`` = the concept), ``num_images`` seeds each, for each
+    of the K concepts in ``cls``.
 
-    cls: the concept's CLIP [CLS] tokens (1, L, C). Image k of a prompt uses seed + k, so
-    any batch size gives the same images (stochastic schedulers too: each image draws its
-    step noise from its own generator). One concept at a time: with a bank of several
-    attached, the CFG batch would break its one-group-per-concept layout, so it is refused.
+    cls: the concepts' CLIP [CLS] tokens (K, L, C), one row per concept of the attached
+    bank (K = 1 without one). All K concepts run in one sampling loop: each UNet batch is K
+    equal contiguous groups, concept k's CFG rows (unconditional and conditional) inside its
+    group. Image j of a prompt uses seed + j for every concept, so any batch size and any K
+    give the images each concept gets alone (stochastic schedulers too: each image draws its
+    step noise from its own generator). Returned concept by concept (``concept_index``),
+    then prompt by prompt. ``config.batch_size`` counts images of all concepts together.
     ``frozen_v_star`` (D,): one fixed word instead of re-predicting v* at every step — what
-    an exported concept gives a stock pipeline (:mod:`e4t.export`).
+    an exported concept gives a stock pipeline (:mod:`e4t.export`); one concept only.
     """
-    if model.concepts is not None and model.concepts.num_concepts > 1:
+    num_concepts = cls.shape[0]
+    attached = model.concepts.num_concepts if model.concepts is not None else 1
+    if num_concepts != attached:
         raise ValueError(
-            f"generate takes one concept; {model.concepts.num_concepts} are attached: "
+            f"generate got [CLS] tokens of {num_concepts} concept(s) but {attached} are "
+            "attached: pass cls (K, L, C) with one concept's row per attached concept "
+            "(bank.cls), or attach bank.subset(i) for concept i"
+        )
+    if frozen_v_star is not None and num_concepts > 1:
+        raise ValueError(
+            f"frozen_v_star is one concept's word; {num_concepts} concepts are attached: "
             "attach bank.subset(i) for concept i"
         )
     config = config or GenerationConfig()
@@ -121,14 +134,73 @@ def generate(
     height = config.height or unet.config.sample_size * pipe.vae_scale_factor
     width = config.width or unet.config.sample_size * pipe.vae_scale_factor
     jobs = [(p, seed + k) for p in prompts for k in range(num_images)]
-    results: list[GeneratedImage] = []
-    for start in range(0, len(jobs), config.batch_size):
-        chunk = jobs[start : start + config.batch_size]
+    per_chunk = max(1, config.batch_size // num_concepts)  # each concept's share of a batch
+    by_concept: list[list[GeneratedImage]] = [[] for _ in range(num_concepts)]
+    for start in range(0, len(jobs), per_chunk):
+        chunk = jobs[start : start + per_chunk]
         with autocast(model.base.device, config.autocast):
-            results += _generate_chunk(
+            images = _generate_chunk(
                 model, pipe, cls, chunk, height, width, config, keep_v_star, frozen_v_star
             )
-    return results
+        for k in range(num_concepts):
+            by_concept[k] += images[k * len(chunk) : (k + 1) * len(chunk)]
+    return [item for items in by_concept for item in items]
+
+
+@contextlib.contextmanager
+def _cfg_rows_grouped(unet: torch.nn.Module, num_concepts: int) -> Iterator[list[bool]]:
+    """Inside the block, the pipeline's CFG batch [uncond rows; cond rows] (each concept-major:
+    K groups of n) enters the UNet as K contiguous groups [uncond_k; cond_k] — the layout a
+    bank of K concepts reads — and its output comes back in the pipeline's order.
+
+    Yields a switch: ``[False]`` while another UNet call (the encoder's feature pass) runs."""
+    active = [True]
+
+    def order(batch: int) -> torch.Tensor:
+        n = batch // (2 * num_concepts)
+        rows = [
+            list(range(half * batch // 2 + k * n, half * batch // 2 + (k + 1) * n))
+            for k in range(num_concepts)
+            for half in (0, 1)
+        ]
+        return torch.tensor([r for group in rows for r in group])
+
+    def permuted(value: Any, index: torch.Tensor, batch: int) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+            return value[index.to(value.device)]
+        return value
+
+    def before(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not active[0]:
+            return None
+        sample = args[0] if args else kwargs["sample"]
+        batch = sample.shape[0]
+        if batch % (2 * num_concepts):
+            raise ValueError(f"CFG batch {batch} does not split into {num_concepts} concepts")
+        index = order(batch)
+        args = tuple(permuted(a, index, batch) for a in args)
+        kwargs = {key: permuted(v, index, batch) for key, v in kwargs.items()}
+        return args, kwargs
+
+    def after(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        if not active[0]:
+            return None
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        inverse = torch.argsort(order(sample.shape[0])).to(sample.device)
+        if isinstance(output, tuple):
+            return (sample[inverse], *output[1:])
+        output.sample = sample[inverse]
+        return output
+
+    handles = [
+        unet.register_forward_pre_hook(before, with_kwargs=True),
+        unet.register_forward_hook(after, with_kwargs=True),
+    ]
+    try:
+        yield active
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _generate_chunk(
@@ -142,66 +214,86 @@ def _generate_chunk(
     keep_v_star: bool,
     frozen_v_star: torch.Tensor | None = None,
 ) -> list[GeneratedImage]:
+    """``jobs`` for each of the K concepts of ``cls`` (K, L, C), in one batch of K·len(jobs)
+    images: concept-major, concept k's rows together."""
     device, dtype = model.base.device, model.base.unet.dtype
+    num_concepts = cls.shape[0]
     shape = (
         1,
         model.base.unet.config.in_channels,
         height // pipe.vae_scale_factor,
         width // pipe.vae_scale_factor,
     )
+    rows = [(k, p, s) for k in range(num_concepts) for p, s in jobs]
     latents = torch.cat(
         [
             torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=torch.float32)
-            for _, s in jobs
+            for _, _, s in rows
         ]
     ).to(device, dtype)
-    batch = len(jobs)
-    prompts = [p for p, _ in jobs]
-    cls_b = cls.expand(batch, -1, -1)
-    history: list[torch.Tensor] = []
-
-    def prompt_embeds_at(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t_b = t.reshape(1).expand(batch).to(device)
-        z_in = pipe.scheduler.scale_model_input(z, t)
-        if frozen_v_star is not None:
-            v_star = frozen_v_star.to(device, torch.float32).reshape(1, -1).expand(batch, -1)
-        else:
-            v_star = model.word_embedding(model.predict_offset(cls_b, z_in, t_b))
-        if keep_v_star:
-            history.append(v_star.detach().float().cpu())
-        return model.encode_prompt(prompts, v_star).to(dtype)
-
-    pipe.scheduler.set_timesteps(config.num_steps, device=device)
-    timesteps = pipe.scheduler.timesteps
-    negative = model.encode_prompt([config.negative_prompt] * batch).to(dtype)
-    first = prompt_embeds_at(latents * pipe.scheduler.init_noise_sigma, timesteps[0])
-    guided = config.guidance_scale > 1.0
-
-    def on_step_end(
-        pipeline: Any, i: int, t: Any, kwargs: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        if i + 1 >= len(pipeline.scheduler.timesteps):
-            return {}
-        nxt = prompt_embeds_at(kwargs["latents"], pipeline.scheduler.timesteps[i + 1])
-        return {"prompt_embeds": torch.cat([negative, nxt]) if guided else nxt}
-
-    out = pipe(
-        prompt_embeds=first,
-        negative_prompt_embeds=negative,
-        latents=latents,
-        num_inference_steps=config.num_steps,
-        guidance_scale=config.guidance_scale,
-        height=height,
-        width=width,
-        output_type="pil",
-        callback_on_step_end=on_step_end,
-        callback_on_step_end_tensor_inputs=["latents"],
-        # step noise (ddpm, euler-a) per image from its own seed: batch-size independent
-        generator=[torch.Generator("cpu").manual_seed(s + 1_000_003) for _, s in jobs],
+    batch = len(rows)
+    prompts = [p for _, p, _ in rows]
+    cls_b = (
+        cls.repeat_interleave(len(jobs), dim=0) if num_concepts > 1 else cls.expand(batch, -1, -1)
     )
+    history: list[torch.Tensor] = []
+    guided = config.guidance_scale > 1.0
+    grouping = (
+        _cfg_rows_grouped(model.base.unet, num_concepts)
+        if guided and num_concepts > 1
+        else contextlib.nullcontext([False])
+    )
+
+    with grouping as regrouping:
+        regroup = regrouping[0]
+
+        def prompt_embeds_at(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t_b = t.reshape(1).expand(batch).to(device)
+            z_in = pipe.scheduler.scale_model_input(z, t)
+            if frozen_v_star is not None:
+                v_star = frozen_v_star.to(device, torch.float32).reshape(1, -1).expand(batch, -1)
+            else:
+                regrouping[0] = False  # the encoder's UNet pass: B rows, concept-major already
+                try:
+                    v_star = model.word_embedding(model.predict_offset(cls_b, z_in, t_b))
+                finally:
+                    regrouping[0] = regroup
+            if keep_v_star:
+                history.append(v_star.detach().float().cpu())
+            return model.encode_prompt(prompts, v_star).to(dtype)
+
+        pipe.scheduler.set_timesteps(config.num_steps, device=device)
+        timesteps = pipe.scheduler.timesteps
+        negative = model.encode_prompt([config.negative_prompt] * batch).to(dtype)
+        first = prompt_embeds_at(latents * pipe.scheduler.init_noise_sigma, timesteps[0])
+
+        def on_step_end(
+            pipeline: Any, i: int, t: Any, kwargs: dict[str, torch.Tensor]
+        ) -> dict[str, torch.Tensor]:
+            if i + 1 >= len(pipeline.scheduler.timesteps):
+                return {}
+            nxt = prompt_embeds_at(kwargs["latents"], pipeline.scheduler.timesteps[i + 1])
+            return {"prompt_embeds": torch.cat([negative, nxt]) if guided else nxt}
+
+        out = pipe(
+            prompt_embeds=first,
+            negative_prompt_embeds=negative,
+            latents=latents,
+            num_inference_steps=config.num_steps,
+            guidance_scale=config.guidance_scale,
+            height=height,
+            width=width,
+            output_type="pil",
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+            # step noise (ddpm, euler-a) per image from its own seed: batch-size independent
+            generator=[torch.Generator("cpu").manual_seed(s + 1_000_003) for _, _, s in rows],
+        )
     return [
-        GeneratedImage(image=img, prompt=p, seed=s, v_star_history=[h[i] for h in history])
-        for i, (img, (p, s)) in enumerate(zip(out.images, jobs, strict=True))
+        GeneratedImage(
+            image=img, prompt=p, seed=s, v_star_history=[h[i] for h in history], concept_index=k
+        )
+        for i, (img, (k, p, s)) in enumerate(zip(out.images, rows, strict=True))
     ]
 
 
