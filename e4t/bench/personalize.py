@@ -138,10 +138,10 @@ def bench_personalize_ops(
     arch: str = "tiny",
     resolution_px: int = 64,
     draws: int = 4,
-    passes: tuple[int, ...] = (1, 4),
+    passes: tuple[int, ...] = (1, 4, 8),
     dtype: str = "fp32",
 ) -> OpsBench:
-    """Non-view ATen ops of one tuning step at K = 1 and K = 4 (synthetic faces, CPU)."""
+    """Non-view ATen ops of one tuning step at K = 1, 4 and 8 (synthetic faces, CPU)."""
     from e4t.bench.ops import count_tuning_step_ops, count_unet_ops, synthetic_faces
     from e4t.config import TuneConfig
     from e4t.models.architectures import build_base_models
