@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.processes import Background, free_ports, start_background
+from infra.processes import Background, free_ports, open_private, start_background
 
 PORT_NAMES = ("master", "volume", "filer", "s3", "webdav", "admin")
 
@@ -52,7 +52,7 @@ class SeaweedS3:
         """Start on free ports; ``reuse_ports`` restarts on the ports (and so the endpoint)
         of the previous start in ``root``, with the data it left."""
         root = Path(root).resolve()
-        (root / "data").mkdir(parents=True, exist_ok=True)
+        (root / "data").mkdir(parents=True, exist_ok=True, mode=0o700)
         saved = root / "endpoint.json"
         if reuse_ports and saved.exists():
             previous = json.loads(saved.read_text())
@@ -78,7 +78,9 @@ class SeaweedS3:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
         process = start_background(cmd, env, root, "weed", cwd=root)
         server = cls(root=root, pid=process.pid, endpoint=f"http://127.0.0.1:{ports['s3']}")
-        saved.write_text(json.dumps({"endpoint": server.endpoint, "ports": ports, "grpc": grpc}))
+        fd = open_private(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps({"endpoint": server.endpoint, "ports": ports, "grpc": grpc}))
         try:
             server.wait_healthy(access_key, secret_key, timeout_s)
         except BaseException:

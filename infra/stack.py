@@ -244,7 +244,9 @@ def status(root: str | Path = ".stack") -> dict[str, object]:
 
 
 def down(root: str | Path = ".stack") -> None:
-    """Stop every service by its PID file (worker first, S3 last); data stays."""
+    """Stop every service by its PID file (worker first, S3 last); data stays, owner-only
+    (SeaweedFS writes its volume-info ``.vif`` files 0644 whatever the umask: they are
+    locked down here and at the next ``up``)."""
     root = Path(root).resolve()
     for pid_file in _pid_files(root):
         if pid_file.exists():
@@ -253,6 +255,8 @@ def down(root: str | Path = ".stack") -> None:
                 process.stop(signals=WORKER_SIGNALS)  # a worker needs a second SIGTERM
             else:
                 process.stop()
+    if root.exists():
+        make_private(root)
 
 
 def _main(argv: list[str]) -> int:

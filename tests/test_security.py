@@ -213,6 +213,16 @@ def test_a_service_writes_owner_only_files_whatever_the_umask(tmp_path: Path) ->
         make_private(old_tree)
         assert _wider_than_owner(old_tree) == []
         assert stat.S_IMODE(tool.stat().st_mode) == 0o700  # still executable by its owner
+        # stack down locks down what a service wrote wide on its own (SeaweedFS's .vif)
+        from infra.stack import down
+
+        stack = tmp_path / "stack"
+        (stack / "s3" / "data").mkdir(parents=True)
+        vif = stack / "s3" / "data" / "e4t_1.vif"
+        vif.write_text("{}")
+        os.chmod(vif, 0o644)
+        down(stack)
+        assert _wider_than_owner(stack) == []
     finally:
         os.umask(old)
 
