@@ -122,7 +122,8 @@ def _cmd_export_concept(args: argparse.Namespace) -> int:
         allow_model_mismatch=args.allow_model_mismatch,
     )
     sizes = ", ".join(f"{k} {v:,} bytes" for k, v in info["bytes"].items())
-    print(f"exported {info['concept_id']} as {info['token']} to {info['folder']} ({sizes})")
+    shown = printable(str(info["concept_id"]))  # from concept.json: untrusted
+    print(f"exported {shown} as {info['token']} to {info['folder']} ({sizes})")
     print(f"base (shared by this domain's concepts): {info['base_folder']}")
     print(info["use"])
     return 0
@@ -833,6 +834,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printable(text: str, cap: int = 2000) -> str:
+    """Text for the terminal on one line: control characters escaped, long text cut (error
+    messages and ids can carry what an untrusted file held)."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:cap])
+    return out + ("…" if len(text) > cap else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from e4t.quiet import quiet_libraries
@@ -844,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "botocore", "s3fs", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from botocore.exceptions import BotoCoreError
+
     from e4t.config import ConfigError
     from e4t.data.curation import CurationError
     from e4t.faces.landmarker import LandmarkerUnavailable
@@ -862,7 +872,15 @@ def main(argv: list[str] | None = None) -> int:
         ModelURIError,
         TrainingFailed,
     ) as err:
-        print(f"e4t: error: {err}", file=sys.stderr)
+        print(f"e4t: error: {printable(str(err))}", file=sys.stderr)
+        return 2
+    except BotoCoreError as err:  # s3:// with no credentials or endpoint, or unreachable
+        print(
+            f"e4t: error: S3: {printable(str(err))} — set AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY and E4T_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL) for s3:// URLs "
+            "(e.g. source .stack/stack.env)",
+            file=sys.stderr,
+        )
         return 2
 
 

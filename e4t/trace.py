@@ -331,7 +331,7 @@ def _read_json(url: str, what: str) -> dict[str, Any]:
     data = _read_capped(url, MAX_JSON_BYTES, what)
     try:
         value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, RecursionError, ValueError) as err:  # nested too deep, ...
         raise _HopFailed(f"{what} {shown(url)}: not UTF-8 JSON ({shown(err)})") from err
     if not isinstance(value, dict):
         raise _HopFailed(f"{what} {shown(url)}: not a JSON object")
@@ -345,7 +345,7 @@ def _lines(data: bytes) -> Iterator[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, RecursionError, ValueError):  # not JSON, nested too deep
             continue
         if isinstance(row, dict):
             yield row

@@ -444,3 +444,33 @@ def test_every_pass_of_a_job_uses_the_version_pinned_at_its_start(
              for r in done]  # fmt: skip
     assert {m["model_version_uri"] for m in metas} == {first["model_uri"]}
     assert len({m["domain_fingerprint"] for m in metas}) == 1
+
+
+def test_s3_without_credentials_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An s3:// URL with no S3 settings in the environment: one line naming what to set,
+    exit 2, no botocore traceback (nothing is reached: no endpoint, no credentials)."""
+    for name in (
+        "E4T_S3_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)  # fmt: skip
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code, err = _main(capsys, "download", "s3://somebucket/x/concept.json", str(tmp_path / "d"))
+    assert code == 2, err
+    assert err.startswith("e4t: error: S3:") and "E4T_S3_ENDPOINT_URL" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_error_lines_escape_what_an_untrusted_file_held() -> None:
+    from e4t.cli import printable
+
+    assert printable("PWNED\x1b[2J\nnext") == "PWNED\\x1b[2J\\nnext"
+    assert printable("x" * 5000).endswith("…") and len(printable("x" * 5000)) == 2001

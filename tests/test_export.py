@@ -189,8 +189,11 @@ def test_concept_tensors_must_be_finite_floats(
         (lambda raw: raw.replace(b'"face"', b'"f\xe9ce"'), "is not UTF-8 text"),
         (lambda raw: raw.replace(b'"rank": 4', b'"rank": "four"'), "rank 'four' is not an integer"),
         (lambda raw: raw.replace(b'"rank": 4', b'"rank": 4.5'), "rank '4.5' is not an integer"),
+        (lambda raw: b"[" * 100_000 + b"]" * 100_000, "not JSON a reader can take"),
+        (lambda raw: b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "not JSON a reader can take"),
+        (lambda raw: raw.replace(b'"rank": 4', b'"rank": ' + b"9" * 5000), "not JSON a reader"),
     ],
-    ids=["truncated", "list", "not-utf8", "rank-four", "rank-float"],
+    ids=["truncated", "list", "not-utf8", "rank-four", "rank-float", "deep", "deep-obj", "huge"],
 )
 def test_an_unreadable_concept_json_is_an_artifact_error(
     tiny_model: E4TModel, tmp_path: Path, edit: Callable[[bytes], bytes], says: str
@@ -205,6 +208,23 @@ def test_an_unreadable_concept_json_is_an_artifact_error(
     with pytest.raises(ArtifactError, match=r"concept\.json") as err:
         tiny_model.read_concept(folder)
     assert says in str(err.value)
+
+
+def test_a_fifo_in_a_concept_folder_is_refused_not_waited_on(
+    tiny_model: E4TModel, tmp_path: Path
+) -> None:
+    """A FIFO in place of concept.json or concept.safetensors is an ArtifactError at once
+    (opened non-blocking, regular files only), never a read that waits for a writer."""
+    import os
+
+    from e4t.models.e4t_model import ArtifactError
+
+    for name in ("concept.json", "concept.safetensors"):
+        folder = _save_concept(tiny_model, tmp_path / name.replace(".", "-"))
+        (folder / name).unlink()
+        os.mkfifo(folder / name)
+        with pytest.raises(ArtifactError, match="not a regular file"):
+            tiny_model.read_concept(folder)
 
 
 def test_an_export_of_a_path_ending_in_dotdot_stays_under_out_named_from_the_id(

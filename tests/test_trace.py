@@ -432,3 +432,20 @@ def test_trace_through_mlflow_says_the_alias_moved_and_matches_photos_by_url(
             assert row.startswith(f"{training}: accepted") and "biden-1" in row, row
         else:
             assert "was not curated for it" in row and "accepted" not in row, row
+
+
+def test_json_nested_too_deep_or_with_huge_numbers_is_a_hop_that_failed(tmp_path: Path) -> None:
+    """concept.json / summary.json / results.jsonl lines that json.loads refuses with a
+    RecursionError or ValueError (not a JSONDecodeError) end as a failed hop or a skipped
+    line, never a traceback."""
+    from e4t.trace import _HopFailed, _lines, _read_json
+
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b'{"a":' * 50_000 + b"1" + b"}" * 50_000)
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b'{"steps": ' + b"9" * 6000 + b"}")
+    for path in (deep, huge):
+        with pytest.raises(_HopFailed, match="not UTF-8 JSON"):
+            _read_json(str(path), "concept.json")
+    rows = b"[" * 100_000 + b"]" * 100_000 + b'\n{"ok": 1}\n{"n": ' + b"9" * 6000 + b"}\n"
+    assert list(_lines(rows)) == [{"ok": 1}]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -227,9 +228,22 @@ def check_tensors(
         )
 
 
+def _check_regular(path: Path) -> None:
+    """A file to read is a regular file: a FIFO or a device would hang or never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{path} is missing") from err
+    except OSError as err:
+        raise ArtifactError(f"{path} is unreadable ({type(err).__name__}: {err.strerror})") from err
+    if not stat.S_ISREG(mode):
+        raise ArtifactError(f"{path} is not a regular file: re-create it")
+
+
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise ArtifactError(f"{path} is missing")
+    _check_regular(path)
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for corrupt headers
@@ -267,6 +281,10 @@ def validate_concept_meta(source: str | Path, raw: bytes) -> dict[str, Any]:
             f"{where} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; "
             f"truncated?): {fix}"
         ) from err
+    except (RecursionError, ValueError) as err:  # nested too deep, an integer too long
+        raise ArtifactError(
+            f"{where} is not JSON a reader can take ({_quoted(err)}): {fix}"
+        ) from err
     if not isinstance(meta, dict):
         raise ArtifactError(f"{where} holds a JSON {type(meta).__name__}, not an object: {fix}")
     rank = meta.get("rank", 4)
@@ -283,13 +301,21 @@ def validate_concept_meta(source: str | Path, raw: bytes) -> dict[str, Any]:
 def read_concept_meta(folder: Path) -> dict[str, Any]:
     """:func:`validate_concept_meta` of ``folder/concept.json``, read with a cap."""
     path = folder / CONCEPT_CONFIG
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_CONCEPT_JSON_BYTES + 1)
+    try:  # non-blocking: a FIFO put there is refused below, never waited on
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError as err:
         raise ArtifactError(f"{folder} is not an E4T concept ({CONCEPT_CONFIG} missing)") from err
     except OSError as err:
         raise ArtifactError(f"{path} is unreadable ({type(err).__name__}: {err.strerror})") from err
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ArtifactError(f"{path} is not a regular file: re-create the concept")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read(MAX_CONCEPT_JSON_BYTES + 1)
+    except OSError as err:
+        raise ArtifactError(f"{path} is unreadable ({type(err).__name__}: {err.strerror})") from err
+    finally:
+        os.close(fd)
     return validate_concept_meta(path, raw)
 
 
