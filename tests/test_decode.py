@@ -250,3 +250,73 @@ def test_a_big_image_under_the_caps_decodes_within_512_mib(
     reason, peak_mib = done.stdout.split()
     assert reason == "None"  # decoded (reduced), not refused
     assert int(peak_mib) < 512, f"{name}: {peak_mib} MiB above the baseline"
+
+
+def _tiff_one_strip(width: int, height: int, samples: int, bits: int) -> bytes:
+    """A deflate-compressed little-endian TIFF whose one strip is the whole image (small on
+    disk: the pixels are zeros)."""
+    import struct
+
+    data = zlib.compress(bytes(width * height * samples * bits // 8), 9)
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, samples, None),
+               (259, 3, 1, 8), (262, 3, 1, 2), (273, 4, 1, None), (277, 3, 1, samples),
+               (278, 4, 1, height), (279, 4, 1, len(data))]  # fmt: skip
+    if samples == 4:
+        entries.append((338, 3, 1, 2))
+    ifd = 8
+    bits_at = ifd + 2 + 12 * len(entries) + 4
+    data_at = bits_at + 2 * samples
+    out = b"II*\x00" + struct.pack("<I", ifd) + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if tag == 258:
+            value = bits_at
+        if tag == 273:
+            value = data_at
+        if kind == 3 and tag != 258:
+            out += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            out += struct.pack("<HHII", tag, kind, count, value)
+    return out + struct.pack("<I", 0) + struct.pack("<H", bits) * samples + data
+
+
+def test_a_codecs_working_memory_counts_in_the_decode_bound() -> None:
+    """What a codec holds beside the image while decoding, read from the header: a
+    progressive JPEG's coefficients (2 bytes each, full size), a TIFF's one strip in its own
+    16-bit samples, a WebP's buffers; a baseline JPEG and a PNG decode row by row (0)."""
+    from e4t.data.decode import _codec_bytes
+
+    image = Image.new("RGB", (2000, 1000), (120, 90, 60))
+    cases = {
+        "progressive 4:4:4": (image, "JPEG", {"progressive": True, "subsampling": 0}),
+        "progressive 4:2:0": (image, "JPEG", {"progressive": True, "subsampling": 2}),
+        "progressive CMYK": (image.convert("CMYK"), "JPEG", {"progressive": True}),
+        "baseline": (image, "JPEG", {}),
+        "png": (image, "PNG", {}),
+        "webp": (image, "WEBP", {"lossless": True}),
+    }
+    px = 2000 * 1000
+    want = {"progressive 4:4:4": 6 * px, "progressive 4:2:0": 3 * px,
+            "progressive CMYK": 8 * px, "baseline": 0, "png": 0, "webp": 16 * px}  # fmt: skip
+    for name, (picture, fmt, options) in cases.items():
+        buffer = io.BytesIO()
+        picture.save(buffer, fmt, **options)
+        opened = Image.open(io.BytesIO(buffer.getvalue()))
+        assert _codec_bytes(opened, opened.size) == want[name], name
+    tiff = Image.open(io.BytesIO(_tiff_one_strip(300, 200, 4, 16)))
+    assert _codec_bytes(tiff, tiff.size) == 300 * 200 * 8
+
+
+def test_images_whose_codec_would_blow_the_bound_are_too_large_before_decoding() -> None:
+    """Small on disk, big to decode (found by an attacker's try: a 38-byte lossless WebP of
+    9400² peaked at 1,348 MiB; a one-strip 16-bit RGBA TIFF at 1,011 MiB): refused as
+    too_large from the header, with the MiB it would need."""
+    from e4t.config import DecodeConfig
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (6000, 6000)).save(buffer, "WEBP", lossless=True, method=0)
+    assert len(buffer.getvalue()) < 10_000
+    cases = {"webp": buffer.getvalue(), "tiff": _tiff_one_strip(6000, 6000, 4, 16)}
+    for name, data in cases.items():
+        result = decode_image(data, DecodeConfig())
+        assert result.reason == "too_large", (name, result.reason, result.detail)
+        assert "MiB to decode" in result.detail, name

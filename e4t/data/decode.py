@@ -6,9 +6,11 @@ orientation (read as data: a broken EXIF block is never re-serialised), converts
 decompression bombs before decoding pixels.
 
 Memory is bounded by the caps, not by the file: a decode holds the source's pixels in its own
-depth (at most ``decode.max_decode_mib``; JPEGs are scaled down by the codec while decoding,
-``draft``) plus the RGB result (at most ``decode.max_decoded_megapixels``: larger images are
-reduced by an integer factor, strip by strip, before any conversion). Any exception a decoder
+depth plus what its codec keeps beside them (a progressive JPEG's coefficients, a TIFF strip,
+WebP's buffers: read from the header), at most ``decode.max_decode_mib`` together (JPEGs are
+scaled down by the codec while decoding, ``draft``), plus the RGB result (at most
+``decode.max_decoded_megapixels``: larger images are reduced by an integer factor, strip by
+strip, before any conversion). Any exception a decoder
 raises on hostile bytes becomes a reason and a detail naming the exception, never a crash.
 """
 
@@ -85,6 +87,42 @@ def _bytes_per_pixel(mode: str) -> int:
     if mode.startswith("I;16"):
         return 2
     return 4  # LA, RGB, RGBA, CMYK, YCbCr, LAB, HSV, I, F: 32 bits per pixel
+
+
+# a WebP decode holds libwebp's RGBA output, Pillow's copy and (lossless) the ARGB working
+# buffers at full size: ~16 bytes per pixel measured (9400² lossless: 1,348 MiB peak)
+_WEBP_BYTES_PER_PIXEL = 16
+
+
+def _codec_bytes(pil: Image.Image, full_size: tuple[int, int]) -> int:
+    """Working memory a codec holds beside the image buffer while decoding, from the header:
+    a progressive JPEG's coefficient buffer (2 bytes per coefficient of every component, at
+    the full size whatever ``draft`` asks: libjpeg needs every scan before any output), a
+    TIFF strip or tile in the file's own sample format (one strip can be the whole image),
+    a WebP's decoder buffers. Baseline JPEG, PNG and BMP decode row by row: 0."""
+    width, height = full_size
+    if pil.format == "JPEG" and pil.info.get("progressive"):
+        layers = getattr(pil, "layer", None) or [("", 1, 1, 0)] * len(pil.getbands())
+        h_max = max(int(layer[1]) for layer in layers) or 1
+        v_max = max(int(layer[2]) for layer in layers) or 1
+        return sum(
+            2 * math.ceil(width * int(layer[1]) / h_max) * math.ceil(height * int(layer[2]) / v_max)
+            for layer in layers
+        )
+    if pil.format == "TIFF":
+        tags = getattr(pil, "tag_v2", {})
+        bits = tags.get(258, (8,))
+        bits_per_pixel = sum(bits) if isinstance(bits, tuple) else int(bits)
+        if isinstance(bits, tuple) and len(bits) == 1:
+            bits_per_pixel *= int(tags.get(277, 1))
+        if 322 in tags and 323 in tags:  # tiled: one tile at a time
+            area = int(tags[322]) * int(tags[323])
+        else:
+            area = min(int(tags.get(278, height)), height) * width
+        return area * bits_per_pixel // 8
+    if pil.format == "WEBP":
+        return width * height * _WEBP_BYTES_PER_PIXEL
+    return 0
 
 
 def _grey_scale(pil: Image.Image) -> tuple[float, bool]:
@@ -196,6 +234,7 @@ def _decode(data: bytes, config: DecodeConfig) -> Decoded:
                 "too_small", f"{width}x{height} px: a side is under {MIN_SIDE_PX} px"
             )
         source_mode = pil.mode
+        full_size = pil.size
         max_out = config.max_decoded_megapixels * 1e6
         factor = max(1, math.ceil(math.sqrt(width * height / max_out)))
         if factor > 1 and pil.format == "JPEG":
@@ -203,7 +242,7 @@ def _decode(data: bytes, config: DecodeConfig) -> Decoded:
             pil.draft(pil.mode, (-(-width // factor), -(-height // factor)))
             width, height = pil.size
             factor = max(1, math.ceil(math.sqrt(width * height / max_out)))
-        buffer_bytes = width * height * _bytes_per_pixel(pil.mode)
+        buffer_bytes = width * height * _bytes_per_pixel(pil.mode) + _codec_bytes(pil, full_size)
         if buffer_bytes > config.max_decode_mib * 2**20:
             raise DecodeRejection(
                 "too_large",
