@@ -197,6 +197,12 @@ def test_a_latin1_concepts_csv_is_a_row_with_its_reason_and_the_listing_goes_on(
     assert "not UTF-8" in row["detail"] and "0xe9" in row["detail"]
     # the concepts are all there, with the default prompts
     assert prompts == {"biden": DEFAULT_PREVIEW_PROMPTS, "obama": DEFAULT_PREVIEW_PROMPTS}
+    # with a BOM before the latin-1 bytes, the offset still names the bad byte
+    data = b"\xef\xbb\xbf" + text.encode("latin-1")
+    (tmp_path / "bom").mkdir()
+    rows, _ = _rows_and_prompts(_inbox(tmp_path / "bom", data))
+    at = data.index(b"\xe9")
+    assert f"byte 0xe9 at offset {at}" in rows["concepts.csv"]["detail"], rows["concepts.csv"]
 
 
 def test_a_200kb_prompts_field_is_cut_and_the_cut_recorded(tmp_path: Path) -> None:

@@ -111,9 +111,10 @@ def _read_prompts(url: str, max_prompts: int = DEFAULT_MAX_PROMPTS) -> PromptTab
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
+        at = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # counted past a BOM
         return PromptTable(
             {},
-            error=f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): save "
+            error=f"not UTF-8 text (byte 0x{data[at]:02x} at offset {at}): save "
             'it as UTF-8 (a spreadsheet\'s "CSV UTF-8"); the default preview prompts are used',
         )
     # csv's per-field limit (128 Ki characters) would raise mid-file; the whole text is
