@@ -378,14 +378,17 @@ def save_images(
     out.mkdir(parents=True, exist_ok=True)
     config = config or GenerationConfig()
     paths = []
+    def text(value: str) -> str:  # a PNG text chunk may hold no NUL (prompts are untrusted)
+        return value.replace("\x00", "\\x00")
+
     for i, item in enumerate(images):
         info = PngInfo()
         info.add_text("e4t.version", __version__)
         for key, value in (origin or {}).items():
-            info.add_text(f"e4t.{key}", value)
-        info.add_text("prompt", item.prompt)
+            info.add_text(f"e4t.{key}", text(value))
+        info.add_text("prompt", text(item.prompt))
         info.add_text("seed", str(item.seed))
-        info.add_text("negative_prompt", config.negative_prompt)
+        info.add_text("negative_prompt", text(config.negative_prompt))
         info.add_text("steps", str(config.num_steps))
         info.add_text("guidance_scale", str(config.guidance_scale))
         info.add_text("scheduler", config.scheduler)

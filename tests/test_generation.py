@@ -104,3 +104,17 @@ def test_generate_command_takes_several_concepts(
     chunks = Image.open(out / "bob" / "000-S-seed0.png").text
     assert chunks["e4t.concept_id"] == "../bob"
     assert chunks["e4t.concept_uri"] == str(tmp_path / "concepts" / "c1")
+
+
+def test_png_text_chunks_hold_no_nul_from_an_untrusted_prompt(tmp_path: Path) -> None:
+    """A NUL in a concepts.csv prompt is written escaped: a PNG text chunk may hold none."""
+    from PIL import Image
+
+    from e4t.generation import GeneratedImage, save_images
+
+    image = GeneratedImage(Image.new("RGB", (8, 8)), "a photo of {}\x00 evil", 3)
+    (path,) = save_images([image], tmp_path, origin={"concept_id": "c\x001"})
+    raw = path.read_bytes()
+    assert b"\x00 evil" not in raw and b"c\x001" not in raw
+    text = Image.open(path).text
+    assert text["prompt"] == "a photo of {}\\x00 evil" and text["e4t.concept_id"] == "c\\x001"
