@@ -146,6 +146,9 @@ def _promotion_decision(
     decision.update({"model": name, "version": version, "previous": champion})
     if champion == version:
         return {**decision, "reason": f"version {version} already holds @{promotion.alias}"}
+    faces_ok, faces_note = check_face_rate(face_rate, promotion.min_face_rate)
+    if not faces_ok:  # whatever the champion: a model that draws no faces is not promoted
+        return {**decision, "reason": faces_note}
     champion_value: float | None = None
     if champion is not None:
         comparable = _comparable_run(name, champion, promotion.metric, eval_key, run_id, experiment)
