@@ -217,10 +217,10 @@ def test_the_watcher_refuses_a_model_that_does_not_exist_before_starting_anythin
     (inbox / "b1").mkdir(parents=True)
     (inbox / "b1" / "READY").write_text("")
     code = main([str(inbox), "--out-root", str(tmp_path / "out"), "--once",
-                 "--model-uri", "models:/e4t-faces@champion"])  # fmt: skip
+                 "--model-uri", "models:/e4t-never-registered@champion"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("error: --model-uri models:/e4t-faces@champion")
+    assert err.startswith("error: --model-uri models:/e4t-never-registered@champion")
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (inbox / ".e4t-watch.json").exists()
