@@ -38,7 +38,7 @@ demo: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The fast tier: every test not marked `slow` (no servers, no browser); ~2.5 min on 2 cores.
+# The fast tier: every test not marked `slow` (no servers, no browser).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
