@@ -16,6 +16,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
 
+from e4t.jobs.steps import check_step
+
 T = TypeVar("T")
 
 
@@ -43,6 +45,7 @@ class PrefectSteps:
         self.progress_description = progress_description
 
     def _task(self, step: Callable[..., Any]) -> Task[Any, Any]:
+        check_step(step)
         try:
             return self.tasks[step]
         except KeyError:

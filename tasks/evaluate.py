@@ -11,14 +11,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from e4t.config import EvaluateConfig
 from e4t.jobs import evaluate as job
-from tasks.retry import retry_transient, retrying_task
-
-check_inputs = retrying_task(job.check_inputs, "check-evaluation-inputs")
-previous_result = task(job.previous_result, name="previous-evaluation")
-track = retrying_task(job.track, "log-evaluation")
-promote = task(job.promote, name="promote-if-better")
-add_tracking_to_report = retrying_task(job.add_tracking_to_report, "add-tracking-to-report")
-record_done = task(job.record_done, name="record-evaluation")
+from tasks.retry import retry_transient, tasks_for
 
 
 @task(name="evaluate-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
@@ -52,12 +45,4 @@ def evaluate(
     return out
 
 
-STEPS = {
-    job.check_inputs: check_inputs,
-    job.previous_result: previous_result,
-    job.evaluate: evaluate,
-    job.track: track,
-    job.promote: promote,
-    job.add_tracking_to_report: add_tracking_to_report,
-    job.record_done: record_done,
-}
+STEPS = tasks_for(job.STEPS, custom={job.evaluate: evaluate})

@@ -3,13 +3,14 @@ model fails at once, with its message; a dropped connection or a busy server is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prefect import Task, task
 
 from e4t.data.curation import CurationError
 from e4t.faces.types import LandmarkerUnavailable
+from e4t.jobs.steps import StepTable
 
 PERMANENT: tuple[type[BaseException], ...] = (
     FileNotFoundError,
@@ -57,3 +58,36 @@ def retrying_task(
         retry_condition_fn=retry_transient,
         **options,
     )
+
+
+def tasks_for(
+    table: StepTable, custom: Mapping[Callable[..., Any], Task[Any, Any]] | None = None
+) -> dict[Callable[..., Any], Task[Any, Any]]:
+    """One Prefect task per step of a job's table, made from its entry (name, retries of
+    transient errors, tags, timeout). ``custom`` gives a step its own task (e.g. one that
+    reports progress); it must be a step of the table, and keeps the table's name."""
+    custom = dict(custom or {})
+    strays = [fn for fn in custom if fn not in table]
+    if strays:
+        names = ", ".join(getattr(fn, "__qualname__", repr(fn)) for fn in strays)
+        raise ValueError(f"custom tasks for functions outside the {table.job} table: {names}")
+    made: dict[Callable[..., Any], Task[Any, Any]] = {}
+    for spec in table:
+        if spec.fn in custom:
+            made[spec.fn] = custom[spec.fn].with_options(name=spec.name)
+            continue
+        options: dict[str, Any] = {"name": spec.name, "tags": list(spec.tags) or None}
+        if spec.timeout_seconds is not None:
+            options["timeout_seconds"] = spec.timeout_seconds
+        if spec.retries:
+            delay = spec.delay_seconds
+            made[spec.fn] = retrying_task(
+                spec.fn,
+                spec.name,
+                retries=spec.retries,
+                delay_seconds=list(delay) if isinstance(delay, tuple) else delay,  # type: ignore[arg-type]
+                **{k: v for k, v in options.items() if k != "name"},
+            )
+        else:
+            made[spec.fn] = task(spec.fn, **options)
+    return made

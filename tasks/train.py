@@ -10,13 +10,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from e4t.config import LaunchConfig, PretrainConfig
 from e4t.jobs import pretrain as job
-from tasks.retry import retry_transient, retrying_task
-
-prepare = retrying_task(job.prepare, "prepare-pretraining", retries=1)
+from tasks.retry import retry_transient, tasks_for
 
 
 @task(
-    name="pretrain",
+    name="pretrain",  # the table's entry decides name, retries and timeout (tasks_for)
     retries=1,
     retry_delay_seconds=10,
     retry_condition_fn=retry_transient,
@@ -43,4 +41,4 @@ def train(
     return result
 
 
-STEPS = {job.prepare: prepare, job.train: train}
+STEPS = tasks_for(job.STEPS, custom={job.train: train})

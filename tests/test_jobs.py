@@ -10,13 +10,21 @@ from typing import Any
 
 from e4t.config import CurateConfig, load_config
 from e4t.jobs import curate
-from e4t.jobs.steps import InProcess
+from e4t.jobs.steps import InProcess, StepTable
+
+_TABLE = StepTable("test-job")
 
 
+@_TABLE.step("square")
 def _square(x: int) -> int:
     return x * x
 
 
+def _not_a_step(x: int) -> int:
+    return x
+
+
+@_TABLE.step("tagged")
 def _tagged(x: int, on_value: Callable[[int], None] | None = None) -> int:
     if on_value is not None:
         on_value(x)
@@ -29,6 +37,49 @@ def test_in_process_runner_maps_over_workers_and_hands_callbacks_to_their_step()
     assert sorted(runner.map(_square, [(i,) for i in range(5)])) == [0, 1, 4, 9, 16]
     assert runner.call(_tagged, 3) == 3 and seen == [3]
     assert runner.call(_square, 4) == 16  # no callbacks registered: none passed
+
+
+def test_a_function_outside_every_step_table_is_refused_by_each_runner() -> None:
+    import pytest
+
+    from flows.steps import PrefectSteps
+    from tasks.retry import tasks_for
+
+    for runner in (InProcess(), PrefectSteps(tasks_for(_TABLE))):
+        with pytest.raises(TypeError, match="_not_a_step is not a job step"):
+            runner.call(_not_a_step, 1)
+    with pytest.raises(ValueError, match="outside the test-job table"):
+        tasks_for(_TABLE, custom={_not_a_step: None})  # type: ignore[dict-item]
+
+
+def test_every_step_a_job_runs_is_in_its_table_and_has_its_prefect_task() -> None:
+    """Each job's ``run`` calls only steps of its own table, and ``tasks/`` has a task for
+    every entry with the table's name and retries: a missing task cannot exist."""
+    import ast
+    import importlib
+    import inspect
+
+    stages = {"curate": "curate", "pretrain": "train", "personalize": "personalize",
+              "evaluate": "evaluate"}  # fmt: skip
+    for stage, tasks_module in stages.items():
+        job = importlib.import_module(f"e4t.jobs.{stage}")
+        tasks = importlib.import_module(f"tasks.{tasks_module}").STEPS
+        called = {
+            node.args[0].id
+            for node in ast.walk(ast.parse(inspect.getsource(job.run)))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in {"call", "map"}
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+        }
+        assert called, stage
+        for name in called:
+            assert getattr(job, name) in job.STEPS, f"{stage}: {name} is in no step table"
+        assert set(tasks) == set(job.STEPS.specs), stage
+        for spec in job.STEPS:
+            assert tasks[spec.fn].name == spec.name
+            assert tasks[spec.fn].retries == spec.retries
 
 
 class Recording(InProcess):

@@ -19,11 +19,14 @@ from typing import Any
 from e4t import __version__
 from e4t.config import CurateConfig, config_hash
 from e4t.data import curation
-from e4t.jobs.steps import InProcess, StepRunner
+from e4t.jobs.steps import InProcess, StepRunner, StepTable
 
 logger = logging.getLogger(__name__)
 
+STEPS = StepTable("curate-domain")
 
+
+@STEPS.step("plan-curation", retries=2)
 def plan(source_url: str, output_url: str, config: CurateConfig) -> dict[str, Any]:
     """List the inputs and fix the partitions (a rerun must see the same inputs and config)."""
     fixed = curation.plan_curation(source_url, output_url, config)
@@ -37,6 +40,7 @@ def plan(source_url: str, output_url: str, config: CurateConfig) -> dict[str, An
     }
 
 
+@STEPS.step("curate-partition", retries=3, delay_seconds=(2, 10, 30), tags=["e4t-curate"])
 def partition(output_url: str, index: int, config: CurateConfig) -> dict[str, Any]:
     """One partition → one shard; a done partition returns its record at once."""
     record = curation.curate_partition(output_url, index, config)
@@ -55,11 +59,13 @@ def partition(output_url: str, index: int, config: CurateConfig) -> dict[str, An
     }
 
 
+@STEPS.step("finalize-curation", retries=2)
 def finalize(output_url: str, config: CurateConfig) -> dict[str, Any]:
     """Cross-partition near-duplicates, manifest, config and ``stats.json`` (last)."""
     return curation.finalize_curation(output_url, config)
 
 
+@STEPS.step("log-dataset-run", retries=2)
 def track(output_url: str, stats: dict[str, Any], config: CurateConfig, experiment: str) -> str:
     """The dataset's MLflow run (one per dataset: a rerun finds the first)."""
     from e4t.tracking import log_dataset_run

@@ -17,7 +17,7 @@ from e4t import io as eio
 from e4t.config import EvaluateConfig, flatten
 from e4t.evaluation import evaluate as ev
 from e4t.evaluation.report import render_tracking, replace_tracking
-from e4t.jobs.steps import InProcess, StepRunner
+from e4t.jobs.steps import InProcess, StepRunner, StepTable
 from e4t.tracking import (
     cached_domain_model,
     find_personalization_runs,
@@ -31,6 +31,9 @@ from e4t.tracking import (
 )
 
 
+STEPS = StepTable("evaluate")
+
+@STEPS.step("check-evaluation-inputs", retries=2)
 def check_inputs(model_uri: str, concepts_url: str, config: EvaluateConfig) -> dict[str, Any]:
     """Concepts and model version resolve (or fail with their message) before heavy work."""
     ev.check_concepts_url(concepts_url)
@@ -41,6 +44,7 @@ def check_inputs(model_uri: str, concepts_url: str, config: EvaluateConfig) -> d
     }
 
 
+@STEPS.step("previous-evaluation")
 def previous_result(output_url: str, checked: dict[str, Any]) -> dict[str, Any] | None:
     """The recorded result when ``output_url`` already holds this evaluation of this version."""
     url = eio.join(output_url, "done.json")
@@ -55,12 +59,14 @@ def previous_result(output_url: str, checked: dict[str, Any]) -> dict[str, Any] 
     return None
 
 
+@STEPS.step("record-evaluation")
 def record_done(output_url: str, checked: dict[str, Any], result: dict[str, Any]) -> None:
     if checked["model"] is not None:  # only a registered version can be recognised again
         record = {"eval_key": checked["eval_key"], "model": checked["model"], "result": result}
         eio.write_text(eio.join(output_url, "done.json"), json.dumps(record, indent=1))
 
 
+@STEPS.step("evaluate-model", retries=1, delay_seconds=10)
 def evaluate(
     model_uri: str,
     device: str,
@@ -90,6 +96,7 @@ def evaluate(
         }
 
 
+@STEPS.step("log-evaluation", retries=2)
 def track(
     out: dict[str, Any],
     model_uri: str,
@@ -126,6 +133,7 @@ def track(
     return log_evaluation(summary, out["urls"], params, tags, experiment)
 
 
+@STEPS.step("promote-if-better")
 def promote(
     run_id: str,
     summary: dict[str, Any],
@@ -168,6 +176,7 @@ def run_ui_url(run_id: str, experiment: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{get_or_create_experiment(experiment)}/runs/{run_id}"
 
 
+@STEPS.step("add-tracking-to-report", retries=2)
 def add_tracking_to_report(
     urls: dict[str, str], run_id: str, decision: dict[str, Any], experiment: str
 ) -> None:

@@ -17,11 +17,14 @@ from typing import Any
 
 from e4t.config import PersonalizeConfig, flatten
 from e4t.data.concepts import ConceptSpec, list_concepts
-from e4t.jobs.steps import InProcess, StepRunner
+from e4t.jobs.steps import InProcess, StepRunner, StepTable
 
 logger = logging.getLogger(__name__)
 
+STEPS = StepTable("personalize-bulk")
 
+
+@STEPS.step("plan-personalization")
 def plan(images_url: str, config: PersonalizeConfig) -> dict[str, Any]:
     """The folder listed once, here: its concepts in passes of ``concepts_per_pass`` and a
     row for every file that is no concept's; fails fast when the folder is missing or holds
@@ -47,6 +50,7 @@ def plan(images_url: str, config: PersonalizeConfig) -> dict[str, Any]:
     }
 
 
+@STEPS.step("check-model", retries=2)
 def check_model(model_uri: str, device: str) -> dict[str, str]:
     """Pin the domain model's version once for the whole job (an alias that moves mid-job
     does not split it) and load it up front (an unknown URI fails before any tuning):
@@ -59,6 +63,7 @@ def check_model(model_uri: str, device: str) -> dict[str, str]:
     return {"model_uri": model_uri, "model_version_uri": pinned, "fingerprint": fingerprint}
 
 
+@STEPS.step("personalize-pass", retries=1, tags=["e4t-personalize"])
 def tune_pass(
     output_url: str,
     specs: list[ConceptSpec],
@@ -93,6 +98,7 @@ def tune_pass(
     return rows
 
 
+@STEPS.step("write-results")
 def write_results(
     output_url: str, rows: list[dict[str, Any]], extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -102,6 +108,7 @@ def write_results(
     return write(output_url, rows, extra)
 
 
+@STEPS.step("log-personalization", retries=2)
 def track(
     output_url: str,
     rows: list[dict[str, Any]],

@@ -13,11 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from e4t.config import LaunchConfig, PretrainConfig, for_world
-from e4t.jobs.steps import InProcess, StepRunner
+from e4t.jobs.steps import InProcess, StepRunner, StepTable
 
 logger = logging.getLogger(__name__)
 
+STEPS = StepTable("pretrain-domain")
 
+
+@STEPS.step("prepare-pretraining", retries=1)
 def prepare(config: PretrainConfig, init_arch: str | None) -> int:
     """Write a random-weight base model of ``init_arch`` when asked and missing, then fail
     fast on a bad base model or shards URL before torchrun starts. Returns the shard count."""
@@ -28,6 +31,7 @@ def prepare(config: PretrainConfig, init_arch: str | None) -> int:
     return len(validate_inputs(config))
 
 
+@STEPS.step("pretrain", retries=1, delay_seconds=10)
 def train(
     config: PretrainConfig,
     output_url: str,

@@ -13,6 +13,11 @@ of plain functions — its steps — written once. It calls each step through a
   logs, artifacts) and maps over the flow's task runner (``flows/steps.py``).
 
 So a fix to a stage lands in its job, and both entry points run it.
+
+Each job declares its steps in one :class:`StepTable` (``STEPS``) with their Prefect
+options (task name, retries, tags). ``tasks/`` makes one task per entry of that table, and
+every runner refuses a function that is no step of a table, so a step without a task
+cannot exist: the in-process runs of the fast tier fail as the flows would.
 """
 
 from __future__ import annotations
@@ -20,10 +25,75 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 Step = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A step of a job and how a Prefect task runs it: ``retries`` extra tries of transient
+    errors only (``tasks.retry``), ``delay_seconds`` between them, ``tags`` (concurrency
+    limits), ``timeout_seconds``."""
+
+    fn: Step
+    name: str
+    retries: int = 0
+    delay_seconds: float | tuple[float, ...] = 5
+    tags: tuple[str, ...] = ()
+    timeout_seconds: float | None = None
+
+
+class StepTable:
+    """A job's steps, in the job's module: ``@STEPS.step("task-name", retries=2)`` on each
+    step function. Runners check membership (:func:`check_step`)."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        self.specs: dict[Step, StepSpec] = {}
+
+    def step(
+        self,
+        name: str,
+        *,
+        retries: int = 0,
+        delay_seconds: float | tuple[float, ...] = 5,
+        tags: Sequence[str] = (),
+        timeout_seconds: float | None = None,
+    ) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            if any(spec.name == name for spec in self.specs.values()):
+                raise ValueError(f"{self.job}: two steps named {name!r}")
+            spec = StepSpec(fn, name, retries, delay_seconds, tuple(tags), timeout_seconds)
+            self.specs[fn] = spec
+            fn.__e4t_step__ = spec  # type: ignore[attr-defined]
+            return fn
+
+        return register
+
+    def __iter__(self) -> Iterator[StepSpec]:
+        return iter(self.specs.values())
+
+    def __contains__(self, fn: object) -> bool:
+        return fn in self.specs
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+def check_step(step: Step) -> StepSpec:
+    """The step's entry in its job's table, or a TypeError naming the function and the fix."""
+    spec = getattr(step, "__e4t_step__", None)
+    if not isinstance(spec, StepSpec):
+        name = getattr(step, "__qualname__", repr(step))
+        raise TypeError(
+            f"{name} is not a job step: declare it in its job's table "
+            "(@STEPS.step(...) in e4t/jobs/<stage>.py) so every runner has a task for it"
+        )
+    return spec
 
 
 class StepRunner(Protocol):
@@ -53,9 +123,11 @@ class InProcess:
         self.callbacks = dict(callbacks or {})
 
     def call(self, step: Callable[..., T], *args: Any) -> T:
+        check_step(step)
         return step(*args, **self.callbacks.get(step, {}))
 
     def map(self, step: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[T]:
+        check_step(step)
         if self.num_workers <= 1 or len(calls) <= 1:
             for args in calls:
                 yield self.call(step, *args)
@@ -104,10 +176,13 @@ class OnDask:
             self._cluster.close()
 
     def call(self, step: Callable[..., T], *args: Any) -> T:
+        check_step(step)
         return step(*args)
 
     def map(self, step: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[T]:
         from distributed import as_completed as dask_completed
+
+        check_step(step)
 
         if self._client is None:
             raise RuntimeError("OnDask maps inside its with-block (it owns the cluster)")
