@@ -30,8 +30,8 @@ from e4t.tracking import (
     tracking_uri,
 )
 
-
 STEPS = StepTable("evaluate")
+
 
 @STEPS.step("check-evaluation-inputs", retries=2)
 def check_inputs(model_uri: str, concepts_url: str, config: EvaluateConfig) -> dict[str, Any]:
