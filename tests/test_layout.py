@@ -171,7 +171,6 @@ def test_no_flow_or_task_builds_an_override_string() -> None:
 
 def test_each_stage_job_is_run_by_its_cli_command_and_its_flow() -> None:
     """One job per stage (e4t/jobs/<stage>.py): the CLI and the flow both call its run()."""
-    cli = (ROOT / "e4t" / "cli.py").read_text()
     flows = {
         "curate": "curate_domain.py",
         "pretrain": "pretrain_domain.py",
@@ -180,6 +179,7 @@ def test_each_stage_job_is_run_by_its_cli_command_and_its_flow() -> None:
     }
     for stage, flow_file in flows.items():
         assert (ROOT / "e4t" / "jobs" / f"{stage}.py").exists()
+        cli = (ROOT / "e4t" / "cli" / f"{stage}.py").read_text()  # the command's module
         assert f"from e4t.jobs import {stage} as job" in cli
         flow_source = (ROOT / "flows" / flow_file).read_text()
         assert f"from e4t.jobs import {stage} as job" in flow_source

@@ -104,7 +104,7 @@ def test_the_build_context_holds_no_secret_database_or_virtualenv(tmp_path: Path
         "e4t/__pycache__/cli.cpython-311.pyc",
     ]
     sources = [
-        "e4t/cli.py",
+        "e4t/cli/__init__.py",
         "flows/pipeline.py",
         "Makefile",
         "pyproject.toml",
@@ -122,7 +122,7 @@ def test_the_build_context_holds_no_secret_database_or_virtualenv(tmp_path: Path
     assert [rel for rel in sources if rel not in sent] == []
     # and the checkout this test runs in (its .venv, .git, maybe .stack/ and data/)
     real = build_context(ROOT)
-    assert "e4t/cli.py" in real and "Makefile" in real
+    assert "e4t/cli/__init__.py" in real and "Makefile" in real
     assert [rel for rel in real if SECRET_LIKE.search(rel)] == []
 
 

@@ -1,0 +1,145 @@
+"""``e4t bench``: speed and memory figures."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from e4t.cli.common import ARCH_CHOICES
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench", help="print speed figures", description="Benchmarks that print figures."
+    )
+    p.add_argument("what", choices=["curate", "model", "pretrain", "personalize", "gpu"])
+    p.add_argument("--num-images", type=int, default=48)
+    p.add_argument("--size-px", type=int, default=1024, help="long side of the test photos")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--backend", default="dlib", choices=["dlib", "face-alignment"])
+    p.add_argument(
+        "--arch",
+        choices=ARCH_CHOICES,
+        help="model, personalize, gpu: the architecture to measure (random weights; default "
+        "tiny); pretrain: given, one GPU's step figures on it (samples/s, memory with and "
+        "without gradient checkpointing, FLOPs, MFU) instead of the 1-vs-2-process run",
+    )
+    p.add_argument("--resolution-px", type=int, default=64, help="model: image size")
+    p.add_argument("--batch-size", type=int, default=4, help="model: samples per training step")
+    p.add_argument(
+        "--global-batch", type=int, default=4, help="pretrain: samples per step over all ranks"
+    )
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--offsets", default="multiplicative", choices=["multiplicative", "lowrank"])
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=3,
+        help="model: timed training steps after a warm-up; pretrain: steps per run",
+    )
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--tune-steps", type=int, default=5, help="personalize: tuning steps")
+    p.add_argument("--draws", type=int, default=4, help="personalize: draws per concept")
+    p.add_argument(
+        "--faces", help="personalize, gpu: a folder of aligned crops (+ NAME.mask.png) to tune"
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        choices=["tune", "ops", "generate", "pretrain"],
+        help="gpu: figures to leave out",
+    )
+    p.add_argument(
+        "--runner",
+        choices=["inprocess", "dask"],
+        help="personalize: concepts per minute of the personalize job with its passes on "
+        "this runner (dask: a LocalCluster of --workers worker processes)",
+    )
+    p.add_argument(
+        "--count-ops",
+        action="store_true",
+        help="personalize: count the non-view ATen ops of one tuning step (K = 1, 4) and of "
+        "the bare UNet instead of timing (device-independent: the launch-cost proxy)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    args.arch_given, args.arch = args.arch is not None, args.arch or "tiny"
+    from e4t import bench
+
+    if args.what == "curate":
+        result: Any = bench.bench_curate(
+            num_images=args.num_images,
+            size_px=args.size_px,
+            num_workers=args.workers,
+            backend=args.backend,
+        )
+    elif args.what == "model":
+        result = bench.bench_model(
+            arch=args.arch,
+            resolution_px=args.resolution_px,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            device=args.device,
+            offsets_form=args.offsets,
+            num_steps=args.train_steps,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
+    elif args.what == "gpu":
+        from e4t.bench.gpu import bench_gpu, print_json_lines
+
+        figures = bench_gpu(
+            arch=args.arch,
+            device=args.device,
+            dtype=args.dtype,
+            resolution_px=args.resolution_px,
+            faces_dir=args.faces,
+            tune_steps=args.tune_steps,
+            skip=tuple(args.skip or ()),
+        )
+        return 0 if print_json_lines(figures) else 1
+    elif args.what == "personalize" and args.runner:
+        from e4t.bench.personalize import bench_personalize_runner
+
+        result = bench_personalize_runner(
+            args.runner, workers=args.workers, num_steps=args.tune_steps
+        )
+    elif args.what == "personalize" and args.count_ops:
+        result = bench.bench_personalize_ops(
+            arch=args.arch, resolution_px=args.resolution_px, draws=args.draws, dtype=args.dtype
+        )
+    elif args.what == "personalize":
+        result = bench.bench_personalize(
+            arch=args.arch,
+            num_steps=args.tune_steps,
+            draws=args.draws,
+            resolution_px=args.resolution_px,
+            device=args.device,
+            dtype=args.dtype,
+            faces_dir=args.faces,
+        )
+    elif args.arch_given:  # pretrain on a full-size architecture: one GPU's step figures
+        from e4t.bench.pretrain import bench_pretrain_steps, report_steps
+
+        rows = list(
+            bench_pretrain_steps(
+                args.arch,
+                device=args.device,
+                dtype=args.dtype,
+                resolution_px=args.resolution_px,
+                batch_size=args.batch_size,
+                num_steps=args.train_steps,
+            )
+        )
+        print(report_steps(rows))
+        return 0
+    else:
+        result = bench.bench_pretrain(
+            global_batch=args.global_batch,
+            num_steps=max(3, args.train_steps),
+            resolution_px=args.resolution_px,
+        )
+    print(result.report())
+    return 0

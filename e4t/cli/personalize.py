@@ -1,0 +1,76 @@
+"""``e4t personalize``: one concept per person from a folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from e4t.cli.common import add_config_args
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "personalize",
+        help="stage 3: one concept per person from a folder",
+        description="Personalize every image (or sub-folder) of IMAGES in a few "
+        "tuning steps, many concepts per pass; reruns skip finished concepts.",
+    )
+    p.add_argument(
+        "images",
+        help="folder or s3:// prefix of photos (one per concept, or "
+        "one sub-folder per concept); optional concepts.csv",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="domain model: models:/e4t-faces@candidate, a version URI, or a folder",
+    )
+    p.add_argument("--out", required=True, help="output folder or URL")
+    add_config_args(p)
+    p.add_argument("--tune-steps", type=int, help="tuning steps per concept (5–15)")
+    p.add_argument("--concepts-per-pass", type=int, help="concepts tuned together")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow runs")
+    p.add_argument("--experiment", default="e4t-personalize", help="MLflow experiment")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from e4t.config import PersonalizeConfig, load_config
+    from e4t.jobs import personalize as job
+
+    config = load_config(
+        PersonalizeConfig,
+        "personalize",
+        args.preset,
+        args.overrides,
+        values={
+            "tune.num_steps": args.tune_steps,
+            "concepts_per_pass": args.concepts_per_pass,
+        },
+    )
+    with tqdm(desc="personalize", unit="concept") as bar:
+        result = job.run(
+            args.images,
+            args.out,
+            args.model,
+            config,
+            device=args.device,
+            track_run=args.track,
+            experiment=args.experiment,
+            on_pass=lambda rows: bar.update(len(rows)),
+        )
+    summary = result["summary"]
+    print(
+        f"{summary['num_done']} of {summary['num_concepts']} concepts personalized "
+        f"({summary['num_skipped']} already done), {summary['num_rejected']} rejected, "
+        f"{summary['num_failed']} failed; {summary['seconds_per_concept']:.2f} s per concept"
+    )
+    for row in result["rows"]:
+        if row["status"] != "done":
+            print(f"  {row['concept_id']}: {row['status']} ({row.get('reason')})")
+    print(f"results: {args.out.rstrip('/')}/results.jsonl")
+    if result["mlflow_run_id"]:
+        print(f"MLflow run {result['mlflow_run_id']} (one child run per concept)")
+    return 0
