@@ -284,6 +284,14 @@ def for_world(config: PretrainConfig, world_size: int) -> PretrainConfig:
     return config.model_copy(update={"optim": optim})
 
 
+def global_batch_size(config: PretrainConfig, world_size: int) -> int:
+    """Samples per optimizer step over all ranks: ``train.batch_size`` per rank and
+    micro-step × ``optim.grad_accum`` micro-steps × ``world_size`` ranks (the one place this
+    product is made: the CLI's line, the job's log, the run's tag and the trainer's
+    samples/s read it)."""
+    return config.train.batch_size * config.optim.grad_accum * world_size
+
+
 # --------------------------------------------------------------------------- personalization
 
 

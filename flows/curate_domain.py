@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import Field
 
-from e4t.config import CurateConfig, Overrides, load_config
+from e4t.config import Overrides
 from e4t.data.curation import COUNT_KEYS
 from e4t.jobs import curate as job
 from flows.runners import RunnerKind, make_task_runner
@@ -48,7 +48,15 @@ def curate_domain(
         experiment: MLflow experiment of the dataset run.
         track: Log the dataset run to MLflow.
     """
-    config = load_config(CurateConfig, "curate", preset, overrides)
+    request = job.request(
+        source_url,
+        output_url,
+        preset=preset,
+        overrides=overrides,
+        experiment=experiment,
+        track=track,
+        **{name: value for name, value in locals().items() if name in job.FLAGS},
+    )
     steps = PrefectSteps(
         t.STEPS,
         make_task_runner(task_runner, max_workers, dask_address),
@@ -56,8 +64,8 @@ def curate_domain(
         progress_key="curate-domain-progress",
         progress_description=f"curation of {output_url}: partitions done (%)",
     )
-    result = job.run(source_url, output_url, config, steps, track_run=track, experiment=experiment)
-    stats = result["stats"]
+    result = job.run(request, steps)
+    stats = result.stats
     rows = [{"measure": k, "value": stats[k]} for k in COUNT_KEYS]
     rows.append({"measure": "num_shards", "value": len(stats["shards"])})
     rows += [
@@ -74,4 +82,4 @@ def curate_domain(
         len(stats["shards"]),
         output_url,
     )
-    return {"output_url": output_url, "stats": stats, "mlflow_run_id": result["mlflow_run_id"]}
+    return {"output_url": output_url, "stats": stats, "mlflow_run_id": result.mlflow_run_id}

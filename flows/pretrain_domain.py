@@ -1,19 +1,21 @@
 """``pretrain-domain``: curated shards → a domain model (encoder + offsets) under torchrun,
 tracked in MLflow and registered as a new version of ``e4t-DOMAIN`` (alias ``candidate``).
 
-The job is :mod:`e4t.jobs.pretrain`; this flow resolves the config once, runs the job's
-steps as Prefect tasks and adds the result artifact.
+The job is :mod:`e4t.jobs.pretrain`; this flow makes its request once (the flat parameters
+mapped to config keys by the job's ``FLAGS``, as the CLI does), runs the job's steps as
+Prefect tasks and adds the result artifact.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from e4t.config import ArchName, LaunchConfig, Overrides, PretrainConfig, load_config
+from e4t.config import ArchName, LaunchConfig, Overrides
 from e4t.jobs import pretrain as job
 from flows.steps import PrefectSteps
 from tasks import train as t
@@ -47,7 +49,7 @@ def pretrain_domain(
         init_arch: Write a random-weight base of this architecture at base_model when it is
             missing (tiny or sd15-random); null for real checkpoints or hub ids.
         preset: A preset under configs/pretrain/ (tiny, sd15-faces) or a YAML path.
-        steps: Optimizer steps (train.num_steps).
+        steps: Optimizer (training) steps (train.num_steps); not sampling or tuning steps.
         batch_size: Samples per rank per micro-step (train.batch_size); the global batch is
             batch_size × optim.grad_accum × nproc_per_node × nnodes.
         device: Torch device of each rank (model.device), e.g. cpu or cuda.
@@ -60,47 +62,39 @@ def pretrain_domain(
         overrides: Config values by dotted key, e.g. {"optim.lr": 1e-5}.
         track: Track in MLflow and register the model.
     """
-    config = load_config(
-        PretrainConfig,
-        "pretrain",
-        preset,
-        overrides,
-        values={
-            "data.shards": shards_url,
-            "model.base_model": base_model,
-            "model.device": device,
-            "experiment": experiment,
-            "domain": domain,
-            "train.num_steps": steps,
-            "train.batch_size": batch_size,
-        },
-    )
+    params = {name: value for name, value in locals().items() if name in job.FLAGS}
     launch = LaunchConfig(
         nproc_per_node=nproc_per_node,
         nnodes=nnodes,
         node_rank=node_rank,
         rdzv_endpoint=rdzv_endpoint,
     )
-    result = job.run(
-        config,
+    request = job.request(
         output_url,
-        launch,
-        PrefectSteps(t.STEPS),
+        preset=preset,
+        overrides=overrides,
+        launch=launch,
         init_arch=init_arch,
-        track_run=track,
+        track=track,
+        **params,
     )
-    final = result["final"]
-    global_batch = result["global_batch"]
+    result = job.run(request, PrefectSteps(t.STEPS))
+    final = result.final
     create_markdown_artifact(
         key="pretrain-domain-result",
         markdown=(
-            f"## Pretraining → `{result.get('alias_uri')}`\n\n"
-            f"| | |\n|---|---|\n| model version | {result.get('model_uri')} |\n"
-            f"| MLflow run | {result.get('run_id')} |\n| steps | {final.get('step')} |\n"
-            f"| global batch | {global_batch} |\n"
+            f"## Pretraining → `{result.alias_uri}`\n\n"
+            f"| | |\n|---|---|\n| model version | {result.model_uri} |\n"
+            f"| MLflow run | {result.run_id} |\n| steps | {final.get('step')} |\n"
+            f"| global batch | {request.global_batch} |\n"
             f"| final loss | {final.get('loss', float('nan')):.4f} |\n"
             f"| samples/s | {final.get('samples_per_second', float('nan')):.2f} |\n"
         ),
         description="pretraining result",
     )
-    return result
+    # the flow's result as before: the job's fields, the global batch and the accumulation
+    return {
+        **dataclasses.asdict(result),
+        "global_batch": request.global_batch,
+        "grad_accum": request.config.optim.grad_accum,
+    }

@@ -8,7 +8,6 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from e4t.config import LaunchConfig, PretrainConfig
 from e4t.jobs import pretrain as job
 from tasks.retry import retry_transient, tasks_for
 
@@ -20,23 +19,19 @@ from tasks.retry import retry_transient, tasks_for
     retry_condition_fn=retry_transient,
     timeout_seconds=None,
 )
-def train(
-    config: PretrainConfig, output_url: str, launch: LaunchConfig, track_run: bool
-) -> dict[str, Any]:
+def train(request: job.PretrainRequest) -> job.PretrainResult:
     """torchrun the ranks; each output line goes to the run log. A retry resumes from the
     latest checkpoint in ``output_url``."""
     logger = get_run_logger()
     progress = create_progress_artifact(
-        0.0, description=f"pretraining steps done (%) → {output_url}"
+        0.0, description=f"pretraining steps done (%) → {request.output_url}"
     )
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("event") == "step":
             update_progress_artifact(progress, 100.0 * event["step"] / event["num_steps"])
 
-    result = job.train(
-        config, output_url, launch, track_run, on_line=logger.info, on_event=on_event
-    )
+    result = job.train(request, on_line=logger.info, on_event=on_event)
     update_progress_artifact(progress, 100.0)
     return result
 

@@ -107,15 +107,16 @@ def test_curation_job_runs_its_steps_in_order_and_a_rerun_only_checks(
         shutil.copyfile(photos_dir / name, src / name)
     config = load_config(CurateConfig, "curate", "tiny", {"shards.num_images_per_partition": 2})
     runner = Recording()
-    result = curate.run(str(src), str(tmp_path / "out"), config, runner, track_run=False)
+    request = curate.CurateRequest(str(src), str(tmp_path / "out"), config, track=False)
+    result = curate.run(request, runner)
     # in-process, the map runs each partition through call()
     assert runner.calls == ["plan", "map partition × 2", "partition", "partition", "finalize"]
-    assert result["stats"]["num_inputs"] == 3 and result["mlflow_run_id"] is None
+    assert result.stats["num_inputs"] == 3 and result.mlflow_run_id is None
 
     again = Recording()
-    rerun = curate.run(str(src), str(tmp_path / "out"), config, again, track_run=False)
+    rerun = curate.run(request, again)
     assert again.calls == ["plan", "finalize"]  # finished: the plan is checked, nothing redone
-    assert rerun["stats"] == result["stats"] and rerun["wall_seconds"] == 0.0
+    assert rerun.stats == result.stats and rerun.wall_seconds == 0.0
 
 
 def test_personalize_job_redoes_concepts_of_another_model_and_logs_once(
@@ -137,17 +138,22 @@ def test_personalize_job_redoes_concepts_of_another_model_and_logs_once(
     config = load_config(PersonalizeConfig, "personalize", "tiny", {"tune.num_steps": 1})
     out = str(tmp_path / "out")
 
-    first = personalize.run(str(images), out, str(one), config, track_run=False)
-    again = personalize.run(str(images), out, str(one), config, track_run=False)
-    assert first["summary"]["num_done"] == 1 and again["summary"]["num_skipped"] == 1
-    other_model = personalize.run(str(images), out, str(two), config, track_run=False)
-    assert other_model["summary"]["num_skipped"] == 0  # made by another model: redone
+    def run(model: Path, config: PersonalizeConfig) -> personalize.PersonalizeResult:
+        return personalize.run(
+            personalize.request(str(images), out, str(model), config, track=False)
+        )
+
+    first = run(one, config)
+    again = run(one, config)
+    assert first.summary["num_done"] == 1 and again.summary["num_skipped"] == 1
+    other_model = run(two, config)
+    assert other_model.summary["num_skipped"] == 0  # made by another model: redone
     other_config = load_config(PersonalizeConfig, "personalize", "tiny", {"tune.num_steps": 2})
-    redone = personalize.run(str(images), out, str(two), other_config, track_run=False)
-    assert redone["summary"]["num_skipped"] == 0 and redone["rows"][0]["steps"] == 2
+    redone = run(two, other_config)
+    assert redone.summary["num_skipped"] == 0 and redone.rows[0]["steps"] == 2
 
     # a retried logging task: one parent run, its children once
-    rows, summary = redone["rows"], redone["summary"]
+    rows, summary = redone.rows, redone.summary
     params = {"model_uri": str(two)}
     parent = log_personalization(out, rows, summary, params, "e4t-idempotence")
     assert log_personalization(out, rows, summary, params, "e4t-idempotence") == parent
@@ -155,3 +161,62 @@ def test_personalize_job_redoes_concepts_of_another_model_and_logs_once(
     experiment = mlflow.get_experiment_by_name("e4t-idempotence")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
     assert len(runs) == 2  # the parent and one concept run
+
+
+def test_pretrain_and_curate_flags_are_the_flows_parameters_and_the_clis_dests() -> None:
+    """One mapping from flat parameter to config key: every FLAGS name is a parameter of
+    the stage's flow and a dest of its CLI command."""
+    import inspect
+
+    from e4t.cli import build_parser
+    from e4t.jobs import pretrain
+    from flows.curate_domain import curate_domain
+    from flows.pretrain_domain import pretrain_domain
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for job, flow_fn, command in (
+        (pretrain, pretrain_domain, "pretrain"),
+        (curate, curate_domain, "curate"),
+    ):
+        params = inspect.signature(flow_fn.fn).parameters
+        dests = {a.dest for a in sub.choices[command]._actions}  # type: ignore[union-attr]
+        for name in job.FLAGS:
+            assert name in params, (command, name)
+        cli_flags = set(job.FLAGS) & dests
+        assert command == "curate" or cli_flags == {"shards_url", "steps", "batch_size", "device"}
+    assert pretrain.FLAGS["steps"] == "train.num_steps"  # training steps, in this flow
+
+
+def test_pretrain_request_resolves_the_config_for_its_world_once(tmp_path: Path) -> None:
+    """The CLI's arguments and the flow's parameters make the same request; the global
+    batch is train.batch_size × optim.grad_accum × ranks, grad_accum fixed for the world."""
+    import pytest
+
+    from e4t.cli import build_parser
+    from e4t.config import LaunchConfig
+    from e4t.jobs import pretrain
+
+    out = str(tmp_path / "out")
+    launch = LaunchConfig(nproc_per_node=2)
+    sets = ["train.global_batch=12"]
+    from_flow = pretrain.request(
+        out, preset="tiny", overrides=sets, launch=launch, shards_url="s", steps=3,
+        batch_size=2, device="cpu", experiment=None, domain=None, base_model=None,
+    )  # fmt: skip
+    args = build_parser().parse_args(
+        ["pretrain", "s", out, "--preset", "tiny", "--set", sets[0], "--train-steps", "3",
+         "--batch-size", "2", "--device", "cpu", "--nproc-per-node", "2"]
+    )  # fmt: skip
+    from_cli = pretrain.request(
+        out, preset=args.preset, overrides=args.overrides, launch=launch,
+        **{name: getattr(args, name, None) for name in pretrain.FLAGS},
+    )  # fmt: skip
+    assert from_cli == from_flow
+    config = from_flow.config
+    assert (config.data.shards, config.train.num_steps, config.model.device) == ("s", 3, "cpu")
+    assert config.optim.grad_accum == 3 and from_flow.global_batch == 12
+    assert from_flow.describe_batch() == (
+        "global batch 12 = 2 per rank × 3 accumulation × 2 rank(s)"
+    )
+    with pytest.raises(TypeError, match="no parameter train_steps"):
+        pretrain.request(out, train_steps=3)

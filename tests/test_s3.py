@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 
 def curate(source_url: str, output_url: str, config: CurateConfig) -> dict:
     """The curation job as ``e4t curate --no-track`` runs it: stats + timings + wall time."""
-    result = curate_job.run(source_url, output_url, config, track_run=False)
-    return {**result["stats"], "timings": result["timings"], "wall_seconds": result["wall_seconds"]}
+    request = curate_job.CurateRequest(source_url, output_url, config, track=False)
+    result = curate_job.run(request)
+    return {**result.stats, "timings": result.timings, "wall_seconds": result.wall_seconds}
 
 
 def test_curate_from_s3_to_s3_and_read_back_with_webdataset(

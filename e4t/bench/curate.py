@@ -124,13 +124,8 @@ def bench_curate(
             },
         )
         start = time.perf_counter()
-        stats = curate_job.run(
-            str(src),
-            str(Path(tmp) / "out"),
-            config,
-            InProcess(num_workers=num_workers),
-            track_run=False,
-        )
+        request = curate_job.CurateRequest(str(src), str(Path(tmp) / "out"), config, track=False)
+        stats = curate_job.run(request, InProcess(num_workers=num_workers))
         wall = time.perf_counter() - start
     return CurateBench(
         num_images=num_images,
@@ -138,8 +133,8 @@ def bench_curate(
         num_workers=num_workers,
         backend=backend,
         wall_seconds=wall,
-        stage_seconds=stats["timings"],
-        num_samples=stats["stats"]["num_samples"],
-        peak_rss_bytes_by_worker=stats["peak_rss_bytes_by_worker"],
+        stage_seconds=stats.timings,
+        num_samples=stats.stats["num_samples"],
+        peak_rss_bytes_by_worker=stats.peak_rss_bytes_by_worker,
         main_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )

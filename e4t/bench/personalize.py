@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from e4t.bench.common import model_config
-from e4t.config import CurateConfig, load_config
+from e4t.config import load_config
 from e4t.jobs import curate as curate_job
 from e4t.samples import fetch_sample_photos
 
@@ -169,10 +169,7 @@ def _sample_faces(resolution_px: int, image_processor: Any) -> list[Any]:
     with tempfile.TemporaryDirectory() as tmp:
         photos = fetch_sample_photos(Path(tmp) / "photos")
         curate_job.run(
-            str(photos),
-            str(Path(tmp) / "shards"),
-            load_config(CurateConfig, "curate", "tiny"),
-            track_run=False,
+            curate_job.request(str(photos), str(Path(tmp) / "shards"), preset="tiny", track=False)
         )
         samples = [
             s for p in sorted((Path(tmp) / "shards").glob("*.tar")) for s in read_shard(str(p))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from e4t.bench.common import model_config, peak_bytes, reset_peak, timed
-from e4t.config import CurateConfig, load_config
+from e4t.config import load_config
 from e4t.jobs import curate as curate_job
 from e4t.samples import fetch_sample_photos
 
@@ -56,10 +56,7 @@ def bench_pretrain(
         root = Path(tmp)
         photos = fetch_sample_photos(root / "photos")
         curate_job.run(
-            str(photos),
-            str(root / "shards"),
-            load_config(CurateConfig, "curate", "tiny"),
-            track_run=False,
+            curate_job.request(str(photos), str(root / "shards"), preset="tiny", track=False)
         )
         init_model(root / "base", arch="tiny")
         for procs in processes:

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 
 from e4t.cli.common import add_config_args
 
@@ -41,29 +40,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from e4t.config import CurateConfig, load_config
     from e4t.jobs import curate as job
     from e4t.jobs.steps import InProcess
 
-    config = load_config(CurateConfig, "curate", args.preset, args.overrides)
+    request = job.request(
+        args.source,
+        args.output,
+        preset=args.preset,
+        overrides=args.overrides,
+        experiment=args.experiment,
+        track=args.track,
+        **{name: getattr(args, name, None) for name in job.FLAGS},
+    )
     with tqdm(
         desc="curate", unit="img", disable=not sys.stderr.isatty() and not args.progress
     ) as bar:
 
-        def on_partition(record: dict[str, Any]) -> None:
-            bar.update(record["num_inputs"])
-            bar.set_postfix(samples=record["num_samples"])
+        def on_partition(record: job.PartitionRecord) -> None:
+            bar.update(record.num_inputs)
+            bar.set_postfix(samples=record.num_samples)
 
-        result = job.run(
-            args.source,
-            args.output,
-            config,
-            InProcess(num_workers=args.workers),
-            track_run=args.track,
-            experiment=args.experiment,
-            on_partition=on_partition,
-        )
-    stats, run_id = result["stats"], result["mlflow_run_id"]
+        result = job.run(request, InProcess(num_workers=args.workers), on_partition=on_partition)
+    stats, run_id = result.stats, result.mlflow_run_id
     print(
         f"curated {stats['num_inputs']} inputs → {stats['num_samples']} samples in "
         f"{len(stats['shards'])} shard(s) at {args.output}"

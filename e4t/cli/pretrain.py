@@ -15,10 +15,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Domain pretraining under torchrun (DDP); checkpoints and "
         "resumes in OUTPUT; tracked in MLflow and registered as e4t-<domain>.",
     )
-    p.add_argument("shards", help="curated folder (with stats.json), .tar URL or pattern")
+    # dests are the job's flat parameter names (e4t.jobs.pretrain.FLAGS), as the flow's
+    p.add_argument(
+        "shards_url", metavar="shards", help="curated folder (with stats.json), .tar URL or pattern"
+    )
     p.add_argument("output", help="folder or URL for checkpoints and the model")
     add_config_args(p)
-    p.add_argument("--train-steps", type=int, help="optimizer steps (train.num_steps)")
+    p.add_argument(
+        "--train-steps",
+        dest="steps",
+        metavar="TRAIN_STEPS",
+        type=int,
+        help="optimizer steps (train.num_steps)",
+    )
     p.add_argument(
         "--batch-size",
         type=int,
@@ -43,35 +52,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from e4t.config import LaunchConfig, PretrainConfig, for_world, load_config
+    from e4t.config import LaunchConfig
     from e4t.jobs import pretrain as job
     from e4t.jobs.steps import InProcess
 
-    config = load_config(
-        PretrainConfig,
-        "pretrain",
-        args.preset,
-        args.overrides,
-        values={
-            "data.shards": args.shards,
-            "model.device": args.device,
-            "train.num_steps": args.train_steps,
-            "train.batch_size": args.batch_size,
-        },
-    )
     launch = LaunchConfig(
         nproc_per_node=args.nproc_per_node,
         nnodes=args.nnodes,
         node_rank=args.node_rank,
         rdzv_endpoint=args.rdzv_endpoint,
     )
-    config = for_world(config, launch.world_size)  # train.global_batch → optim.grad_accum
-    print(
-        f"global batch {config.train.batch_size * config.optim.grad_accum * launch.world_size}"
-        f" = {config.train.batch_size} per rank × {config.optim.grad_accum} accumulation × "
-        f"{launch.world_size} rank(s)"
+    request = job.request(
+        args.output,
+        preset=args.preset,
+        overrides=args.overrides,
+        launch=launch,
+        init_arch=args.init_arch,
+        track=args.track,
+        **{name: getattr(args, name, None) for name in job.FLAGS},  # no flag: None, the preset's
     )
-    with tqdm(total=config.train.num_steps, desc="pretrain", unit="step") as bar:
+    print(request.describe_batch())
+    with tqdm(total=request.config.train.num_steps, desc="pretrain", unit="step") as bar:
 
         def on_event(event: dict[str, Any]) -> None:
             if event.get("event") == "step":
@@ -89,10 +90,8 @@ def run(args: argparse.Namespace) -> int:
                 }
             }
         )
-        out = job.run(
-            config, args.output, launch, steps, init_arch=args.init_arch, track_run=args.track
-        )
+        out = job.run(request, steps)
     print(f"domain model: {args.output.rstrip('/')}/model")
-    if out.get("alias_uri"):
-        print(f"MLflow run {out['run_id']}; registered {out['model_uri']} ({out['alias_uri']})")
+    if out.alias_uri:
+        print(f"MLflow run {out.run_id}; registered {out.model_uri} ({out.alias_uri})")
     return 0

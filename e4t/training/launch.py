@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from e4t import io as eio
-from e4t.config import ConfigError, LaunchConfig, PretrainConfig, config_hash
+from e4t.config import ConfigError, LaunchConfig, PretrainConfig, config_hash, global_batch_size
 from e4t.data.loader import dataset_identity, shard_urls
 from e4t.models.base import check_base_model
 from e4t.training.distributed import EXPECTED_WORLD_ENV
@@ -95,64 +95,92 @@ def rendezvous_id(
     return run_id or uuid.uuid4().hex[:12]
 
 
-def run_pretraining(
-    config: PretrainConfig,
-    output_url: str,
-    launch: LaunchConfig | None = None,
-    track: bool = True,
-    on_line: Callable[[str], None] | None = None,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train under torchrun; returns the result, the MLflow run and the model version."""
-    launch = launch or LaunchConfig()
-    validate_inputs(config)
-    main_node = launch.node_rank == 0
-    resolved = config.model_dump(mode="json")
-    run_id = None
+def read_launch_state(output_url: str, config: PretrainConfig) -> dict[str, Any]:
+    """What an earlier launch into ``output_url`` left in ``launch.json`` ({} when none);
+    refuses an output folder that holds a pretraining with another config."""
     state_url = eio.join(output_url, "launch.json")
     previous = json.loads(eio.read_text(state_url)) if eio.exists(state_url) else {}
-    chash = config_hash(config)
-    if previous.get("config_hash", chash) != chash:
+    if previous.get("config_hash", config_hash(config)) != config_hash(config):
         raise ConfigError(
             f"{output_url} already holds a pretraining with another config (see {state_url}): "
             "write to a new output folder, or delete that one to start over"
         )
-    if previous.get("registered") and main_node:
-        logger.info("%s is already trained and registered; nothing to do", output_url)
-        return previous
-    if track and main_node:
-        from e4t.tracking import start_pretrain_run
+    return previous
 
-        run_id = previous.get("run_id") or start_pretrain_run(
-            resolved,
-            output_url,
-            dataset_identity(config.data.shards),
-            config.experiment,
-            {
-                "e4t.nproc_per_node": str(launch.nproc_per_node),
-                "e4t.nnodes": str(launch.nnodes),
-                # samples per optimizer step over all ranks
-                "e4t.global_batch": str(
-                    config.train.batch_size * config.optim.grad_accum * launch.world_size
-                ),
-            },
-        )
-    if main_node:  # tracked or not: the output folder names its config from the start
-        eio.write_text(
-            state_url,
-            json.dumps({"run_id": run_id, "output_url": output_url, "config_hash": chash}),
-        )
 
+def start_run(
+    config: PretrainConfig, output_url: str, launch: LaunchConfig, previous: dict[str, Any]
+) -> str:
+    """The MLflow run of this pretraining: the earlier launch's, or a new one."""
+    from e4t.tracking import start_pretrain_run
+
+    if previous.get("run_id"):
+        return str(previous["run_id"])
+    return start_pretrain_run(
+        config.model_dump(mode="json"),
+        output_url,
+        dataset_identity(config.data.shards),
+        config.experiment,
+        {
+            "e4t.nproc_per_node": str(launch.nproc_per_node),
+            "e4t.nnodes": str(launch.nnodes),
+            # samples per optimizer step over all ranks
+            "e4t.global_batch": str(global_batch_size(config, launch.world_size)),
+        },
+    )
+
+
+def stream_torchrun(
+    cmd: list[str],
+    env: dict[str, str],
+    on_line: Callable[[str], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``cmd``, handing each output line to ``on_line`` and each JSON event line to
+    ``on_event``; returns rank 0's ``done`` event, or raises :class:`TrainingFailed` with
+    the last lines of output."""
+    tail: deque[str] = deque(maxlen=40)
+    result: dict[str, Any] = {}
+    logger.info("launching: %s", " ".join(cmd))
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if on_line:
+                on_line(line)
+            if line.startswith("{"):
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if on_event:
+                    on_event(event)
+                if event.get("event") == "done":
+                    result = event
+        code = proc.wait()
+    if code != 0:
+        raise TrainingFailed(f"torchrun exited with {code}; last output:\n" + "\n".join(tail))
+    return result
+
+
+def run_ranks(
+    config: PretrainConfig,
+    output_url: str,
+    run_id: str | None,
+    launch: LaunchConfig,
+    rdzv_id: str,
+    on_line: Callable[[str], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """This node's ranks under torchrun, the resolved config handed over as one JSON file;
+    returns rank 0's ``done`` event ({} on other nodes)."""
     with tempfile.TemporaryDirectory() as tmp:
         config_path = str(Path(tmp) / "config.json")
         Path(config_path).write_text(config.model_dump_json())
-        cmd = torchrun_command(
-            config_path,
-            output_url,
-            run_id,
-            launch,
-            rdzv_id=rendezvous_id(launch, chash, output_url, previous.get("run_id")),
-        )
+        cmd = torchrun_command(config_path, output_url, run_id, launch, rdzv_id=rdzv_id)
         env = {
             **os.environ,
             EXPECTED_WORLD_ENV: str(launch.world_size),
@@ -163,30 +191,39 @@ def run_pretraining(
             env.setdefault(
                 "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launch.nproc_per_node))
             )
-        tail: deque[str] = deque(maxlen=40)
-        result: dict[str, Any] = {}
-        logger.info("launching: %s", " ".join(cmd))
-        with subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
-        ) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                tail.append(line)
-                if on_line:
-                    on_line(line)
-                if line.startswith("{"):
-                    try:
-                        event = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if on_event:
-                        on_event(event)
-                    if event.get("event") == "done":
-                        result = event
-            code = proc.wait()
-    if code != 0:
-        raise TrainingFailed(f"torchrun exited with {code}; last output:\n" + "\n".join(tail))
+        return stream_torchrun(cmd, env, on_line, on_event)
+
+
+def run_pretraining(
+    config: PretrainConfig,
+    output_url: str,
+    launch: LaunchConfig | None = None,
+    track: bool = True,
+    on_line: Callable[[str], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train under torchrun; returns the result, the MLflow run and the model version.
+
+    Checks the inputs and the output folder (a finished, registered one returns at once),
+    opens the run (node 0), records the launch in ``launch.json``, runs the ranks, then
+    registers the model and records that too."""
+    launch = launch or LaunchConfig()
+    validate_inputs(config)
+    main_node = launch.node_rank == 0
+    previous = read_launch_state(output_url, config)
+    if previous.get("registered") and main_node:
+        logger.info("%s is already trained and registered; nothing to do", output_url)
+        return previous
+    chash = config_hash(config)
+    run_id = start_run(config, output_url, launch, previous) if track and main_node else None
+    state_url = eio.join(output_url, "launch.json")
+    if main_node:  # tracked or not: the output folder names its config from the start
+        eio.write_text(
+            state_url,
+            json.dumps({"run_id": run_id, "output_url": output_url, "config_hash": chash}),
+        )
+    rdzv_id = rendezvous_id(launch, chash, output_url, previous.get("run_id"))
+    result = run_ranks(config, output_url, run_id, launch, rdzv_id, on_line, on_event)
     out: dict[str, Any] = {
         "output_url": output_url,
         "run_id": run_id,

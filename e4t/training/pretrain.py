@@ -1,8 +1,9 @@
 """Domain pretraining (E4T §3.3): encoder + weight offsets on a curated domain, under torchrun.
 
-Read it top to bottom: set up the world, build the model and the data stream, resume
-from the latest complete checkpoint if there is one, then loop — micro-batches with
-gradient accumulation, clip, step, log, checkpoint, preview — and save the domain model.
+Read :func:`pretrain` top to bottom, one phase per function: set up the world, build the
+trainer (model, optimizer, schedule, generator), resume from the latest complete checkpoint
+if there is one, build the data stream, then run the steps — micro-batches with gradient
+accumulation, clip, step, log, checkpoint, preview — and finish by saving the domain model.
 
 Each rank runs this; only rank 0 writes the model, logs to MLflow and prints the JSON
 progress lines the launcher streams (``{"event": "step", ...}``).
@@ -22,6 +23,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from e4t import faults
 from e4t import io as eio
-from e4t.config import PretrainConfig, config_hash
+from e4t.config import PretrainConfig, config_hash, global_batch_size
 from e4t.data.loader import (
     SampleTransform,
     collate,
@@ -115,10 +118,53 @@ def preview_grid(
     return grid
 
 
-def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None) -> dict[str, Any]:
+@dataclass
+class Trainer:
+    """What the step loop updates, built the same on every rank: the model (same initial
+    weights everywhere), its trainable parameters, AdamW, the LR schedule and the noise
+    generator (seeded per rank)."""
+
+    config: PretrainConfig
+    world: World
+    model: E4TModel
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: Any  # a torch LR scheduler from diffusers' get_scheduler
+    generator: torch.Generator
+
+
+@dataclass
+class DataStream:
+    """The rank's training stream (or the one fixed batch it repeats), and rank 0's
+    held-out faces for previews with their batch for the held-out loss."""
+
+    stream: Iterator[dict[str, Any]]
+    fixed: dict[str, Any] | None
+    held_out: list[dict[str, Any]]
+    held_batch: Batch | None
+
+    def next_raw(self) -> dict[str, Any]:
+        return self.fixed if self.fixed is not None else next(self.stream)
+
+
+@dataclass
+class Precision:
+    """Autocast for the forward passes (a no-op on CPU or with mixed_precision=no) and the
+    fp16 loss scaler (disabled otherwise)."""
+
+    autocast: contextlib.AbstractContextManager[Any]
+    scaler: torch.amp.GradScaler
+
+
+def set_up_world(config: PretrainConfig) -> World:
+    """Join torchrun's process group and seed this rank's torch RNG."""
     world = init_world(config.model.device)
+    torch.manual_seed(config.train.seed + world.rank)
+    return world
+
+
+def build_trainer(config: PretrainConfig, world: World) -> Trainer:
     seed = config.train.seed
-    torch.manual_seed(seed + world.rank)
     model = E4TModel.from_config(
         config.model.model_copy(update={"device": str(world.device)}), seed=seed
     )  # same initial weights on every rank
@@ -133,33 +179,35 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         num_training_steps=config.train.num_steps,
     )
     generator = torch.Generator(world.device).manual_seed(seed * 7919 + world.rank)
-    chash = config_hash(config)
-    ckpt_root = eio.join(output_url, "checkpoints")
+    return Trainer(config, world, model, params, optimizer, schedule, generator)
 
-    start = 0
-    resumed_scaler: dict[str, Any] = {}
+
+def resume(trainer: Trainer, ckpt_root: str) -> tuple[int, dict[str, Any]]:
+    """Load the latest complete checkpoint into ``trainer`` (it must have been written with
+    the same config); returns the step to start from and the loss scaler's saved state
+    (0 and {} when there is none)."""
     done = ckpt.complete_steps(ckpt_root)
-    if done:
-        state = ckpt.load_checkpoint(ckpt_root, done[-1], world.rank, chash)
-        with torch.no_grad():
-            named = trained_state(model)
-            for name, value in state["trained"].items():
-                named[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
-        resumed_scaler = state["scaler"]
-        emit(world, event="resumed", step=start)
-    if start >= config.train.num_steps and eio.exists(eio.join(output_url, "model", MODEL_MARKER)):
-        emit(world, event="already_done", step=start)
-        shutdown(world)
-        return {"step": start}
+    if not done:
+        return 0, {}
+    world = trainer.world
+    state = ckpt.load_checkpoint(ckpt_root, done[-1], world.rank, config_hash(trainer.config))
+    with torch.no_grad():
+        named = trained_state(trainer.model)
+        for name, value in state["trained"].items():
+            named[name].copy_(value)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.schedule.load_state_dict(state["scheduler"])
+    trainer.generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    emit(world, event="resumed", step=state["step"])
+    return state["step"], state["scaler"]
 
+
+def build_data(config: PretrainConfig, model: E4TModel, world: World, start: int) -> DataStream:
+    """The rank's shuffled stream, past the samples the first ``start`` steps consumed
+    (each DataLoader worker skips its own share), without the held-out faces."""
     urls = shard_urls(config.data.shards)
     held = held_out_samples(urls, config.data.num_preview)  # every rank excludes them
-    held_keys = frozenset(s["__key__"] for s in held)
     held_out = held if world.is_main else []
     accum = config.optim.grad_accum
     transform = SampleTransform(
@@ -172,11 +220,11 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         urls,
         transform,
         batch_size=config.train.batch_size,
-        seed=seed,
+        seed=config.train.seed,
         rank=world.rank,
         shuffle_buffer=config.data.shuffle_buffer,
         skip_samples=0 if config.data.fixed_batch else start * config.train.batch_size * accum,
-        exclude_keys=held_keys,
+        exclude_keys=frozenset(s["__key__"] for s in held),
     )
     # a DataPipeline is an IterableDataset at run time; its stubs do not say so
     loader: torch.utils.data.DataLoader[dict[str, Any]] = torch.utils.data.DataLoader(
@@ -196,109 +244,167 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
         ]
         held_batch = to_batch(collate(views), world.device)
     fixed = next(stream) if config.data.fixed_batch else None
+    return DataStream(stream, fixed, held_out, held_batch)
 
-    loss_module: nn.Module = LossModule(model, config)
-    if world.distributed:
+
+def wrap_loss(trainer: Trainer) -> nn.Module:
+    """The loss module the steps call: under DDP when there are several ranks."""
+    loss_module: nn.Module = LossModule(trainer.model, trainer.config)
+    if trainer.world.distributed:
         loss_module = DistributedDataParallel(loss_module, find_unused_parameters=False)
-    autocast = (
-        torch.autocast(
-            "cuda",
-            dtype=torch.bfloat16 if config.train.mixed_precision == "bf16" else torch.float16,
-        )
-        if world.device.type == "cuda" and config.train.mixed_precision != "no"
+    return loss_module
+
+
+def set_up_precision(
+    config: PretrainConfig, device: torch.device, scaler_state: dict[str, Any]
+) -> Precision:
+    mixed = config.train.mixed_precision
+    autocast: contextlib.AbstractContextManager[Any] = (
+        torch.autocast("cuda", dtype=torch.bfloat16 if mixed == "bf16" else torch.float16)
+        if device.type == "cuda" and mixed != "no"
         else contextlib.nullcontext()
     )
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=config.train.mixed_precision == "fp16" and world.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed == "fp16" and device.type == "cuda")
+    if scaler_state and scaler.is_enabled():
+        scaler.load_state_dict(scaler_state)
+    return Precision(autocast, scaler)
+
+
+def open_tracking(world: World, run_id: str | None) -> Any:
+    """Rank 0's MLflow run opened by the launcher, or None (other ranks, untracked)."""
+    if not (world.is_main and run_id):
+        return None
+    from e4t.tracking import resume_run
+
+    return resume_run(run_id)
+
+
+def train_step(
+    trainer: Trainer, data: DataStream, loss_module: nn.Module, precision: Precision
+) -> dict[str, float]:
+    """One optimizer step: ``grad_accum`` micro-batches (DDP syncs gradients on the last),
+    unscale, clip, step; returns the step's figures, loss terms averaged over ranks."""
+    config, world = trainer.config, trainer.world
+    accum = config.optim.grad_accum
+    t0 = time.perf_counter()
+    if config.data.fixed_batch:
+        trainer.generator.manual_seed(config.train.seed * 7919 + world.rank)
+    totals = torch.zeros(4, device=world.device)
+    for i in range(accum):
+        raw = data.next_raw()
+        last_micro = i == accum - 1 or not isinstance(loss_module, DistributedDataParallel)
+        # DDP all-reduces gradients only on the last micro-batch of an accumulation
+        sync = (
+            contextlib.nullcontext()
+            if last_micro
+            else cast(DistributedDataParallel, loss_module).no_sync()
+        )
+        with sync:
+            with precision.autocast:  # the forward only: backward runs outside autocast
+                terms = loss_module(to_batch(raw, world.device), trainer.generator)
+            precision.scaler.scale(terms[0] / accum).backward()
+        totals += torch.stack([t.detach().float() for t in terms]) / accum
+    precision.scaler.unscale_(trainer.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.params, config.optim.max_grad_norm)
+    precision.scaler.step(trainer.optimizer)
+    precision.scaler.update()
+    trainer.schedule.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    totals = all_reduce_mean(totals, world)
+    if world.device.type == "cuda":
+        torch.cuda.synchronize(world.device)
+    seconds = time.perf_counter() - t0
+    return {
+        "loss": totals[0].item(),
+        "loss_diffusion": totals[1].item(),
+        "reg_embedding": totals[2].item(),
+        "reg_weights": totals[3].item(),
+        "lr": trainer.schedule.get_last_lr()[0],
+        "grad_norm": float(grad_norm),
+        "samples_per_second": global_batch_size(config, world.size) / seconds,
+        "peak_memory_gib": peak_memory_bytes(world.device) / 2**30,
+    }
+
+
+def save_step(trainer: Trainer, ckpt_root: str, number: int, precision: Precision) -> None:
+    """Every rank writes its part of step ``number``'s checkpoint; rank 0 commits it once
+    all have (then older ones beyond ``keep_checkpoints`` go)."""
+    world = trainer.world
+    ckpt.save_checkpoint(
+        ckpt_root,
+        number,
+        world.rank,
+        {n: p.detach() for n, p in trained_state(trainer.model).items()},
+        trainer.optimizer,
+        trainer.schedule,
+        trainer.generator,
+        config_hash(trainer.config),
+        precision.scaler,
     )
-    if resumed_scaler and scaler.is_enabled():
-        scaler.load_state_dict(resumed_scaler)
+    barrier(world)
+    if world.is_main:
+        ckpt.commit_checkpoint(ckpt_root, number, trainer.config.train.keep_checkpoints)
+        emit(world, event="checkpoint", step=number)
+    barrier(world)
+    faults.reached("checkpoint", number)  # crash tests: E4T_FAULT_AT=checkpoint:N
 
-    mlflow = None
-    if world.is_main and run_id:
-        from e4t.tracking import resume_run
 
-        mlflow = resume_run(run_id)
+def preview(
+    trainer: Trainer, data: DataStream, number: int, precision: Precision, mlflow: Any
+) -> None:
+    """Rank 0: the held-out loss and the preview grid of step ``number``."""
+    config = trainer.config
+    assert data.held_batch is not None
+    with precision.autocast:  # fixed draws on faces training never sees: a comparable curve
+        heldout = held_out_loss(trainer.model, data.held_batch, config.loss)
+    grid = preview_grid(trainer.model, data.held_out, config.train.preview_steps, config.train.seed)
+    if mlflow is not None:
+        mlflow.log_metric("heldout_loss", heldout, step=number)
+        mlflow.log_image(grid, f"previews/step-{number:06d}.png")
+    emit(trainer.world, event="preview", step=number, heldout_loss=heldout)
 
-    model.encoder.train()
+
+def is_due(number: int, every: int, last: int) -> bool:
+    """Step ``number`` is a multiple of ``every`` (0: never) or the last step."""
+    return bool(every and number % every == 0) or number == last
+
+
+def run_steps(
+    trainer: Trainer,
+    data: DataStream,
+    loss_module: nn.Module,
+    precision: Precision,
+    ckpt_root: str,
+    mlflow: Any,
+    start: int,
+) -> dict[str, float]:
+    """Steps ``start + 1`` … ``train.num_steps``, each logged, checkpointed and previewed
+    when due; returns the last step's figures."""
+    train = trainer.config.train
+    world = trainer.world
+    trainer.model.encoder.train()
     last: dict[str, float] = {}
-    for step in range(start, config.train.num_steps):
-        t0 = time.perf_counter()
-        if config.data.fixed_batch:
-            generator.manual_seed(seed * 7919 + world.rank)
-        totals = torch.zeros(4, device=world.device)
-        for i in range(accum):
-            raw = fixed if fixed is not None else next(stream)
-            last_micro = i == accum - 1 or not isinstance(loss_module, DistributedDataParallel)
-            # DDP all-reduces gradients only on the last micro-batch of an accumulation
-            sync = (
-                contextlib.nullcontext()
-                if last_micro
-                else cast(DistributedDataParallel, loss_module).no_sync()
-            )
-            with sync:
-                with autocast:  # the forward only: backward runs outside autocast
-                    terms = loss_module(to_batch(raw, world.device), generator)
-                scaler.scale(terms[0] / accum).backward()
-            totals += torch.stack([t.detach().float() for t in terms]) / accum
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.optim.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        totals = all_reduce_mean(totals, world)
-        if world.device.type == "cuda":
-            torch.cuda.synchronize(world.device)
-        seconds = time.perf_counter() - t0
+    for step in range(start, train.num_steps):
+        last = train_step(trainer, data, loss_module, precision)
         number = step + 1
-        last = {
-            "loss": totals[0].item(),
-            "loss_diffusion": totals[1].item(),
-            "reg_embedding": totals[2].item(),
-            "reg_weights": totals[3].item(),
-            "lr": schedule.get_last_lr()[0],
-            "grad_norm": float(grad_norm),
-            "samples_per_second": config.train.batch_size * accum * world.size / seconds,
-            "peak_memory_gib": peak_memory_bytes(world.device) / 2**30,
-        }
-        if number % config.train.log_every == 0 or number == config.train.num_steps:
-            emit(world, event="step", step=number, num_steps=config.train.num_steps, **last)
+        if is_due(number, train.log_every, train.num_steps):
+            emit(world, event="step", step=number, num_steps=train.num_steps, **last)
             if mlflow is not None:
                 mlflow.log_metrics(last, step=number)
-        is_last = number == config.train.num_steps
-        if (
-            config.train.checkpoint_every and number % config.train.checkpoint_every == 0
-        ) or is_last:
-            ckpt.save_checkpoint(
-                ckpt_root,
-                number,
-                world.rank,
-                {n: p.detach() for n, p in trained_state(model).items()},
-                optimizer,
-                schedule,
-                generator,
-                chash,
-                scaler,
-            )
-            barrier(world)
-            if world.is_main:
-                ckpt.commit_checkpoint(ckpt_root, number, config.train.keep_checkpoints)
-                emit(world, event="checkpoint", step=number)
-            barrier(world)
-            faults.reached("checkpoint", number)  # crash tests: E4T_FAULT_AT=checkpoint:N
-        preview_now = (
-            config.train.preview_every and number % config.train.preview_every == 0
-        ) or is_last
-        if world.is_main and preview_now and held_out and held_batch is not None:
-            with autocast:  # fixed draws on faces training never sees: a comparable curve
-                heldout = held_out_loss(model, held_batch, config.loss)
-            grid = preview_grid(model, held_out, config.train.preview_steps, seed)
-            if mlflow is not None:
-                mlflow.log_metric("heldout_loss", heldout, step=number)
-                mlflow.log_image(grid, f"previews/step-{number:06d}.png")
-            emit(world, event="preview", step=number, heldout_loss=heldout)
+        if is_due(number, train.checkpoint_every, train.num_steps):
+            save_step(trainer, ckpt_root, number, precision)
+        due = is_due(number, train.preview_every, train.num_steps)
+        if world.is_main and due and data.held_out and data.held_batch is not None:
+            preview(trainer, data, number, precision, mlflow)
+    return last
 
+
+def finish(
+    trainer: Trainer, output_url: str, last: dict[str, float], mlflow: Any
+) -> dict[str, Any]:
+    """Each rank records its weights' fingerprint; rank 0 uploads the model (its marker
+    last), the config and the result, and ends the MLflow run. Returns the result."""
+    config, world, model = trainer.config, trainer.world, trainer.model
     fingerprint = model.fingerprint()
     eio.write_text(
         eio.join(output_url, "ranks", f"rank-{world.rank}.json"),
@@ -321,6 +427,26 @@ def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None)
             mlflow.end_run()
         emit(world, event="done", **result)
     barrier(world)
+    return result
+
+
+def pretrain(config: PretrainConfig, output_url: str, run_id: str | None = None) -> dict[str, Any]:
+    """Train this rank to ``train.num_steps``, resuming from ``output_url``'s latest complete
+    checkpoint; returns the final step's figures and the weights' fingerprint."""
+    world = set_up_world(config)
+    trainer = build_trainer(config, world)
+    ckpt_root = eio.join(output_url, "checkpoints")
+    start, scaler_state = resume(trainer, ckpt_root)
+    if start >= config.train.num_steps and eio.exists(eio.join(output_url, "model", MODEL_MARKER)):
+        emit(world, event="already_done", step=start)
+        shutdown(world)
+        return {"step": start}
+    data = build_data(config, trainer.model, world, start)
+    loss_module = wrap_loss(trainer)
+    precision = set_up_precision(config, world.device, scaler_state)
+    mlflow = open_tracking(world, run_id)
+    last = run_steps(trainer, data, loss_module, precision, ckpt_root, mlflow, start)
+    result = finish(trainer, output_url, last, mlflow)
     shutdown(world)
     return result
 
