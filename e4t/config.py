@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from e4t.models.arch_names import ArchName as ArchName  # re-exported: flows type --arch with it
+
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 #: the most sampling steps a preview may take (schedulers are trained on 1000 timesteps)
 MAX_SAMPLING_STEPS = 1000
@@ -126,9 +128,6 @@ class CurateConfig(StrictModel):
 # --------------------------------------------------------------------------- model
 
 DEFAULT_IMAGE_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-
-ArchName = Literal["tiny", "sd15-random"]
-"""Model architectures with seeded random weights (:mod:`e4t.models.architectures`)."""
 
 
 class EncoderConfig(StrictModel):

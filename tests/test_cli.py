@@ -298,8 +298,8 @@ def test_the_pinned_version_is_recorded_beside_the_alias(
     shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
     config = load_config(PersonalizeConfig, "personalize", "tiny", values={"tune.num_steps": 1})
     out = tmp_path / "out"
-    result = job.run(str(images), str(out), alias, config, track_run=False)
-    (row,) = [r for r in result["rows"] if r["status"] == "done"]
+    result = job.run(job.request(str(images), str(out), alias, config, track=False))
+    (row,) = [r for r in result.rows if r["status"] == "done"]
     concept = out / "concepts" / row["concept_id"]
     recorded = [
         json.loads((concept / "concept.json").read_text()),
@@ -434,11 +434,10 @@ def test_every_pass_of_a_job_uses_the_version_pinned_at_its_start(
             moved.append(register(2))
 
     out = tmp_path / "out"
-    result = job.run(
-        str(images), str(out), first["alias_uri"], config, track_run=False, on_pass=move_the_alias
-    )
+    request = job.request(str(images), str(out), first["alias_uri"], config, track=False)
+    result = job.run(request, on_pass=move_the_alias)
     assert moved and moved[0]["version"] != first["version"]
-    done = [r for r in result["rows"] if r["status"] == "done"]
+    done = [r for r in result.rows if r["status"] == "done"]
     assert len(done) == 2
     metas = [json.loads((out / "concepts" / r["concept_id"] / "concept.json").read_text())
              for r in done]  # fmt: skip
@@ -474,3 +473,75 @@ def test_error_lines_escape_what_an_untrusted_file_held() -> None:
 
     assert printable("PWNED\x1b[2J\nnext") == "PWNED\\x1b[2J\\nnext"
     assert printable("x" * 5000).endswith("…") and len(printable("x" * 5000)) == 2001
+
+
+def test_help_of_every_command_imports_no_torch() -> None:
+    """`e4t --help` and `e4t <command> --help` build every parser without the heavy
+    libraries (each command imports them in its handler)."""
+    probe = (
+        "import contextlib, io, json, sys\n"
+        "from e4t.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "names = list(parser._subparsers._group_actions[0].choices)\n"
+        "codes = {}\n"
+        "for name in [None, *names]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            parser.parse_args([name, '--help'] if name else ['--help'])\n"
+        "        except SystemExit as done:\n"
+        "            codes[name or ''] = done.code\n"
+        "heavy = ('torch', 'diffusers', 'transformers', 'pydantic')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "print(json.dumps({'codes': codes, 'heavy': heavy}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    out = json.loads(done.stdout)
+    assert out["heavy"] == []
+    assert len(out["codes"]) == 15 and set(out["codes"].values()) == {0}
+    assert {"", "curate", "export-concept", "upload", "download", "bench"} <= set(out["codes"])
+
+
+def test_each_architecture_name_has_its_builders_and_its_model_preset() -> None:
+    """Names in one place (e4t.models.arch_names): the CLI's choices, the benchmarks'
+    presets and the builders read them; a name without a builder or a preset fails here."""
+    import argparse
+    import typing
+
+    from e4t.bench.common import ARCH_PRESETS
+    from e4t.cli import build_parser
+    from e4t.config import REPO_CONFIGS, ArchName
+    from e4t.models import architectures
+    from e4t.models.arch_names import ARCH_NAMES, MODEL_PRESETS
+
+    assert "tiny" in ARCH_NAMES and ARCH_NAMES == typing.get_args(ArchName)
+    assert architectures.ARCHS == ARCH_NAMES
+    for name in ARCH_NAMES:
+        for table in (architectures._UNET, architectures._VAE, architectures._TEXT):
+            assert name in table, f"{name}: no builder entry in e4t/models/architectures.py"
+        assert architectures._VISION_FOR[name] in architectures._VISION, name
+        assert (REPO_CONFIGS / "model" / f"{MODEL_PRESETS[name]}.yaml").is_file(), name
+        assert ARCH_PRESETS[name] == MODEL_PRESETS[name]
+    assert set(MODEL_PRESETS) == set(ARCH_NAMES)
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {"init-model": "--arch", "pretrain": "--init-arch", "bench": "--arch"}
+    for command, flag in flags.items():
+        action = next(a for a in commands.choices[command]._actions if flag in a.option_strings)
+        assert list(action.choices or ()) == list(ARCH_NAMES), command
+
+
+def test_no_function_of_the_command_line_is_over_100_lines() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "e4t" / "cli"
+    long = [
+        f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(root.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > 100
+    ]
+    assert long == []

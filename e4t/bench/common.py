@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from e4t.config import ArchName, ModelConfig, load_config
+from e4t.config import ModelConfig, load_config
+from e4t.models.arch_names import MODEL_PRESETS, ArchName
 
 # the model preset (configs/model/*.yaml) whose encoder and offsets go with each architecture
-ARCH_PRESETS: dict[str, str] = {"tiny": "tiny", "sd15-random": "sd15"}
+ARCH_PRESETS: dict[str, str] = {name: preset for name, preset in MODEL_PRESETS.items()}
 
 
 def model_config(arch: ArchName | str, **values: Any) -> ModelConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from e4t.cli.common import ARCH_CHOICES
@@ -12,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "bench", help="print speed figures", description="Benchmarks that print figures."
     )
-    p.add_argument("what", choices=["curate", "model", "pretrain", "personalize", "gpu"])
+    p.add_argument("what", choices=list(BENCHES))
     p.add_argument("--num-images", type=int, default=48)
     p.add_argument("--size-px", type=int, default=1024, help="long side of the test photos")
     p.add_argument("--workers", type=int, default=2)
@@ -66,19 +67,34 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    args.arch_given, args.arch = args.arch is not None, args.arch or "tiny"
-    from e4t import bench
+    """The benchmark ``what`` names (``--arch`` left out: tiny, except for pretrain)."""
+    return BENCHES[args.what](args)
 
-    if args.what == "curate":
-        result: Any = bench.bench_curate(
+
+def _print_report(result: Any) -> int:
+    print(result.report())
+    return 0
+
+
+def _bench_curate(args: argparse.Namespace) -> int:
+    from e4t.bench import bench_curate
+
+    return _print_report(
+        bench_curate(
             num_images=args.num_images,
             size_px=args.size_px,
             num_workers=args.workers,
             backend=args.backend,
         )
-    elif args.what == "model":
-        result = bench.bench_model(
-            arch=args.arch,
+    )
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from e4t.bench import bench_model
+
+    return _print_report(
+        bench_model(
+            arch=args.arch or "tiny",
             resolution_px=args.resolution_px,
             batch_size=args.batch_size,
             dtype=args.dtype,
@@ -87,32 +103,46 @@ def run(args: argparse.Namespace) -> int:
             num_steps=args.train_steps,
             gradient_checkpointing=args.gradient_checkpointing,
         )
-    elif args.what == "gpu":
-        from e4t.bench.gpu import bench_gpu, print_json_lines
+    )
 
-        figures = bench_gpu(
-            arch=args.arch,
-            device=args.device,
-            dtype=args.dtype,
-            resolution_px=args.resolution_px,
-            faces_dir=args.faces,
-            tune_steps=args.tune_steps,
-            skip=tuple(args.skip or ()),
-        )
-        return 0 if print_json_lines(figures) else 1
-    elif args.what == "personalize" and args.runner:
+
+def _bench_gpu(args: argparse.Namespace) -> int:
+    """One JSON line per figure; 1 when a figure failed."""
+    from e4t.bench.gpu import bench_gpu, print_json_lines
+
+    figures = bench_gpu(
+        arch=args.arch or "tiny",
+        device=args.device,
+        dtype=args.dtype,
+        resolution_px=args.resolution_px,
+        faces_dir=args.faces,
+        tune_steps=args.tune_steps,
+        skip=tuple(args.skip or ()),
+    )
+    return 0 if print_json_lines(figures) else 1
+
+
+def _bench_personalize(args: argparse.Namespace) -> int:
+    """Concepts per minute of the job on ``--runner``, the op count of a tuning step
+    (``--count-ops``), or the tuning step's time and memory."""
+    from e4t import bench
+
+    arch = args.arch or "tiny"
+    if args.runner:
         from e4t.bench.personalize import bench_personalize_runner
 
-        result = bench_personalize_runner(
-            args.runner, workers=args.workers, num_steps=args.tune_steps
+        return _print_report(
+            bench_personalize_runner(args.runner, workers=args.workers, num_steps=args.tune_steps)
         )
-    elif args.what == "personalize" and args.count_ops:
-        result = bench.bench_personalize_ops(
-            arch=args.arch, resolution_px=args.resolution_px, draws=args.draws, dtype=args.dtype
+    if args.count_ops:
+        return _print_report(
+            bench.bench_personalize_ops(
+                arch=arch, resolution_px=args.resolution_px, draws=args.draws, dtype=args.dtype
+            )
         )
-    elif args.what == "personalize":
-        result = bench.bench_personalize(
-            arch=args.arch,
+    return _print_report(
+        bench.bench_personalize(
+            arch=arch,
             num_steps=args.tune_steps,
             draws=args.draws,
             resolution_px=args.resolution_px,
@@ -120,7 +150,13 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             faces_dir=args.faces,
         )
-    elif args.arch_given:  # pretrain on a full-size architecture: one GPU's step figures
+    )
+
+
+def _bench_pretrain(args: argparse.Namespace) -> int:
+    """With ``--arch``: one GPU's step figures on that architecture; without: the tiny
+    model's 1-vs-2-process run."""
+    if args.arch is not None:
         from e4t.bench.pretrain import bench_pretrain_steps, report_steps
 
         rows = list(
@@ -135,11 +171,21 @@ def run(args: argparse.Namespace) -> int:
         )
         print(report_steps(rows))
         return 0
-    else:
-        result = bench.bench_pretrain(
+    from e4t.bench import bench_pretrain
+
+    return _print_report(
+        bench_pretrain(
             global_batch=args.global_batch,
             num_steps=max(3, args.train_steps),
             resolution_px=args.resolution_px,
         )
-    print(result.report())
-    return 0
+    )
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {
+    "curate": _bench_curate,
+    "model": _bench_model,
+    "pretrain": _bench_pretrain,
+    "personalize": _bench_personalize,
+    "gpu": _bench_gpu,
+}

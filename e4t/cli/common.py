@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-ARCH_CHOICES = ["tiny", "sd15-random"]  # e4t.config.ArchName (not imported: fast --help)
+from e4t.models.arch_names import ARCH_NAMES
+
+ARCH_CHOICES: list[str] = list(ARCH_NAMES)  # --arch of init-model, pretrain --init-arch, bench
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

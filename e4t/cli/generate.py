@@ -10,6 +10,11 @@ from e4t.cli.common import add_allow_model_mismatch, checked_model
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _add_encode_concept_parser(sub)
+    _add_generate_parser(sub)
+
+
+def _add_encode_concept_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("encode-concept", help="a 0-step concept: the encoder's prediction alone")
     p.add_argument("image", help="a photo: a path or URL (s3://...)")
     p.add_argument("dest")
@@ -18,39 +23,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run_encode_concept)
-
-    p = sub.add_parser("generate", help="images of a concept from prompts ({} = the concept)")
-    p.add_argument(
-        "--model", required=True, help="domain model: models:/NAME@ALIAS, a version URI, a folder"
-    )
-    p.add_argument(
-        "--concept",
-        action="append",
-        required=True,
-        help="concept folder or URL (s3://...); repeatable: several concepts sample together, "
-        "each one's PNGs in OUT/<concept id>/",
-    )
-    p.add_argument(
-        "--prompt",
-        action="append",
-        required=True,
-        help='e.g. "a photo of {} as an astronaut" (repeatable)',
-    )
-    p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt")
-    p.add_argument("--seed", type=int, default=0, help="image k of a prompt uses seed + k")
-    p.add_argument("--sample-steps", type=int, default=30, help="denoising steps")
-    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument(
-        "--scheduler", default="ddim", choices=["ddim", "ddpm", "pndm", "euler", "euler-a", "dpm++"]
-    )
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="outputs", help="folder for the PNGs")
-    add_allow_model_mismatch(p)
-    p.set_defaults(func=run_generate)
 
 
 def run_encode_concept(args: argparse.Namespace) -> int:
@@ -86,6 +58,41 @@ def concept_folder_names(ids: list[str]) -> list[str]:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", concept_id)[:64].strip(".-") or f"concept{k}"
         names.append(f"{name}-{k}" if name in names else name)
     return names
+
+
+def _add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("generate", help="images of a concept from prompts ({} = the concept)")
+    p.add_argument(
+        "--model", required=True, help="domain model: models:/NAME@ALIAS, a version URI, a folder"
+    )
+    p.add_argument(
+        "--concept",
+        action="append",
+        required=True,
+        help="concept folder or URL (s3://...); repeatable: several concepts sample together, "
+        "each one's PNGs in OUT/<concept id>/",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help='e.g. "a photo of {} as an astronaut" (repeatable)',
+    )
+    p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0, help="image k of a prompt uses seed + k")
+    p.add_argument("--sample-steps", type=int, default=30, help="denoising steps")
+    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument(
+        "--scheduler", default="ddim", choices=["ddim", "ddpm", "pndm", "euler", "euler-a", "dpm++"]
+    )
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="outputs", help="folder for the PNGs")
+    add_allow_model_mismatch(p)
+    p.set_defaults(func=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -9,6 +9,11 @@ from e4t.cli.common import ARCH_CHOICES, add_config_args
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _add_init_model_parser(sub)
+    _add_init_domain_parser(sub)
+
+
+def _add_init_model_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "init-model",
         help="write a base model preset (random weights)",
@@ -20,15 +25,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     p.set_defaults(func=run_init_model)
-
-    p = sub.add_parser(
-        "init-domain", help="write an untrained domain model (encoder + zero offsets)"
-    )
-    p.add_argument("dest")
-    p.add_argument("--base-model", help="base model folder or hub id (default: model config)")
-    p.add_argument("--seed", type=int, default=0)
-    add_config_args(p)
-    p.set_defaults(func=run_init_domain)
 
 
 def run_init_model(args: argparse.Namespace) -> int:
@@ -47,6 +43,17 @@ def _load_model_config(args: argparse.Namespace) -> Any:
     return load_config(
         ModelConfig, "model", args.preset, args.overrides, values={"base_model": args.base_model}
     )
+
+
+def _add_init_domain_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "init-domain", help="write an untrained domain model (encoder + zero offsets)"
+    )
+    p.add_argument("dest")
+    p.add_argument("--base-model", help="base model folder or hub id (default: model config)")
+    p.add_argument("--seed", type=int, default=0)
+    add_config_args(p)
+    p.set_defaults(func=run_init_domain)
 
 
 def run_init_domain(args: argparse.Namespace) -> int:

@@ -8,19 +8,11 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "upload",
-        help="copy photos to s3:// (or any URL) with the S3 settings of the environment",
-        description="Copy every file under a folder (relative paths kept) to the prefix "
-        "DEST, or one file, as cp does: to DEST itself, or into DEST when DEST ends with / or "
-        "is an existing folder (`e4t upload READY s3://e4t/inbox/b2/READY` drops a batch's "
-        "marker). Credentials and endpoint come from AWS_* / E4T_S3_ENDPOINT_URL, as for "
-        "every other command.",
-    )
-    p.add_argument("src", help="a file or a folder")
-    p.add_argument("dest", help="s3://BUCKET/PREFIX, a folder, or (for one file) its new URL")
-    p.set_defaults(func=run_upload)
+    _add_upload_parser(sub)
+    _add_download_parser(sub)
 
+
+def _add_download_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "download",
         help="copy a concept folder, a file or a prefix from s3:// (or any URL) to a folder",
@@ -62,6 +54,21 @@ def upload_targets(src: Path, dest: str, dest_is_folder: bool) -> list[tuple[Pat
         return [(src, eio.join(dest, src.name) if into else dest)]
     files = sorted(p for p in src.rglob("*") if p.is_file())
     return [(p, eio.join(dest, p.relative_to(src).as_posix())) for p in files]
+
+
+def _add_upload_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "upload",
+        help="copy photos to s3:// (or any URL) with the S3 settings of the environment",
+        description="Copy every file under a folder (relative paths kept) to the prefix "
+        "DEST, or one file, as cp does: to DEST itself, or into DEST when DEST ends with / or "
+        "is an existing folder (`e4t upload READY s3://e4t/inbox/b2/READY` drops a batch's "
+        "marker). Credentials and endpoint come from AWS_* / E4T_S3_ENDPOINT_URL, as for "
+        "every other command.",
+    )
+    p.add_argument("src", help="a file or a folder")
+    p.add_argument("dest", help="s3://BUCKET/PREFIX, a folder, or (for one file) its new URL")
+    p.set_defaults(func=run_upload)
 
 
 def run_upload(args: argparse.Namespace) -> int:

@@ -29,9 +29,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from e4t.models.arch_names import ARCH_NAMES
 from e4t.models.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, write_clip_tokenizer
 
-ARCHS: tuple[str, ...] = ("tiny", "sd15-random")
+ARCHS: tuple[str, ...] = ARCH_NAMES  # each name's entries below (tests/test_cli.py checks)
 
 _UNET: dict[str, dict[str, Any]] = {
     "tiny": dict(
