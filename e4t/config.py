@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from e4t.evaluation.methods import MethodName, default_methods  # the registry: torch-free
 from e4t.models.arch_names import ArchName as ArchName  # re-exported: flows type --arch with it
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -344,12 +345,10 @@ class PersonalizeConfig(StrictModel):
 
 # --------------------------------------------------------------------------- evaluation
 
-EvalMethod = Literal["e4t", "e4t-frozen", "e4t-full", "textual-inversion", "no-pretraining"]
-# e4t-frozen: the e4t concepts as a stock pipeline runs their export (e4t.export): one fixed
-# v* instead of re-predicting it per step; scored on the same tuned concepts as e4t
-# e4t-full (the paper's per-concept tuning of the encoder and domain offsets, one concept at
-# a time) is the reference for what batched low-rank tuning gives up: in the GPU presets
-EVAL_METHODS: list[EvalMethod] = ["e4t", "textual-inversion", "no-pretraining"]
+# the methods' names, defaults and descriptions are their registry's (one class per method
+# under e4t/evaluation/methods/); EvalMethod is a Literal of its names (an enum in schemas)
+EvalMethod = MethodName
+EVAL_METHODS: list[str] = default_methods()
 
 
 class IdentityConfig(StrictModel):
@@ -393,7 +392,8 @@ class EvaluateConfig(StrictModel):
     seeds: list[int] = [0, 1]
     steps: list[int] = Field([0, 5, 15, 50], description="tuning budgets reported")
     methods: list[EvalMethod] = Field(
-        list(EVAL_METHODS), description="E4T and the baselines, same budgets and seeds"
+        default_factory=default_methods,
+        description="E4T and the baselines, same budgets and seeds (e4t.evaluation.methods)",
     )
     max_concepts: int = Field(8, ge=1, description="concepts evaluated (sorted by id)")
     full_tune_lr: float = Field(

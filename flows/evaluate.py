@@ -2,19 +2,22 @@
 alignment and speed per tuning budget; an HTML report; one MLflow run per model version;
 the ``champion`` alias moved when the candidate beats it.
 
-The job is :mod:`e4t.jobs.evaluate`; this flow runs its steps as Prefect tasks and adds the
-summary artifact.
+The job is :mod:`e4t.jobs.evaluate`; this flow makes its request once (the flat parameters
+mapped to config keys by the job's ``FLAGS``, as the CLI does; the model's version pinned),
+runs the job's steps as Prefect tasks and adds the summary artifact. ``baselines`` takes
+the names of the method registry (:mod:`e4t.evaluation.methods`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from e4t import io as eio
-from e4t.config import EvaluateConfig, Overrides, load_config
+from e4t.config import Overrides
+from e4t.evaluation.methods import BaselineName
 from e4t.jobs import evaluate as job
 from flows.steps import PrefectSteps
 from tasks import evaluate as t
@@ -29,7 +32,7 @@ def evaluate(
     prompts: list[str] | None = None,
     seeds: list[int] | None = None,
     steps: list[int] | None = None,
-    baselines: list[Literal["e4t-full", "textual-inversion", "no-pretraining"]] | None = None,
+    baselines: list[BaselineName] | None = None,
     device: str = "cpu",
     experiment: str = "e4t-evaluate",
     track: bool = True,
@@ -38,48 +41,42 @@ def evaluate(
     """Evaluate ``model_uri`` on ``concepts_url`` against the baselines.
 
     Args:
-        model_uri: models:/e4t-faces@candidate, models:/NAME/VERSION, or a folder.
+        model_uri: models:/e4t-faces@candidate, models:/NAME/VERSION, or a folder; its
+            version is pinned at the start (an alias moved meanwhile is not followed).
         concepts_url: Face photos, or a personalize-bulk output (its results.jsonl).
         output_url: Folder or URL for report.html, results.json and the summary.
         preset: A preset under configs/evaluate/ (tiny, sd15) or a YAML path.
         prompts: Prompts with {} for the concept (default: the preset's).
         seeds: Image seeds per prompt (default: the preset's).
-        steps: Tuning budgets reported, e.g. [0, 5, 15, 50] (default: the preset's).
-        baselines: Any of e4t-full (the paper's per-concept full tuning, the reference),
-            textual-inversion, no-pretraining (default: the preset's).
+        steps: Tuning budgets reported (tuning steps), e.g. [0, 5, 15, 50] (default: the
+            preset's).
+        baselines: Methods beside e4t, any of e4t-frozen (the concepts as their
+            stock-diffusers export runs them), e4t-full (the paper's per-concept full
+            tuning, the reference), textual-inversion, no-pretraining (default: the
+            preset's).
         device: Torch device, e.g. cpu or cuda.
         experiment: MLflow experiment of the evaluation run.
         track: Log the MLflow run and apply the promotion rule.
         overrides: Config values by dotted key, e.g. {"promotion.min_delta": 0.01}.
     """
-    config = load_config(
-        EvaluateConfig,
-        "evaluate",
-        preset,
-        overrides,
-        values={
-            "prompts": prompts,
-            "seeds": seeds,
-            "steps": steps,
-            "methods": None if baselines is None else ["e4t", *baselines],
-        },
-    )
-    result = job.run(
+    params = {name: value for name, value in locals().items() if name in job.FLAGS}
+    request = job.request(
         model_uri,
         concepts_url,
         output_url,
-        config,
-        PrefectSteps(t.STEPS),
-        device=device,
         preset=preset,
+        overrides=overrides,
+        device=device,
         experiment=experiment,
-        track_run=track,
+        track=track,
+        **params,
     )
-    if result.get("skipped"):
+    result = job.run(request, PrefectSteps(t.STEPS))
+    if result.skipped:
         print(f"{output_url} already holds this evaluation of this version; nothing to do")
-        return result
+        return result.to_json()
     # the summary names its MLflow run and the promotion decision (the job wrote them in)
-    markdown = eio.read_text(result["urls"]["summary"])
+    markdown = eio.read_text(result.urls.summary)
     create_markdown_artifact(key="evaluation-summary", markdown=markdown, description=output_url)
-    print(f"report: {result['urls']['report']}")
-    return result
+    print(f"report: {result.urls.report}")
+    return result.to_json()

@@ -3,28 +3,20 @@ reports into a progress artifact and a log line every 10 %."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from e4t.config import EvaluateConfig
 from e4t.jobs import evaluate as job
 from tasks.retry import retry_transient, tasks_for
 
 
 @task(name="evaluate-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
-def evaluate(
-    model_uri: str,
-    device: str,
-    concepts_url: str,
-    output_url: str,
-    config: EvaluateConfig,
-    checked: dict[str, Any],
-) -> dict[str, Any]:
+def evaluate(request: job.EvaluateRequest) -> job.Evaluated:
     progress = cast(
-        UUID, create_progress_artifact(0.0, description=f"evaluation of {model_uri} (%)")
+        UUID, create_progress_artifact(0.0, description=f"evaluation of {request.model.uri} (%)")
     )
     logger = get_run_logger()
     logged = [0]
@@ -35,12 +27,12 @@ def evaluate(
             logged[0] = int(fraction * 10)
             logger.info("evaluation %3.0f%% done", 100 * fraction)
 
-    out = job.evaluate(model_uri, device, concepts_url, output_url, config, checked, on_progress)
+    out = job.evaluate(request, on_progress)
     logger.info(
         "evaluated %d concepts (%d rejected) → %s",
-        out["num_concepts"],
-        out["num_rejected"],
-        out["urls"]["report"],
+        out.num_concepts,
+        out.num_rejected,
+        out.urls.report,
     )
     return out
 

@@ -286,7 +286,9 @@ def test_the_full_tuning_reference_runs_beside_e4t(
         {"methods": ["e4t", "e4t-full"], "full_tune_lr": 1e-3, **CHEAP},
     )
     before = cached_domain_model(str(folder), "cpu").fingerprint()
-    out = job.run(str(folder), str(images), str(tmp_path / "eval"), config, track_run=False)
+    pinned = job.PinnedModel.pin(str(folder))
+    request = job.EvaluateRequest(pinned, str(images), str(tmp_path / "eval"), config, track=False)
+    out = job.run(request).to_json()
     summary = out["summary"]
     assert set(summary) == {"e4t", "e4t-full"} and set(summary["e4t-full"]) == {"0", "2"}
     full, batched = summary["e4t-full"]["2"], summary["e4t"]["2"]
@@ -320,7 +322,9 @@ def test_the_frozen_export_is_scored_beside_e4t(
     config = load_config(
         EvaluateConfig, "evaluate", "tiny", {"methods": ["e4t-frozen", "e4t"], **CHEAP}
     )
-    out = job.run(str(folder), str(images), str(tmp_path / "eval"), config, track_run=False)
+    pinned = job.PinnedModel.pin(str(folder))
+    request = job.EvaluateRequest(pinned, str(images), str(tmp_path / "eval"), config, track=False)
+    out = job.run(request).to_json()
     summary = out["summary"]
     assert set(summary) == {"e4t", "e4t-frozen"}
     frozen, dynamic = summary["e4t-frozen"]["2"], summary["e4t"]["2"]
@@ -515,7 +519,10 @@ def test_the_report_on_a_model_without_faces_says_so(
             "promotion.min_face_rate": 0.5,
         },
     )
-    out = job.run(version["model_uri"], str(images), str(tmp_path / "eval"), config)
+    pinned = job.PinnedModel.pin(version["model_uri"])
+    out = job.run(
+        job.EvaluateRequest(pinned, str(images), str(tmp_path / "eval"), config)
+    ).to_json()
 
     decision = out["promotion"]
     assert decision["promoted"] is False and decision["face_rate"] == 0.0

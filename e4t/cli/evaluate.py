@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from e4t.cli.common import add_config_args
+from e4t.evaluation.methods import baseline_names
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,15 +23,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--out", required=True, help="output folder or URL for the report")
     add_config_args(p)
-    p.add_argument("--prompt", action="append", help="a prompt with {} (repeatable)")
-    p.add_argument("--seeds", type=int, nargs="+")
+    # dest: the job's FLAGS names (e4t.jobs.evaluate.FLAGS, the flow's parameters)
     p.add_argument(
-        "--tune-steps", type=int, nargs="+", help="tuning budgets reported, e.g. 0 5 15 50"
+        "--prompt", dest="prompts", action="append", help="a prompt with {} (repeatable)"
+    )
+    p.add_argument("--seeds", dest="seeds", type=int, nargs="+")
+    p.add_argument(
+        "--tune-steps",
+        dest="steps",
+        type=int,
+        nargs="+",
+        help="tuning budgets reported, e.g. 0 5 15 50",
     )
     p.add_argument(
         "--baselines",
+        dest="baselines",
         nargs="*",
-        choices=["e4t-frozen", "e4t-full", "textual-inversion", "no-pretraining"],
+        choices=baseline_names(),  # the method registry, e4t.evaluation.methods
         default=None,
         help="methods beside e4t (e4t-full: the paper's per-concept full tuning; "
         "e4t-frozen: the concepts as their stock-diffusers export runs them)",
@@ -43,45 +52,34 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from e4t.config import EvaluateConfig, load_config
     from e4t.jobs import evaluate as job
     from e4t.jobs.steps import InProcess
     from e4t.tracking import ui_command
 
-    config = load_config(
-        EvaluateConfig,
-        "evaluate",
-        args.preset,
-        args.overrides,
-        values={
-            "prompts": args.prompt,
-            "seeds": args.seeds,
-            "steps": args.tune_steps,
-            "methods": None if args.baselines is None else ["e4t", *args.baselines],
-        },
+    params = {name: getattr(args, name) for name in job.FLAGS}
+    request = job.request(
+        args.model,
+        args.concepts,
+        args.out,
+        preset=args.preset,
+        overrides=args.overrides,
+        device=args.device,
+        track=not args.no_track,
+        **params,
     )
     with tqdm(total=100, desc="evaluate", unit="%") as bar:
 
         def on_progress(fraction: float) -> None:
             bar.update(round(100 * fraction) - bar.n)
 
-        out = job.run(
-            args.model,
-            args.concepts,
-            args.out,
-            config,
-            InProcess(callbacks={job.evaluate: {"on_progress": on_progress}}),
-            device=args.device,
-            preset=args.preset,
-            track_run=not args.no_track,
-        )
-    if out.get("skipped"):
+        out = job.run(request, InProcess(callbacks={job.evaluate: {"on_progress": on_progress}}))
+    if out.skipped:
         print(f"{args.out} already holds this evaluation of this version; nothing to do")
-    print(f"report: {out['urls']['report']}")
-    decision = out.get("promotion")
+    print(f"report: {out.urls.report}")
+    decision = out.promotion
     if decision:
         verdict = "promoted" if decision["promoted"] else "kept"
         print(f"promotion ({decision['metric']}): {verdict}: {decision.get('reason')}")
-    if out.get("mlflow_run_id"):
-        print(f"MLflow run {out['mlflow_run_id']}; open the UI: {ui_command()}")
+    if out.mlflow_run_id:
+        print(f"MLflow run {out.mlflow_run_id}; open the UI: {ui_command()}")
     return 0

@@ -8,6 +8,7 @@ import html
 import math
 from typing import Any
 
+from e4t.evaluation.methods import METHODS
 from e4t.evaluation.results import FEW_FACES, METRICS, EvalResult, count_faces, thumb_key
 
 # the MLflow run and the promotion decision are known only after the report is written
@@ -15,13 +16,8 @@ from e4t.evaluation.results import FEW_FACES, METRICS, EvalResult, count_faces, 
 TRACKING_START = "<!--e4t:tracking-->"
 TRACKING_END = "<!--/e4t:tracking-->"
 
-COLOURS = {
-    "e4t": "#d62728",
-    "e4t-full": "#9467bd",
-    "e4t-frozen": "#17becf",
-    "textual-inversion": "#1f77b4",
-    "no-pretraining": "#2ca02c",
-}
+# each method's colour, label and description are its registry entry's
+COLOURS = {name: method.colour for name, method in METHODS.items()}
 LABELS = {
     "identity": "identity (no face = 0)",
     "identity_detected": "identity (faces found)",
@@ -208,6 +204,16 @@ def replace_tracking(text: str, section: str) -> str:
     return text[:start] + section + text[end + len(TRACKING_END) :]
 
 
+def method_rows(names: list[str]) -> list[list[str]]:
+    """A row per evaluated method: its name, label and description (the registry's)."""
+    rows = []
+    for name in names:
+        method = METHODS.get(name)
+        label, said = (method.label, method.description) if method else ("", "")
+        rows.append([f"<code>{html.escape(name)}</code>", html.escape(label), html.escape(said)])
+    return rows
+
+
 def _final_rows(result: EvalResult) -> list[list[str]]:
     rows = []
     for method, by_steps in result.summary.items():
@@ -293,6 +299,8 @@ def render_html(result: EvalResult, meta: dict[str, Any]) -> str:
         + warned
         + tracking
         + _table(None, info, "meta")
+        + "<h2>Methods</h2>"
+        + _table(None, method_rows(list(cfg["methods"])), "methods")
         + "<h2>At the largest budget</h2>"
         + _table(headers, _final_rows(result), "summary")
         + "<h2>Plots</h2><div class=plots>"
@@ -319,6 +327,11 @@ def render_markdown(result: EvalResult, meta: dict[str, Any]) -> str:
         "|" + "---|" * (len(METRICS) + 2),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _final_rows(result)]
+    lines += ["", "Methods:"]
+    lines += [
+        f"- `{name}`: {METHODS[name].label}" if name in METHODS else f"- `{name}`"
+        for name in result.config["methods"]
+    ]
     if meta.get("report_url"):
         lines += ["", f"Report: `{meta['report_url']}`"]
     return "\n".join(lines) + "\n"

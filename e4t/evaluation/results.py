@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FEW_FACES", "METRICS", "EvalResult", "count_faces", "thumb_key"]
+__all__ = ["FEW_FACES", "METRICS", "EvalResult", "ReportUrls", "count_faces", "thumb_key"]
 
 # below this share of generated samples with a detected face, identity (and the CLIP scores
 # of a face model) measure nothing: the report warns at the top, promotion refuses by default
@@ -48,6 +48,25 @@ class EvalResult:
             "summary": {m: {str(k): v for k, v in by.items()} for m, by in self.summary.items()},
             "samples": self.samples,
         }
+
+
+@dataclass(frozen=True)
+class ReportUrls:
+    """Where an evaluation wrote its files."""
+
+    results: str  # results.json: config, concepts, every sample, the summary
+    report: str  # report.html: self-contained (images inline, plots as SVG)
+    summary: str  # summary.md: the table at the largest budget (the Prefect artifact)
+
+    @classmethod
+    def under(cls, output_url: str) -> ReportUrls:
+        from e4t import io as eio
+
+        return cls(
+            eio.join(output_url, "results.json"),
+            eio.join(output_url, "report.html"),
+            eio.join(output_url, "summary.md"),
+        )
 
 
 def thumb_key(concept_id: str, method: str, steps: int, prompt: str) -> str:
