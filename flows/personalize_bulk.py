@@ -14,7 +14,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from pydantic import Field
 
-from e4t.config import Overrides, PersonalizeConfig, load_config
+from e4t.config import Overrides
 from e4t.jobs import personalize as job
 from flows.runners import RunnerKind, make_task_runner
 from flows.steps import PrefectSteps
@@ -68,12 +68,17 @@ def personalize_bulk(
         track: Log the parent run and one child run per concept to MLflow.
         overrides: Config values by dotted key, e.g. {"tune.draws_per_concept": 16}.
     """
-    config = load_config(
-        PersonalizeConfig,
-        "personalize",
-        preset,
-        overrides,
-        values={"tune.num_steps": steps, "concepts_per_pass": concepts_per_pass},
+    request = job.request(
+        images_url,
+        output_url,
+        model_uri,
+        preset=preset,
+        overrides=overrides,
+        device=device,
+        experiment=experiment,
+        track=track,
+        steps=steps,
+        concepts_per_pass=concepts_per_pass,
     )
     runner = PrefectSteps(
         t.STEPS,
@@ -83,23 +88,14 @@ def personalize_bulk(
         progress_description=f"passes personalized (%) → {output_url}",
         resources={job.tune_pass: dask_resources} if dask_resources else None,
     )
-    result = job.run(
-        images_url,
-        output_url,
-        model_uri,
-        config,
-        runner,
-        device=device,
-        track_run=track,
-        experiment=experiment,
-    )
+    result = job.run(request, runner)
     create_table_artifact(
         key="personalize-bulk-results",
-        table=[{k: r.get(k) for k in TABLE_COLUMNS} for r in result["rows"]],
+        table=[{k: r.get(k) for k in TABLE_COLUMNS} for r in result.rows],
         description=f"Personalization of {images_url} → {output_url}",
     )
     return {
         "output_url": output_url,
-        "summary": result["summary"],
-        "mlflow_run_id": result["mlflow_run_id"],
+        "summary": result.summary,
+        "mlflow_run_id": result.mlflow_run_id,
     }

@@ -228,9 +228,9 @@ def test_prompts_per_concept_are_capped_by_the_config_and_the_cut_recorded(
     many = "|".join(f"prompt {i} of {{}}" for i in range(200))
     root = _inbox(tmp_path, f"concept_id,prompts\nbiden,{many}\n".encode())
     planned = plan(str(root), PersonalizeConfig(max_prompts_per_concept=3))
-    (biden,) = [s for p in planned["passes"] for s in p if s.name == "biden"]
+    (biden,) = [s for p in planned.passes for s in p if s.name == "biden"]
     assert biden.prompts == ["prompt 0 of {}", "prompt 1 of {}", "prompt 2 of {}"]
-    (row,) = [r for r in planned["others"] if r["name"] == "concepts.csv"]
+    (row,) = [r for r in planned.others if r["name"] == "concepts.csv"]
     assert any("200 prompts, the first 3 kept" in c for c in row["cuts"]), row
     # and the default cap holds without a config
     _, prompts = _rows_and_prompts(root)

@@ -245,11 +245,10 @@ def bench_personalize_runner(
         steps = OnDask(num_workers=workers) if runner == "dask" else InProcess()
         with steps if isinstance(steps, OnDask) else contextlib.nullcontext():
             start = time.perf_counter()
-            result = job.run(
-                str(images), str(root / "out"), str(domain), config, steps, track_run=False
-            )
+            request = job.request(str(images), str(root / "out"), str(domain), config, track=False)
+            result = job.run(request, steps)
             wall = time.perf_counter() - start
-        done = result["summary"]["num_done"]
+        done = result.summary["num_done"]
         if done != num_concepts:
-            raise RuntimeError(f"{done} of {num_concepts} concepts were made: {result['summary']}")
+            raise RuntimeError(f"{done} of {num_concepts} concepts were made: {result.summary}")
     return RunnerBench(runner, workers if runner == "dask" else 1, num_concepts, num_steps, wall)

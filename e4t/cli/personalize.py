@@ -26,8 +26,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--out", required=True, help="output folder or URL")
     add_config_args(p)
-    p.add_argument("--tune-steps", type=int, help="tuning steps per concept (5–15)")
-    p.add_argument("--concepts-per-pass", type=int, help="concepts tuned together")
+    # dest: the job's FLAGS names (e4t.jobs.personalize, not imported: fast --help)
+    p.add_argument(
+        "--tune-steps",
+        dest="steps",
+        metavar="TUNE_STEPS",
+        type=int,
+        help="tuning steps per concept (5–15)",
+    )
+    p.add_argument(
+        "--concepts-per-pass", dest="concepts_per_pass", type=int, help="concepts tuned together"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-track", dest="track", action="store_false", help="no MLflow runs")
     p.add_argument("--experiment", default="e4t-personalize", help="MLflow experiment")
@@ -37,40 +46,31 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from e4t.config import PersonalizeConfig, load_config
     from e4t.jobs import personalize as job
 
-    config = load_config(
-        PersonalizeConfig,
-        "personalize",
-        args.preset,
-        args.overrides,
-        values={
-            "tune.num_steps": args.tune_steps,
-            "concepts_per_pass": args.concepts_per_pass,
-        },
+    request = job.request(
+        args.images,
+        args.out,
+        args.model,
+        preset=args.preset,
+        overrides=args.overrides,
+        device=args.device,
+        experiment=args.experiment,
+        track=args.track,
+        **{name: getattr(args, name) for name in job.FLAGS},
     )
     with tqdm(desc="personalize", unit="concept") as bar:
-        result = job.run(
-            args.images,
-            args.out,
-            args.model,
-            config,
-            device=args.device,
-            track_run=args.track,
-            experiment=args.experiment,
-            on_pass=lambda rows: bar.update(len(rows)),
-        )
-    summary = result["summary"]
+        result = job.run(request, on_pass=lambda results: bar.update(len(results)))
+    summary = result.summary
     print(
         f"{summary['num_done']} of {summary['num_concepts']} concepts personalized "
         f"({summary['num_skipped']} already done), {summary['num_rejected']} rejected, "
         f"{summary['num_failed']} failed; {summary['seconds_per_concept']:.2f} s per concept"
     )
-    for row in result["rows"]:
+    for row in result.rows:
         if row["status"] != "done":
             print(f"  {row['concept_id']}: {row['status']} ({row.get('reason')})")
     print(f"results: {args.out.rstrip('/')}/results.jsonl")
-    if result["mlflow_run_id"]:
-        print(f"MLflow run {result['mlflow_run_id']} (one child run per concept)")
+    if result.mlflow_run_id:
+        print(f"MLflow run {result.mlflow_run_id} (one child run per concept)")
     return 0

@@ -435,13 +435,23 @@ class ConceptBank(nn.Module):
         self, index: int, folder: str | Path, meta: dict[str, Any], dtype: str = "fp16"
     ) -> int:
         """Write concept ``index`` (safetensors + JSON); returns its bytes."""
+        out = self.save_tensors(index, folder, dtype).parent
+        info = self.concept_config(meta, dtype)
+        (out / CONCEPT_CONFIG).write_text(json.dumps(info, indent=1, sort_keys=True))
+        return sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+
+    def save_tensors(self, index: int, folder: str | Path, dtype: str = "fp16") -> Path:
+        """Write concept ``index``'s ``concept.safetensors`` only (its ``concept.json``, the
+        done marker, is the caller's: :meth:`concept_config`); returns the file."""
         torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         save_file(self.tensors_of(index, torch_dtype), str(out / CONCEPT_TENSORS))
-        info = {"format": FORMAT, "rank": self.rank, "dtype": dtype, **meta}
-        (out / CONCEPT_CONFIG).write_text(json.dumps(info, indent=1, sort_keys=True))
-        return sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+        return out / CONCEPT_TENSORS
+
+    def concept_config(self, meta: dict[str, Any], dtype: str = "fp16") -> dict[str, Any]:
+        """A concept's ``concept.json`` as written beside its tensors in ``dtype``."""
+        return {"format": FORMAT, "rank": self.rank, "dtype": dtype, **meta}
 
     @classmethod
     def from_tensors(

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,9 @@ from e4t import io as eio
 from e4t.config import PersonalizeConfig, config_hash
 from e4t.data.concepts import ConceptSpec, PreparedFace, prepare_face, stable_seed
 from e4t.data.transforms import FaceInput
+from e4t.models.concept import CONCEPT_CONFIG, ConceptBank
 from e4t.models.e4t_model import ArtifactError, E4TModel, validate_concept_meta
-from e4t.training.tune import tune_concepts
+from e4t.training.tune import TuneResult, tune_concepts
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,75 @@ def finished_meta(
     return dict(meta)
 
 
+@dataclass(frozen=True)
+class ConceptResult:
+    """A concept's outcome in its pass, for its ``results.jsonl`` row (:meth:`to_row`).
+
+    ``status``: ``done`` (tuned now, or ``skipped``: finished by an earlier run with this
+    domain model and these settings), ``rejected`` (no usable face) or ``failed`` (tuning
+    raised). ``fields``: the rest of the pass's row — done: source, steps, seconds, final
+    loss, v* distance, concepts in the pass, artifact bytes (a skipped concept: the row its
+    ``concept.json`` recorded); rejected: reason and sources; failed: reason.
+    ``model_uri`` / ``model_version_uri``: the job's model as given and as pinned."""
+
+    spec: ConceptSpec
+    status: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+    model_uri: str = ""
+    model_version_uri: str = ""
+
+    @property
+    def concept_id(self) -> str:
+        return self.spec.concept_id
+
+    def pass_row(self) -> dict[str, Any]:
+        """The pass's own row (what a done concept's ``concept.json`` keeps as ``result``)."""
+        return {**self.fields, "concept_id": self.concept_id, "status": self.status}
+
+    def to_row(self) -> dict[str, Any]:
+        """Its ``results.jsonl`` row: the pass's row, which person, every file it accounts
+        for, which model (as given and as pinned)."""
+        return {
+            **self.pass_row(),
+            **({"skipped": True} if self.skipped else {}),
+            "kind": "concept",
+            "name": self.spec.name,
+            "files": list(self.spec.files),
+            "model_uri": self.model_uri,
+            "model_version_uri": self.model_version_uri,
+        }
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What every stage of one pass shares: the loaded model and its identity, decided once
+    per pass (``fingerprint`` hashes every encoder and offset weight)."""
+
+    model: E4TModel
+    output_url: str
+    config: PersonalizeConfig
+    model_uri: str
+    fingerprint: str
+    made_by: str  # tuning_hash(config)
+    origin: dict[str, str]  # e4t.generation.model_provenance: the previews' model chunks
+
+    def result(self, spec: ConceptSpec, status: str, **kwargs: Any) -> ConceptResult:
+        version = self.origin["model_version_uri"]
+        return ConceptResult(
+            spec, status, model_uri=self.model_uri, model_version_uri=version, **kwargs
+        )
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A concept whose face passed every gate: its tuning input and the file it came from."""
+
+    spec: ConceptSpec
+    face: FaceInput
+    source: str
+
+
 def personalize_pass(
     model: E4TModel,
     specs: list[ConceptSpec],
@@ -77,135 +149,162 @@ def personalize_pass(
     config: PersonalizeConfig,
     model_uri: str = "",
     model_version_uri: str = "",
-) -> list[dict[str, Any]]:
-    """Tune the unfinished concepts of ``specs`` together; one result row per concept.
+) -> list[ConceptResult]:
+    """Tune the unfinished concepts of ``specs`` together; one result per concept: finished
+    ones skipped, faces prepared (a concept without one is a rejected row), the rest tuned
+    together, each written with its previews.
 
     ``model_version_uri``: the pinned form of ``model_uri`` the job resolved once
     (:func:`e4t.tracking.registry.resolve_model_version_uri`), recorded beside it."""
-    from e4t.generation import (
-        GenerationConfig,
-        generate,
-        model_provenance,
-        provenance,
-        save_images,
-    )
+    from e4t.generation import model_provenance
 
-    tune, seed = config.tune, config.seed
-
-    rows: list[dict[str, Any]] = []
-    ready: list[tuple[ConceptSpec, FaceInput, str]] = []
-    fingerprint, made_by = model.fingerprint(), tuning_hash(config)  # once per pass
-    model_origin = model_provenance(model_uri, fingerprint, model_version_uri or None)
+    fingerprint = model.fingerprint()  # once per pass
+    origin = model_provenance(model_uri, fingerprint, model_version_uri or None)
+    run = _Pass(model, output_url, config, model_uri, fingerprint, tuning_hash(config), origin)
+    results: list[ConceptResult] = []
+    ready: list[_Ready] = []
     for spec in specs:
-        meta = finished_meta(output_url, spec.concept_id, fingerprint, made_by)
-        if meta is not None:
-            rows.append(
-                {
-                    **meta.get("result", {}),
-                    "concept_id": spec.concept_id,
-                    "status": "done",
-                    "skipped": True,
-                }
-            )
-            continue
-        try:
-            prepared = prepare_face(spec, config.curate, tune, model.base.image_processor)
-        except Exception as err:
-            prepared = PreparedFace(reason=f"error: {type(err).__name__}: {err}")
-        if prepared.face is None:
-            rows.append(
-                {
-                    "concept_id": spec.concept_id,
-                    "status": "rejected",
-                    "reason": prepared.reason,
-                    "sources": spec.sources,
-                }
-            )
-            continue
-        ready.append((spec, prepared.face, prepared.source or ""))
-    if not ready:
-        return rows
+        outcome = _finished(run, spec) or _prepare(run, spec)
+        if isinstance(outcome, _Ready):
+            ready.append(outcome)
+        else:
+            results.append(outcome)
+    if ready:
+        results += _tune(run, ready)
+    model.detach_concepts()
+    return results
 
-    seeds = [seed + stable_seed(spec.concept_id) for spec, _, _ in ready]
+
+def _finished(run: _Pass, spec: ConceptSpec) -> ConceptResult | None:
+    """A skipped result when an earlier run finished the concept with this model and these
+    settings (:func:`finished_meta`): the row its ``concept.json`` recorded."""
+    meta = finished_meta(run.output_url, spec.concept_id, run.fingerprint, run.made_by)
+    if meta is None:
+        return None
+    return run.result(spec, "done", fields=dict(meta.get("result", {})), skipped=True)
+
+
+def _prepare(run: _Pass, spec: ConceptSpec) -> _Ready | ConceptResult:
+    """The concept's first usable face, or its rejected result with the reason."""
     try:
-        result = tune_concepts(model, [f for _, f, _ in ready], seeds, tune)
+        image_processor = run.model.base.image_processor
+        prepared = prepare_face(spec, run.config.curate, run.config.tune, image_processor)
+    except Exception as err:  # one bad concept is a row, whatever its files did
+        prepared = PreparedFace(reason=f"error: {type(err).__name__}: {err}")
+    if prepared.face is None:
+        fields = {"reason": prepared.reason, "sources": spec.sources}
+        return run.result(spec, "rejected", fields=fields)
+    return _Ready(spec, prepared.face, prepared.source or "")
+
+
+def _tune(run: _Pass, ready: list[_Ready]) -> list[ConceptResult]:
+    """Tune ``ready`` together and save each; when that fails, each concept alone (so one
+    concept that breaks tuning fails alone: a failed row with the error)."""
+    seeds = [run.config.seed + stable_seed(item.spec.concept_id) for item in ready]
+    try:
+        tuned = tune_concepts(run.model, [item.face for item in ready], seeds, run.config.tune)
     except Exception as err:
         if len(ready) == 1:
-            spec = ready[0][0]
-            rows.append(
-                {
-                    "concept_id": spec.concept_id,
-                    "status": "failed",
-                    "reason": f"{type(err).__name__}: {err}",
-                }
-            )
-            return rows
-        for item in ready:
-            rows += personalize_pass(
-                model, [item[0]], output_url, config, model_uri, model_origin["model_version_uri"]
-            )
-        return rows
-    per_concept = result.seconds / len(ready)
-    bank = result.bank
-    for index, (spec, _, source) in enumerate(ready):
-        row = {
-            "concept_id": spec.concept_id,
-            "status": "done",
-            "source": source,
-            "steps": tune.num_steps,
-            "seconds": round(per_concept, 3),
-            "final_loss": round(result.losses[index][-1], 5) if result.losses[index] else None,
-            "v_star_distance": (
-                round(result.v_star_distances[index][-1], 5)
-                if result.v_star_distances[index]
-                else None
-            ),
-            "concepts_in_pass": len(ready),
-        }
+            reason = f"{type(err).__name__}: {err}"
+            return [run.result(ready[0].spec, "failed", fields={"reason": reason})]
+        return [result for item in ready for result in _tune(run, [item])]
+    results = []
+    for index, item in enumerate(ready):
+        done = run.result(item.spec, "done", fields=_tuning_fields(run, tuned, index, item.source))
         with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / "concept"
-            meta = model.concept_meta(
-                {
-                    "concept_id": spec.concept_id,
-                    "source": source,
-                    "model_uri": model_uri,
-                    "model_version_uri": model_origin["model_version_uri"],
-                    "steps": tune.num_steps,
-                    "tuning_hash": made_by,
-                    "result": row,
-                },
-                fingerprint,
-            )
-            row["artifact_bytes"] = bank.save(index, local, meta, tune.artifact_dtype)
-            (local / "concept.json").write_text(
-                json.dumps(
-                    {**json.loads((local / "concept.json").read_text()), "result": row}, indent=1
-                )
-            )
-            previews = Path(tmp) / "previews"
-            single = model.attach_concepts(bank.subset(index))
-            preview_config = GenerationConfig(num_steps=config.preview_steps, batch_size=4)
-            images = generate(model, single.cls, spec.prompts, 1, seed, preview_config)
-            origin = provenance(
-                spec.concept_id, concept_url(output_url, spec.concept_id), model_origin
-            )
-            save_images(images, previews, preview_config, origin)
-            eio.upload_folder(previews, eio.join(output_url, "previews", spec.concept_id), "")
-            eio.upload_folder(local, concept_url(output_url, spec.concept_id), "concept.json")
-            model.attach_concepts(bank)
-        rows.append(row)
-    model.detach_concepts()
-    return rows
+            concept, previews = Path(tmp) / "concept", Path(tmp) / "previews"
+            size = _write_concept(run, tuned.bank, index, done, concept)
+            _write_previews(run, tuned.bank, index, item.spec, previews)
+            _upload(run.output_url, item.spec.concept_id, concept, previews)
+        results.append(replace(done, fields={**done.fields, "artifact_bytes": size}))
+    return results
+
+
+def _tuning_fields(run: _Pass, tuned: TuneResult, index: int, source: str) -> dict[str, Any]:
+    """A tuned concept's row: its source, steps, its share of the pass's seconds, its last
+    loss and v* distance (5 decimals), how many concepts shared its pass."""
+    losses, distances = tuned.losses[index], tuned.v_star_distances[index]
+    num_concepts = len(tuned.losses)
+    return {
+        "source": source,
+        "steps": run.config.tune.num_steps,
+        "seconds": round(tuned.seconds / num_concepts, 3),
+        "final_loss": round(losses[-1], 5) if losses else None,
+        "v_star_distance": round(distances[-1], 5) if distances else None,
+        "concepts_in_pass": num_concepts,
+    }
+
+
+def _write_concept(
+    run: _Pass, bank: ConceptBank, index: int, result: ConceptResult, folder: Path
+) -> int:
+    """``folder``'s ``concept.safetensors``, then its ``concept.json`` written once, whole:
+    the concept's metadata with its result row, whose ``artifact_bytes`` is the folder's
+    size, this file's own bytes included. Returns that size."""
+    dtype = run.config.tune.artifact_dtype
+    tensors = bank.save_tensors(index, folder, dtype)
+    meta = run.model.concept_meta(
+        {
+            "concept_id": result.concept_id,
+            "source": result.fields["source"],
+            "model_uri": run.model_uri,
+            "model_version_uri": result.model_version_uri,
+            "steps": run.config.tune.num_steps,
+            "tuning_hash": run.made_by,
+            "result": result.pass_row(),
+        },
+        run.fingerprint,
+    )
+    info = bank.concept_config(meta, dtype)
+    encoded, size = concept_json_bytes(info, tensors.stat().st_size)
+    (folder / CONCEPT_CONFIG).write_bytes(encoded)
+    return size
+
+
+def concept_json_bytes(info: dict[str, Any], tensor_bytes: int) -> tuple[bytes, int]:
+    """``info`` (a ``concept.json`` with a ``result`` row) encoded with ``artifact_bytes`` set
+    to the concept's size on disk: ``tensor_bytes`` plus these very bytes (their own digits
+    counted: the size is a fixed point, found in at most a few tries)."""
+    size = tensor_bytes
+    while True:
+        info["result"]["artifact_bytes"] = size
+        encoded = json.dumps(info, indent=1, sort_keys=True).encode()
+        if tensor_bytes + len(encoded) == size:
+            return encoded, size
+        size = tensor_bytes + len(encoded)
+
+
+def _write_previews(
+    run: _Pass, bank: ConceptBank, index: int, spec: ConceptSpec, folder: Path
+) -> None:
+    """One preview image per prompt of the concept alone (its provenance in the PNGs), then
+    the pass's bank attached again."""
+    from e4t.generation import GenerationConfig, generate, provenance, save_images
+
+    single = run.model.attach_concepts(bank.subset(index))
+    preview_config = GenerationConfig(num_steps=run.config.preview_steps, batch_size=4)
+    images = generate(run.model, single.cls, spec.prompts, 1, run.config.seed, preview_config)
+    url = concept_url(run.output_url, spec.concept_id)
+    save_images(images, folder, preview_config, provenance(spec.concept_id, url, run.origin))
+    run.model.attach_concepts(bank)
+
+
+def _upload(output_url: str, concept_id: str, concept: Path, previews: Path) -> None:
+    """Previews first, then the concept with its ``concept.json`` last: the done marker."""
+    eio.upload_folder(previews, eio.join(output_url, "previews", concept_id), "")
+    eio.upload_folder(concept, concept_url(output_url, concept_id), CONCEPT_CONFIG)
+
+
+def results_jsonl(rows: list[dict[str, Any]]) -> str:
+    """``results.jsonl``'s text: the rows sorted by ``concept_id``, one JSON object a line."""
+    rows = sorted(rows, key=lambda r: r["concept_id"])
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
 
 
 def write_results(output_url: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict:
     """``results.jsonl`` (a row per concept, and a row per file that is no concept's) and
     ``summary.json``: concept counts, and file counts that add up to the files listed."""
-    rows = sorted(rows, key=lambda r: r["concept_id"])
-    eio.write_text(
-        eio.join(output_url, "results.jsonl"),
-        "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows),
-    )
+    eio.write_text(eio.join(output_url, "results.jsonl"), results_jsonl(rows))
     concepts = [r for r in rows if r.get("kind") != "file"]
     others = [r for r in rows if r.get("kind") == "file"]
     done = [r for r in concepts if r["status"] == "done"]
