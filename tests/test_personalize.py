@@ -306,3 +306,114 @@ def test_a_concept_done_against_another_base_model_is_redone_not_skipped(
     )
     assert finished_meta(str(tmp_path / "out"), "ada", before.fingerprint(), "h") is not None
     assert finished_meta(str(tmp_path / "out"), "ada", after.fingerprint(), "h") is None
+
+
+# ---------------------------------------------------------------- the job's request
+# Fast: the request is made from flat parameters; nothing is loaded until the job runs.
+
+
+def test_the_cli_and_the_flow_make_one_request_through_the_jobs_flags(tmp_path: Path) -> None:
+    """Every FLAGS name is a parameter of the flow and a dest of the CLI command, and the
+    command's arguments make the request the flow's parameters make."""
+    import inspect
+
+    from e4t.cli import build_parser
+    from e4t.cli.personalize import request_of
+    from e4t.jobs import personalize as job
+    from flows.personalize_bulk import personalize_bulk
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    dests = {a.dest for a in sub.choices["personalize"]._actions}  # type: ignore[union-attr]
+    params = inspect.signature(personalize_bulk.fn).parameters
+    assert set(job.FLAGS) <= dests and set(job.FLAGS) <= set(params)
+    assert job.FLAGS == {"steps": "tune.num_steps", "concepts_per_pass": "concepts_per_pass"}
+
+    args = build_parser().parse_args(
+        ["personalize", "imgs", "--model", "models:/e4t-faces@candidate", "--out", "o",
+         "--preset", "tiny", "--set", "seed=5", "--tune-steps", "3", "--concepts-per-pass", "2",
+         "--device", "cpu", "--no-track"]
+    )  # fmt: skip
+    from_cli = request_of(args)
+    from_flow = job.request(
+        "imgs", "o", "models:/e4t-faces@candidate", preset="tiny", overrides={"seed": 5},
+        device="cpu", track=False, steps=3, concepts_per_pass=2,
+    )  # fmt: skip
+    assert from_cli == from_flow
+    config = from_flow.config
+    assert (config.tune.num_steps, config.concepts_per_pass, config.seed) == (3, 2, 5)
+    assert from_flow.model.version_uri == ""  # pinned when the job starts, not here
+    from e4t.config import PersonalizeConfig, load_config
+
+    preset = load_config(PersonalizeConfig, "personalize", "tiny")
+    assert job.request("imgs", "o", "m", preset="tiny", steps=None).config == preset
+
+    with pytest.raises(TypeError, match="unknown parameters \\['tune_steps'\\]"):
+        job.request("imgs", "o", "m", tune_steps=3)
+    with pytest.raises(TypeError, match="a config, or a preset"):
+        job.request("imgs", "o", "m", config, preset="tiny")
+
+
+def test_a_pass_refuses_a_model_the_job_did_not_pin(tmp_path: Path) -> None:
+    """tune_pass runs only on the version check_model pinned at the job's start: a request
+    that was never pinned is refused before any model is loaded."""
+    from e4t.config import PersonalizeConfig
+    from e4t.jobs import personalize as job
+
+    unpinned = job.request(str(tmp_path), str(tmp_path / "o"), "models:/e4t-x@candidate",
+                           PersonalizeConfig())  # fmt: skip
+    with pytest.raises(ValueError, match="pinned model"):
+        job.tune_pass(unpinned, [])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("tensor_bytes", [0, 1, 9_000, 9_990, 99_999_000])
+def test_concept_json_records_the_size_it_makes(tensor_bytes: int) -> None:
+    """concept.json is encoded once, with artifact_bytes = tensors + its own bytes (the
+    digits of the size counted, also where they carry to one more digit)."""
+    import json as json_
+
+    from e4t.training.bulk import concept_json_bytes
+
+    info = {"concept_id": "ada", "result": {"status": "done", "steps": 3}}
+    encoded, size = concept_json_bytes(info, tensor_bytes)
+    assert size == tensor_bytes + len(encoded)
+    assert json_.loads(encoded)["result"] == {"status": "done", "steps": 3, "artifact_bytes": size}
+
+
+def test_a_concept_json_is_written_once_whole_and_a_rerun_gives_its_row_back(
+    domain_dir: Path, photos_dir: Path, tmp_path: Path
+) -> None:
+    """In-process: the pinned model (with its fingerprint) is what the concept records; the
+    concept.json's result row is the results.jsonl row's, and its artifact_bytes is the
+    concept folder's size on disk (concept.json included, so it was written with its
+    bytes); a rerun skips the concept and returns the same row."""
+    from e4t.jobs import personalize as job
+    from e4t.training.bulk import ConceptResult
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
+    request = job.request(
+        str(images), str(tmp_path / "out"), str(domain_dir), preset="tiny",
+        overrides={"preview_steps": 1}, track=False, steps=1,
+    )  # fmt: skip
+    passes: list[list[ConceptResult]] = []
+    result = job.run(request, on_pass=passes.append)
+    assert result.model.version_uri == str(domain_dir.resolve()) and result.model.fingerprint
+    ((done,),) = passes
+    assert isinstance(done, ConceptResult) and done.status == "done" and not done.skipped
+    (row,) = result.rows
+    assert row == done.to_row() and row["name"] == "obama" and row["files"] == ["obama.jpg"]
+    folder = tmp_path / "out" / "concepts" / row["concept_id"]
+    meta = json.loads((folder / "concept.json").read_text())
+    on_disk = sum(p.stat().st_size for p in folder.iterdir())
+    assert row["artifact_bytes"] == meta["result"]["artifact_bytes"] == on_disk
+    assert meta["result"] == done.pass_row()
+    assert meta["domain_fingerprint"] == result.model.fingerprint
+    assert meta["model_version_uri"] == row["model_version_uri"] == result.model.version_uri
+    (line,) = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert json.loads(line) == row
+
+    again = job.run(request)
+    assert again.summary["num_skipped"] == 1
+    assert again.rows == [{**row, "skipped": True}]

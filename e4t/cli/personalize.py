@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from e4t.cli.common import add_config_args
+
+if TYPE_CHECKING:  # the job is imported when the command runs: --help stays fast
+    from e4t.jobs.personalize import PersonalizeRequest
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,12 +47,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def request_of(args: argparse.Namespace) -> PersonalizeRequest:
+    """The job's request from the command's arguments (its flags by the job's FLAGS)."""
     from e4t.jobs import personalize as job
 
-    request = job.request(
+    return job.request(
         args.images,
         args.out,
         args.model,
@@ -59,6 +62,14 @@ def run(args: argparse.Namespace) -> int:
         track=args.track,
         **{name: getattr(args, name) for name in job.FLAGS},
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from e4t.jobs import personalize as job
+
+    request = request_of(args)
     with tqdm(desc="personalize", unit="concept") as bar:
         result = job.run(request, on_pass=lambda results: bar.update(len(results)))
     summary = result.summary
