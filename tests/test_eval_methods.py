@@ -34,6 +34,23 @@ def test_each_method_is_one_class_in_its_own_module() -> None:
     assert default_methods() == ["e4t", "textual-inversion", "no-pretraining"]
     assert EvaluateConfig().methods == default_methods()
     assert METHODS["e4t-frozen"].scored_on == "e4t"  # no pass of its own
+    # a method's module reads nothing of e4t but the base (e4t.config imports the registry)
+    for path in (ROOT / "e4t" / "evaluation" / "methods").glob("*.py"):
+        imported = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+        } | {
+            alias.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        project = {m for m in imported if m.split(".")[0] == "e4t"}
+        allowed = {m for m in project if m.startswith("e4t.evaluation.methods")}
+        if path.name == "base.py":  # for type checking only: modules that import no config
+            allowed |= {"e4t.data.transforms", "e4t.models.concept"}
+        assert project == allowed, path.name
 
 
 def test_the_registry_loads_without_torch() -> None:

@@ -335,6 +335,41 @@ def test_the_frozen_export_is_scored_beside_e4t(
     assert "e4t-frozen" in report
 
 
+def test_the_evaluation_uses_the_version_pinned_at_its_start(
+    photos_dir: Path, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """@candidate moves between the request (made at the entry) and the evaluation step:
+    the step evaluates, reports and records the version the request pinned."""
+    from e4t.jobs import evaluate as job
+    from e4t.jobs.steps import InProcess
+
+    first = _register(tiny_dir, tmp_path, seed=6)
+    images = tmp_path / "faces"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
+    request = job.request(
+        "models:/e4t-evaltest@candidate", str(images), str(tmp_path / "eval"),
+        preset="tiny", track=False, prompts=["a photo of {}"], seeds=[0], steps=[0],
+        baselines=[],
+    )  # fmt: skip
+    assert request.model.version_uri == first["model_uri"]
+    moved: list[dict[str, str]] = []
+
+    class MovingTheAlias(InProcess):
+        def call(self, step: Any, *args: Any) -> Any:
+            if step is job.evaluate and not moved:
+                moved.append(_register(tiny_dir, tmp_path, seed=7))  # moves @candidate
+            return super().call(step, *args)
+
+    out = job.run(request, MovingTheAlias())
+    assert moved and moved[0]["version"] != first["version"]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["meta"]["model_version"] == f"e4t-evaltest v{first['version']}"
+    done = json.loads((tmp_path / "eval" / "done.json").read_text())
+    assert done["model"] == ["e4t-evaltest", first["version"]]
+    assert out.num_concepts == 1 and set(out.summary) == {"e4t"}
+
+
 def test_two_concurrent_promotions_move_the_alias_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
