@@ -1,14 +1,15 @@
 """Evaluate a domain model and its baselines on a set of concepts.
 
-For every method (``e4t``; ``textual-inversion``: the class word's embedding tuned alone;
-``no-pretraining``: a fresh encoder and zero offsets, tuned like E4T) each concept is
-tuned once up to the largest budget, with the same seeds and draws for every method, and
-at each budget in ``steps`` (0 included: the untuned start) it generates every prompt for
-every seed. Each image is scored for identity (face-recognition cosine with the input's
-aligned face; no face found counts as 0 and lowers the face rate), CLIP-T (its prompt,
-the placeholder replaced by the class word) and CLIP-I (the input face); diversity is
-measured across seeds. Budgets share one tuning run, so a budget's tuning seconds are the
-seconds spent up to it.
+For every method of the config (the registry, :mod:`e4t.evaluation.methods`: ``e4t``;
+``textual-inversion``: the class word's embedding tuned alone; ``no-pretraining``: a fresh
+encoder and zero offsets, tuned like E4T; ...) each concept is tuned once up to the
+largest budget (:mod:`e4t.evaluation.passes`), with the same seeds and draws for every
+method, and at each budget in ``steps`` (0 included: the untuned start) it generates every
+prompt for every seed. Each image is scored (:mod:`e4t.evaluation.scoring`) for identity
+(face-recognition cosine with the input's aligned face; no face found counts as 0 and
+lowers the face rate), CLIP-T (its prompt, the placeholder replaced by the class word) and
+CLIP-I (the input face); diversity is measured across seeds. Budgets share one tuning run,
+so a budget's tuning seconds are the seconds spent up to it.
 """
 
 from __future__ import annotations
