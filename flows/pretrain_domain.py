@@ -62,6 +62,7 @@ def pretrain_domain(
         overrides: Config values by dotted key, e.g. {"optim.lr": 1e-5}.
         track: Track in MLflow and register the model.
     """
+    # this flow's parameters that FLAGS maps to config keys (the CLI passes its dests)
     params = {name: value for name, value in locals().items() if name in job.FLAGS}
     launch = LaunchConfig(
         nproc_per_node=nproc_per_node,
