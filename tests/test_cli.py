@@ -28,6 +28,7 @@ def test_curate_command(photos_dir: Path, tmp_path: Path) -> None:
     assert "manifest" in done.stdout
 
 
+@pytest.mark.slow
 def test_curate_command_errors_are_clear(tmp_path: Path) -> None:
     done = _e4t("curate", str(tmp_path / "missing"), str(tmp_path / "o"), "--no-track")
     assert done.returncode == 2
@@ -71,6 +72,7 @@ def test_bench_model_prints_counts_size_time_memory() -> None:
     assert int(re.search(r"concept artifact: ([\d,]+) bytes", done.stdout)[1].replace(",", "")) > 0
 
 
+@pytest.mark.slow
 def test_model_commands_end_to_end(tmp_path: Path, photos_dir: Path) -> None:
     from PIL import Image
 
@@ -136,6 +138,7 @@ def test_model_commands_end_to_end(tmp_path: Path, photos_dir: Path) -> None:
     assert done.returncode == 2 and "not an E4T domain model" in done.stderr
 
 
+@pytest.mark.slow
 def test_upload_copies_a_folder_keeping_relative_paths(tmp_path: Path) -> None:
     src = tmp_path / "photos"
     (src / "sub").mkdir(parents=True)
@@ -369,6 +372,7 @@ print(json.dumps(register_domain_model(run_id, sys.argv[2], "quiettest", base_mo
 """
 
 
+@pytest.mark.slow
 def test_a_model_is_registered_and_fetched_without_warnings_or_bars(
     tiny_dir: Path, photos_dir: Path, tmp_path: Path
 ) -> None:

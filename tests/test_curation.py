@@ -265,6 +265,7 @@ def test_upload_puts_the_done_marker_last(tmp_path: Path) -> None:
     assert (tmp_path / "remote" / "e4t_config.json").exists()
 
 
+@pytest.mark.slow
 def test_curate_cli_refuses_an_output_of_other_inputs(photos_dir: Path, tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -231,6 +231,7 @@ def test_evaluation_of_a_personalize_output_links_the_concept_runs(
     assert len(children) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_command(photos_dir: Path, tiny_dir: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -261,6 +262,7 @@ def test_evaluate_command(photos_dir: Path, tiny_dir: Path, tmp_path: Path) -> N
     assert bad.returncode != 0 and "no such folder" in bad.stderr
 
 
+@pytest.mark.slow
 def test_the_full_tuning_reference_runs_beside_e4t(
     photos_dir: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:
@@ -299,6 +301,7 @@ def test_the_full_tuning_reference_runs_beside_e4t(
     assert "e4t-full" in report
 
 
+@pytest.mark.slow
 def test_the_frozen_export_is_scored_beside_e4t(
     photos_dir: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:
@@ -421,6 +424,7 @@ def test_two_concurrent_promotions_move_the_alias_once(
     assert client.get_run(runs[loser]).data.tags["e4t.promotion"] == "kept"
 
 
+@pytest.mark.slow
 def test_the_evaluations_frozen_concept_is_the_exports(tiny_dir: Path, tmp_path: Path) -> None:
     """e4t-frozen scores what export-concept writes: the same tuned concept, round-tripped
     through its stored dtype (fp16) and frozen by one function with one step count and seed,

@@ -39,6 +39,7 @@ def _stock_images(base: Path, folder: Path, token: str, seeds: list[int]) -> lis
     return images
 
 
+@pytest.mark.slow
 def test_an_exported_concept_gives_the_frozen_concepts_images_in_stock_diffusers(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
@@ -227,6 +228,7 @@ def test_a_fifo_in_a_concept_folder_is_refused_not_waited_on(
             tiny_model.read_concept(folder)
 
 
+@pytest.mark.slow
 def test_an_export_of_a_path_ending_in_dotdot_stays_under_out_named_from_the_id(
     tiny_model: E4TModel, tmp_path: Path
 ) -> None:
@@ -266,6 +268,7 @@ def _tuned_concept(model: E4TModel, folder: Path, concept_id: str, seed: int) ->
     return folder
 
 
+@pytest.mark.slow
 def test_two_exported_concepts_share_a_stock_pipeline_under_their_adapter_names(
     tiny_dir: Path, tmp_path: Path
 ) -> None:

@@ -32,6 +32,7 @@ def test_offline_without_weights_names_the_cache_and_the_other_backend(
     assert all(name in message for name in FAN_WEIGHT_FILES)
 
 
+@pytest.mark.slow
 def test_landmarks_through_the_real_code_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photos_dir: Path
 ) -> None:

@@ -42,6 +42,7 @@ def _pixels(images: list[Image.Image]) -> list[np.ndarray]:
     return [np.asarray(i, dtype=np.int16) for i in images]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["ddim", "euler-a"])
 def test_two_concepts_in_one_call_equal_each_concept_alone(tiny_dir: Path, scheduler: str) -> None:
     model = _model(tiny_dir)
@@ -82,6 +83,7 @@ def test_generate_refuses_cls_of_another_number_of_concepts(tiny_dir: Path) -> N
         model.detach_concepts()
 
 
+@pytest.mark.slow
 def test_generate_command_takes_several_concepts(
     tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

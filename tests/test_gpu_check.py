@@ -75,6 +75,7 @@ def test_faces_come_from_a_folder_of_aligned_crops(tmp_path: Path) -> None:
         load_faces(empty, 64, processor)
 
 
+@pytest.mark.slow
 def test_bench_pretrain_on_an_architecture_prints_rates_memory_and_flops() -> None:
     """`e4t bench pretrain --arch ...`: one GPU's figures, here the tiny model on the CPU (no
     card, so no MFU); the FLOP count is FlopCounterMode's and does not depend on the device."""

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from e4t.config import CurateConfig, load_config
 from e4t.jobs import curate
 from e4t.jobs.steps import InProcess, StepTable
@@ -119,6 +121,7 @@ def test_curation_job_runs_its_steps_in_order_and_a_rerun_only_checks(
     assert rerun.stats == result.stats and rerun.wall_seconds == 0.0
 
 
+@pytest.mark.slow
 def test_personalize_job_redoes_concepts_of_another_model_and_logs_once(
     photos_dir: Path, tiny_dir: Path, tmp_path: Path
 ) -> None:

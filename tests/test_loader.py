@@ -44,6 +44,7 @@ def _keys(shards: Path, workers: int, consumed: int, num_batches: int) -> list[l
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_resumed_stream_replays_exactly(curated_shards: Path, workers: int) -> None:
     straight = _keys(curated_shards, workers, consumed=0, num_batches=7)

@@ -92,6 +92,7 @@ def test_zero_offsets_equal_the_base_unet_exactly(tiny_dir: Path) -> None:
         assert torch.equal(model.base.unet(z, t, emb).sample, base(z, t, emb).sample)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["multiplicative", "lowrank"])
 def test_nonzero_offsets_change_only_the_chosen_projections(tiny_dir: Path, form: str) -> None:
     model = make_model(
@@ -175,6 +176,7 @@ def test_fresh_model_starts_at_the_class_word(tiny_dir: Path) -> None:
     assert torch.equal(with_placeholder, model.encode_prompt(["a photo of face"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["multiplicative", "lowrank"])
 def test_gradients_reach_exactly_encoder_and_offsets(tiny_dir: Path, form: str) -> None:
     model = make_model(tiny_dir, offsets={"form": form})
@@ -221,6 +223,7 @@ def test_v_prediction_target(tiny_v_dir: Path) -> None:
     assert torch.allclose(diffusion_target(sched, x0, noise, t), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_total_loss_combines_the_terms(tiny_dir: Path) -> None:
     model = make_model(tiny_dir)
     randomize(model)
@@ -303,6 +306,7 @@ def test_concept_round_trip(tiny_dir: Path, tmp_path: Path) -> None:
     assert saved["domain_fingerprint"] == model.fingerprint()
 
 
+@pytest.mark.slow
 def test_zero_step_concept_is_the_domain_model(tiny_dir: Path, tmp_path: Path) -> None:
     model = make_model(tiny_dir)
     randomize(model)
@@ -349,6 +353,7 @@ def test_corrupted_and_mismatched_files_are_refused(tiny_dir: Path, tmp_path: Pa
         model.load_concept(tmp_path / "concept")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["epsilon", "v_prediction"])
 def test_generation_end_to_end(
     tiny_dir: Path, tiny_v_dir: Path, photos_dir: Path, which: str
@@ -376,6 +381,7 @@ def test_generation_end_to_end(
     assert np.abs(pixels[0] - pixels[2]).mean() > 0  # prompts differ
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["ddpm", "euler-a"])
 def test_stochastic_schedulers_give_a_seed_its_image_at_any_batch_size(
     tiny_dir: Path, photos_dir: Path, scheduler: str
@@ -394,6 +400,7 @@ def test_stochastic_schedulers_give_a_seed_its_image_at_any_batch_size(
     assert np.abs(alone[0] - alone[1]).mean() > 1  # seeds still differ
 
 
+@pytest.mark.slow
 def test_generate_refuses_a_bank_of_several_concepts(tiny_dir: Path, photos_dir: Path) -> None:
     model = make_model(tiny_dir)
     cls = model.clip_cls(clip_pixels(model, Image.open(photos_dir / "obama.jpg")))
@@ -407,6 +414,7 @@ def test_generate_refuses_a_bank_of_several_concepts(tiny_dir: Path, photos_dir:
         model.detach_concepts()
 
 
+@pytest.mark.slow
 def test_concept_in_a_stock_pipeline(tiny_dir: Path, photos_dir: Path) -> None:
     model = make_model(tiny_dir, offsets={"form": "lowrank"})
     randomize(model)
@@ -496,6 +504,7 @@ def test_fused_concept_weights_match_weights_merged_by_hand_and_leave_the_unet_u
     model.detach_concepts()
 
 
+@pytest.mark.slow
 def test_trainable_clip_is_what_the_encoder_reads_in_fp32_and_saved_with_the_model(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
@@ -556,6 +565,7 @@ def test_a_checkpoint_keeps_the_fp16_loss_scaler_state(tmp_path: Path) -> None:
     assert again.get_scale() == scaler.get_scale()
 
 
+@pytest.mark.slow
 def test_held_out_loss_uses_fixed_draws(tiny_dir: Path) -> None:
     """The same faces give the same figure whatever the global RNG did in between (so two
     runs' curves compare), and a changed model gives another figure."""
@@ -666,6 +676,7 @@ def test_a_concept_is_refused_by_a_model_it_was_not_tuned_against(
     assert torch.equal(cls.float(), bank.cls.float()) and other.concepts is not None
 
 
+@pytest.mark.slow
 def test_generate_and_export_commands_refuse_a_mismatch_unless_flagged(
     tiny_dir: Path, other_base_dir: Path, tmp_path: Path
 ) -> None:

@@ -42,6 +42,7 @@ def faces(curated_shards: Path, model: E4TModel) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_batched_tuning_equals_tuning_alone(model: E4TModel, faces: list) -> None:
     seeds = [101, 202, 303]
     together = tune_concepts(model, faces, seeds, CONFIG)
@@ -54,6 +55,7 @@ def test_batched_tuning_equals_tuning_alone(model: E4TModel, faces: list) -> Non
     assert batched["word"].abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_tuning_lowers_the_held_out_loss(model: E4TModel, faces: list) -> None:
     seeds = [7, 8, 9]
     fresh = model.new_concepts(
@@ -66,6 +68,7 @@ def test_tuning_lowers_the_held_out_loss(model: E4TModel, faces: list) -> None:
     assert all(a < b for a, b in zip(after, before, strict=True)), (before, after)
 
 
+@pytest.mark.slow
 def test_generation_with_the_tuned_concept_differs_from_the_class_word(
     model: E4TModel, faces: list
 ) -> None:
@@ -84,6 +87,7 @@ def test_generation_with_the_tuned_concept_differs_from_the_class_word(
     assert diff > 2.0, diff
 
 
+@pytest.mark.slow
 def test_bench_personalize_prints_rates_ratio_and_sizes() -> None:
     import re
     import subprocess
