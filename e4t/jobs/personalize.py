@@ -99,8 +99,9 @@ class PersonalizePlan:
 
 @dataclass(frozen=True)
 class PersonalizeResult:
-    """What the job made: ``summary`` (``summary.json``), ``rows`` (``results.jsonl``, in the
-    order the passes finished), the ``model`` it pinned, the MLflow parent run (or None)."""
+    """What the job made: ``summary`` (``summary.json``), ``rows`` (``results.jsonl``'s rows:
+    the files that are no concept's, then each pass's as it finished), the ``model`` it
+    pinned, the MLflow parent run (or None)."""
 
     output_url: str
     summary: dict[str, Any]
