@@ -380,6 +380,7 @@ def test_concept_json_records_the_size_it_makes(tensor_bytes: int) -> None:
     assert json_.loads(encoded)["result"] == {"status": "done", "steps": 3, "artifact_bytes": size}
 
 
+@pytest.mark.slow  # a whole job in-process (~25 s with the model fixture)
 def test_a_concept_json_is_written_once_whole_and_a_rerun_gives_its_row_back(
     domain_dir: Path, photos_dir: Path, tmp_path: Path
 ) -> None:
