@@ -534,18 +534,3 @@ def test_each_architecture_name_has_its_builders_and_its_model_preset() -> None:
     for command, flag in flags.items():
         action = next(a for a in commands.choices[command]._actions if flag in a.option_strings)
         assert list(action.choices or ()) == list(ARCH_NAMES), command
-
-
-def test_no_function_of_the_command_line_is_over_100_lines() -> None:
-    import ast
-
-    root = Path(__file__).resolve().parent.parent / "e4t" / "cli"
-    long = [
-        f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-        for path in sorted(root.glob("*.py"))
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.end_lineno is not None
-        and node.end_lineno - node.lineno + 1 > 100
-    ]
-    assert long == []

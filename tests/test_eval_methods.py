@@ -155,16 +155,3 @@ def test_passes_run_each_method_once_and_frozen_rides_on_e4t() -> None:
         ("textual-inversion", []),
     ]
     assert names(plan_passes(default_methods())) == [(n, []) for n in default_methods()]
-
-
-def test_no_evaluation_function_is_over_100_lines() -> None:
-    files = [*(ROOT / "e4t" / "evaluation").rglob("*.py"), ROOT / "e4t" / "jobs" / "evaluate.py"]
-    long = [
-        f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-        for path in files
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.end_lineno is not None
-        and node.end_lineno - node.lineno + 1 > 100
-    ]
-    assert long == []

@@ -304,3 +304,26 @@ def test_readme_names_every_rejection_reason() -> None:
     section = _readme_section("Curation: photos in, aligned WebDataset shards out")
     missing = sorted(r for r in used if f"`{r}`" not in section)
     assert missing == []
+
+
+def long_functions(root: Path, limit: int = 100) -> list[str]:
+    """``path:name (N lines)`` of each function under ``root`` longer than ``limit``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(root)}:{node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_in_the_library_is_over_100_lines() -> None:
+    """Each function has one role (issue 23): a longer one is split into named phases."""
+    assert long_functions(ROOT / "e4t") == []  # e4t/cli and e4t/evaluation included
+
+
+def test_the_length_check_finds_a_long_function(tmp_path: Path) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(101))
+    (tmp_path / "m.py").write_text(f"def long():\n{body}\n")
+    assert long_functions(tmp_path) == ["m.py:long (102 lines)"]
