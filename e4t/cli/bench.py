@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--tune-steps", type=int, default=5, help="personalize: tuning steps")
     p.add_argument("--draws", type=int, default=4, help="personalize: draws per concept")
     p.add_argument(
-        "--faces", help="personalize, gpu: a folder of aligned crops (+ NAME.mask.png) to tune"
+        "--faces",
+        help="personalize, gpu, e2e: a folder of aligned crops (+ NAME.mask.png) to tune",
     )
     p.add_argument(
         "--skip",
@@ -51,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=["tune", "ops", "generate", "pretrain"],
         help="gpu: figures to leave out",
     )
+    p.add_argument("--photos", help="e2e: photos to curate (needs the face models)")
+    p.add_argument("--work-dir", help="e2e: where the jobs write (default: a new temp folder)")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="e2e: pretraining processes")
     p.add_argument(
         "--runner",
         choices=["inprocess", "dask"],
@@ -122,6 +126,30 @@ def _bench_gpu(args: argparse.Namespace) -> int:
     return 0 if print_json_lines(figures) else 1
 
 
+def _bench_e2e(args: argparse.Namespace) -> int:
+    """The four jobs once through their CLI (``--faces`` crops or ``--photos``), one JSON
+    line per stage; 1 when a stage failed."""
+    import tempfile
+    from pathlib import Path
+
+    from e4t.bench.e2e import E2ESettings, print_stages, run_e2e
+
+    settings = E2ESettings(
+        work_dir=Path(args.work_dir or tempfile.mkdtemp(prefix="e4t-e2e-")),
+        arch=args.arch or "tiny",
+        device=args.device,
+        dtype=args.dtype,
+        resolution_px=args.resolution_px,
+        photos_dir=Path(args.photos) if args.photos else None,
+        faces_dir=Path(args.faces) if args.faces else None,
+        tune_steps=args.tune_steps,
+        pretrain_steps=args.train_steps,
+        draws_per_concept=args.draws,
+        nproc_per_node=args.nproc_per_node,
+    )
+    return print_stages(run_e2e(settings))
+
+
 def _bench_personalize(args: argparse.Namespace) -> int:
     """Concepts per minute of the job on ``--runner``, the op count of a tuning step
     (``--count-ops``), or the tuning step's time and memory."""
@@ -188,4 +216,5 @@ BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {
     "pretrain": _bench_pretrain,
     "personalize": _bench_personalize,
     "gpu": _bench_gpu,
+    "e2e": _bench_e2e,
 }
