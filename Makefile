@@ -52,7 +52,9 @@ samples: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/e4t bench curate
 
-# The GPU check: one JSON line per figure (infra/gpu-check.sh; ARCH=tiny DEVICE=cpu on a CPU).
+# The GPU check (infra/gpu-check.sh): one JSON line per figure, then one per stage of the
+# end-to-end run (FACES=DIR or PHOTOS=DIR; E2E=0 or BENCH=0 leaves a part out). Its knobs pass
+# through as variables: make bench-gpu ARCH=tiny DEVICE=cpu DTYPE=fp32 RES=64 STEPS=2 on a CPU.
 bench-gpu:
 	bash infra/gpu-check.sh
 

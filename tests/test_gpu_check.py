@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,6 +25,7 @@ def test_gpu_check_prints_one_json_line_per_figure() -> None:
         "RES": "32",
         "STEPS": "1",
         "SKIP": "generate",  # the generation figure's code path is the tested generate()
+        "E2E": "0",  # the end-to-end part has its own test below
     }
     done = subprocess.run(
         ["bash", "infra/gpu-check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -49,6 +51,70 @@ def test_gpu_check_prints_one_json_line_per_figure() -> None:
         False,
         True,
     }
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_the_whole_dag(photos_dir: Path, tmp_path: Path) -> None:
+    """The end-to-end part on the CPU: curate → pretrain (torchrun) → personalize → evaluate,
+    each a CLI subprocess; every stage's line says ok and its artifacts are there."""
+    work = tmp_path / "e2e"
+    env = {
+        **os.environ,
+        "ARCH": "tiny",
+        "DEVICE": "cpu",
+        "DTYPE": "fp32",
+        "RES": "64",
+        "STEPS": "2",
+        "BENCH": "0",
+        "PHOTOS": str(photos_dir),
+        "E2E_PRETRAIN_STEPS": "2",
+        "E2E_DRAWS": "2",
+        "E2E_DIR": str(work),
+    }
+    done = subprocess.run(
+        ["bash", "infra/gpu-check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    stages = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0, (done.stdout, done.stderr[-3000:])
+    assert [s["stage"] for s in stages] == ["curate", "pretrain", "personalize", "evaluate"]
+    assert all(s["status"] == "ok" and s["wall_s"] > 0 for s in stages), stages
+    assert all(s["device"] == "cpu" and s["arch"] == "tiny" for s in stages)
+    assert (work / "shards" / "stats.json").exists()
+    model = json.loads((work / "pretrain" / "model" / "e4t_config.json").read_text())
+    assert model  # the domain model the later stages loaded
+    concepts = sorted((work / "concepts" / "concepts").iterdir())
+    assert len(concepts) == 2 and all((c / "concept.safetensors").exists() for c in concepts)
+    assert stages[2]["detail"] == "2 of 2 concepts done"
+    results = json.loads((work / "evaluation" / "results.json").read_text())
+    assert results["config"]["steps"] == [0, 2]
+    assert (work / "evaluation" / "report.html").stat().st_size > 0
+
+
+def test_crops_become_shards_that_pretraining_reads(tmp_path: Path) -> None:
+    """Without face models the end-to-end run skips curation: aligned crops (+ masks) are
+    written as one shard + stats.json, the layout the training loader lists and decodes."""
+    from PIL import Image
+
+    from e4t.bench.e2e import write_crop_shards
+    from e4t.data.loader import dataset_identity, shard_urls
+    from e4t.data.shards import read_shard
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(crops / "ada.png")
+    Image.new("L", (32, 32), 0).save(crops / "ada.mask.png")
+    Image.new("RGB", (64, 64), (90, 60, 40)).save(crops / "bo b.jpg")
+    stats = write_crop_shards(crops, tmp_path / "shards")
+    assert stats["num_samples"] == 2
+    urls = shard_urls(str(tmp_path / "shards"))
+    samples = list(read_shard(urls[0]))
+    assert [s["__key__"] for s in samples] == ["ada", "bo_b"]
+    masks = [Image.open(io.BytesIO(s["mask.png"])) for s in samples]
+    assert [m.size for m in masks] == [(64, 64), (64, 64)]  # resized to its crop
+    assert masks[0].getextrema() == (0, 0) and masks[1].getextrema() == (255, 255)
+    assert Image.open(io.BytesIO(samples[0]["jpg"])).format == "JPEG"
+    assert dataset_identity(str(tmp_path / "shards"))["num_samples"] == "2"
 
 
 def test_faces_come_from_a_folder_of_aligned_crops(tmp_path: Path) -> None:

@@ -121,6 +121,8 @@ def write_crop_shards(faces_dir: Path, output_dir: Path, name: str = "faces") ->
         image.save(jpg, "JPEG", quality=95)
         mask.save(png, "PNG")
         key = slugify(path.stem)
+        if any(s["__key__"] == key for s in samples):  # a.png and a.jpg: one slug
+            key = f"{key}-{len(samples)}"
         meta = {"key": key, "source": path.name, "resolution_px": image.width, "backend": "none"}
         samples.append(
             {
@@ -302,7 +304,19 @@ def run_e2e(settings: E2ESettings) -> Iterator[StageResult]:
             except (OSError, ValueError) as err:
                 yield done(StageResult(stage, "failed", 0.0, detail=str(err)))
                 continue
-        yield done(_run_cli(s, stage, commands[stage]))
+        outcome = _run_cli(s, stage, commands[stage])
+        if stage == "personalize" and outcome.status == "ok":
+            outcome = check_concepts(outcome, work / "concepts", len(list(inputs.iterdir())))
+        yield done(outcome)
+
+
+def check_concepts(outcome: StageResult, concepts_dir: Path, num_inputs: int) -> StageResult:
+    """Personalize exits 0 with every input rejected: ok only when each input is a concept."""
+    summary = json.loads((concepts_dir / "summary.json").read_text())
+    outcome.detail = f"{summary['num_done']} of {num_inputs} concepts done"
+    if summary["num_done"] != num_inputs:
+        outcome.status = "failed"
+    return outcome
 
 
 NO_FACE_MODELS = (
