@@ -68,6 +68,8 @@ def personalize_bulk(
         track: Log the parent run and one child run per concept to MLflow.
         overrides: Config values by dotted key, e.g. {"tune.draws_per_concept": 16}.
     """
+    # this flow's parameters that FLAGS maps to config keys (the CLI passes its dests)
+    params = {name: value for name, value in locals().items() if name in job.FLAGS}
     request = job.request(
         images_url,
         output_url,
@@ -77,8 +79,7 @@ def personalize_bulk(
         device=device,
         experiment=experiment,
         track=track,
-        steps=steps,
-        concepts_per_pass=concepts_per_pass,
+        **params,
     )
     runner = PrefectSteps(
         t.STEPS,

@@ -18,7 +18,7 @@ from pydantic import Field
 from e4t.config import ArchName, LaunchConfig, Overrides
 from e4t.jobs import pretrain as job
 from flows.steps import PrefectSteps
-from tasks import train as t
+from tasks import pretrain as t
 
 
 @flow(name="pretrain-domain", log_prints=True)

@@ -1,5 +1,6 @@
-"""Prefect tasks: each stage's job steps (``e4t.jobs``) as tasks with their retries, timeouts
-and tags. A task calls one ``e4t`` function and returns URIs and small dicts.
+"""Prefect tasks: each stage's job steps (``e4t.jobs``) as tasks, one per entry of the job's
+step table with its retries, timeouts and tags (:func:`tasks.retry.tasks_for`). A task calls
+one ``e4t`` step and returns what the step returns: URLs and small typed results.
 
 The library logs through ``logging.getLogger("e4t...")``; here those records also go to the
 Prefect run log of the task or flow that wrote them.

@@ -10,10 +10,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from e4t.jobs import evaluate as job
-from tasks.retry import retry_transient, tasks_for
+from tasks.retry import tasks_for
 
 
-@task(name="evaluate-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
+@task  # name and retries: the step table's entry (tasks_for)
 def evaluate(request: job.EvaluateRequest) -> job.Evaluated:
     progress = cast(
         UUID, create_progress_artifact(0.0, description=f"evaluation of {request.model.uri} (%)")

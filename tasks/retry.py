@@ -10,7 +10,7 @@ from prefect import Task, task
 
 from e4t.data.curation import CurationError
 from e4t.faces.types import LandmarkerUnavailable
-from e4t.jobs.steps import StepTable
+from e4t.jobs.steps import StepSpec, StepTable
 
 PERMANENT: tuple[type[BaseException], ...] = (
     FileNotFoundError,
@@ -60,12 +60,26 @@ def retrying_task(
     )
 
 
+def task_options(spec: StepSpec) -> dict[str, Any]:
+    """A table entry as Prefect task options: its name, tags and timeout, and its retries of
+    transient errors only (:func:`retry_transient`)."""
+    delay = spec.delay_seconds
+    return {
+        "name": spec.name,
+        "tags": list(spec.tags) or None,
+        "timeout_seconds": spec.timeout_seconds,
+        "retries": spec.retries,
+        "retry_delay_seconds": list(delay) if isinstance(delay, tuple) else delay,
+        "retry_condition_fn": retry_transient if spec.retries else None,
+    }
+
+
 def tasks_for(
     table: StepTable, custom: Mapping[Callable[..., Any], Task[Any, Any]] | None = None
 ) -> dict[Callable[..., Any], Task[Any, Any]]:
     """One Prefect task per step of a job's table, made from its entry (name, retries of
     transient errors, tags, timeout). ``custom`` gives a step its own task (e.g. one that
-    reports progress); it must be a step of the table, and keeps the table's name."""
+    reports progress); it must be a step of the table, and gets the table's settings."""
     custom = dict(custom or {})
     strays = [fn for fn in custom if fn not in table]
     if strays:
@@ -73,21 +87,7 @@ def tasks_for(
         raise ValueError(f"custom tasks for functions outside the {table.job} table: {names}")
     made: dict[Callable[..., Any], Task[Any, Any]] = {}
     for spec in table:
-        if spec.fn in custom:
-            made[spec.fn] = custom[spec.fn].with_options(name=spec.name)
-            continue
-        options: dict[str, Any] = {"name": spec.name, "tags": list(spec.tags) or None}
-        if spec.timeout_seconds is not None:
-            options["timeout_seconds"] = spec.timeout_seconds
-        if spec.retries:
-            delay = spec.delay_seconds
-            made[spec.fn] = retrying_task(
-                spec.fn,
-                spec.name,
-                retries=spec.retries,
-                delay_seconds=list(delay) if isinstance(delay, tuple) else delay,  # type: ignore[arg-type]
-                **{k: v for k, v in options.items() if k != "name"},
-            )
-        else:
-            made[spec.fn] = task(spec.fn, **options)
+        options = task_options(spec)
+        base = custom.get(spec.fn) or task(spec.fn)
+        made[spec.fn] = base.with_options(**options)
     return made

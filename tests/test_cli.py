@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -433,7 +434,7 @@ def test_every_pass_of_a_job_uses_the_version_pinned_at_its_start(
     )
     moved: list[dict[str, str]] = []
 
-    def move_the_alias(chunk: list[dict]) -> None:
+    def move_the_alias(chunk: list[Any]) -> None:  # the pass's ConceptResults
         if not moved:  # after the first pass, before the second
             moved.append(register(2))
 

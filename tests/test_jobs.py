@@ -56,16 +56,17 @@ def test_a_function_outside_every_step_table_is_refused_by_each_runner() -> None
 
 def test_every_step_a_job_runs_is_in_its_table_and_has_its_prefect_task() -> None:
     """Each job's ``run`` calls only steps of its own table, and ``tasks/`` has a task for
-    every entry with the table's name and retries: a missing task cannot exist."""
+    every entry with the table's settings, custom tasks included: a missing task cannot
+    exist, and a setting is written once."""
     import ast
     import importlib
     import inspect
 
-    stages = {"curate": "curate", "pretrain": "train", "personalize": "personalize",
-              "evaluate": "evaluate"}  # fmt: skip
-    for stage, tasks_module in stages.items():
+    from tasks.retry import retry_transient
+
+    for stage in ("curate", "pretrain", "personalize", "evaluate"):
         job = importlib.import_module(f"e4t.jobs.{stage}")
-        tasks = importlib.import_module(f"tasks.{tasks_module}").STEPS
+        tasks = importlib.import_module(f"tasks.{stage}").STEPS
         called = {
             node.args[0].id
             for node in ast.walk(ast.parse(inspect.getsource(job.run)))
@@ -80,8 +81,17 @@ def test_every_step_a_job_runs_is_in_its_table_and_has_its_prefect_task() -> Non
             assert getattr(job, name) in job.STEPS, f"{stage}: {name} is in no step table"
         assert set(tasks) == set(job.STEPS.specs), stage
         for spec in job.STEPS:
-            assert tasks[spec.fn].name == spec.name
-            assert tasks[spec.fn].retries == spec.retries
+            made = tasks[spec.fn]
+            assert made.name == spec.name
+            assert made.retries == spec.retries
+            assert set(made.tags) == set(spec.tags)
+            assert made.timeout_seconds == spec.timeout_seconds
+            delay = spec.delay_seconds
+            if spec.retries:
+                assert made.retry_delay_seconds == (
+                    list(delay) if isinstance(delay, tuple) else delay
+                )
+                assert made.retry_condition_fn is retry_transient
 
 
 class Recording(InProcess):

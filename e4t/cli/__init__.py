@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="e4t",
         description="E4T domain tuning. Stages: curate (photos → aligned WebDataset shards); "
         "pretrain (encoder + offsets, torchrun); personalize (a folder → concepts); "
+        "evaluate (identity, prompt alignment, baselines → report, promotion); "
         "model: init-model (base presets), init-domain, encode-concept, generate. "
         "Helpers: samples (fetch the sample photos), bench (speed and memory figures).",
     )

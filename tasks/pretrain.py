@@ -9,16 +9,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from e4t.jobs import pretrain as job
-from tasks.retry import retry_transient, tasks_for
+from tasks.retry import tasks_for
 
 
-@task(
-    name="pretrain",  # the table's entry decides name, retries and timeout (tasks_for)
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_transient,
-    timeout_seconds=None,
-)
+@task  # name, retries and timeout: the step table's entry (tasks_for)
 def train(request: job.PretrainRequest) -> job.PretrainResult:
     """torchrun the ranks; each output line goes to the run log. A retry resumes from the
     latest checkpoint in ``output_url``."""
