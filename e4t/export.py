@@ -6,7 +6,8 @@ Layout under ``OUT``::
 
     base-<fingerprint>/           the domain's base, once per domain model: a diffusers folder
                                   whose UNet has the domain offsets folded in (W0 + ΔW)
-    <concept>/learned_embeds.safetensors   {"<concept>": v*}: the frozen word
+    <concept>/learned_embeds.safetensors   {"<concept>": v*}: the frozen word (SDXL: the
+                                  two encoders' parts, {"clip_l": …, "clip_g": …})
     <concept>/pytorch_lora_weights.safetensors   the concept's deltas B·A (PEFT keys)
     <concept>/export.json         token, adapter name, base folder, how v* was frozen, bytes
 
@@ -114,20 +115,60 @@ def export_domain_base(model: E4TModel, out_root: str | Path) -> Path:
     model.base.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
     # the base's own tokenizer: the model's copy carries e4t's placeholder token
     CLIPTokenizer.from_pretrained(source, subfolder="tokenizer").save_pretrained(tmp / "tokenizer")
+    if model.base.text_encoder_2 is not None:  # SDXL's second text encoder and tokenizer
+        model.base.text_encoder_2.save_pretrained(tmp / "text_encoder_2", safe_serialization=True)
+        CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2").save_pretrained(
+            tmp / "tokenizer_2"
+        )
     import diffusers
 
     diffusers.DDIMScheduler.from_config(model.base.scheduler_config).save_pretrained(
         tmp / "scheduler"
     )
 
-    from e4t.models.architectures import pipeline_index
+    from e4t.models.architectures import pipeline_index, xl_pipeline_index
 
-    index = pipeline_index()
+    index = xl_pipeline_index() if model.is_xl else pipeline_index()
     (tmp / MARKER).write_text(json.dumps(index, indent=1))
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
+
+
+def textual_inversion_state(
+    model: E4TModel, token: str, word: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The frozen word (D_word,) as diffusers' textual-inversion file: ``{token: v*}``, or on
+    SDXL ``{"clip_l": v*[:768], "clip_g": v*[768:]}`` (each text encoder's part, the keys
+    SDXL embeddings are shared with; loaded with one ``load_textual_inversion`` call per
+    encoder, :func:`_use_note`)."""
+    if not model.is_xl:
+        return {token: word.contiguous()}
+    first = model.branches[0].width
+    return {"clip_l": word[:first].contiguous(), "clip_g": word[first:].contiguous()}
+
+
+def _use_note(xl: bool, out: Path, embeds: str, token: str, adapter: str) -> str:
+    """export.json's ``use``: the stock diffusers lines that load the concept."""
+    lora = (
+        f"pipe.load_lora_weights('{out}', adapter_name='{adapter}'); "
+        f"pipe.set_adapters(['{adapter}']); "
+        f"pipe('a photo of {token}')"
+    )
+    if not xl:
+        return (
+            "pipe = StableDiffusionPipeline.from_pretrained(BASE); "
+            f"pipe.load_textual_inversion('{out / embeds}'); " + lora
+        )
+    return (
+        "pipe = StableDiffusionXLPipeline.from_pretrained(BASE); "
+        f"state = safetensors.torch.load_file('{out / embeds}'); "
+        f"pipe.load_textual_inversion(state['clip_l'], token='{token}', "
+        "text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer); "
+        f"pipe.load_textual_inversion(state['clip_g'], token='{token}', "
+        "text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2); " + lora
+    )
 
 
 def lora_state(model: E4TModel, index: int = 0) -> dict[str, torch.Tensor]:
@@ -181,7 +222,7 @@ def export_concept(
         out = Path(out_root) / export_folder_name(concept_id)  # never the concept's path
         out.mkdir(parents=True, exist_ok=True)
         save_file(
-            {token: frozen.word.to(file_dtype).contiguous()},
+            textual_inversion_state(model, token, frozen.word.to(file_dtype)),
             str(out / "learned_embeds.safetensors"),
         )
         lora = {k: v.to(file_dtype).contiguous() for k, v in lora_state(model).items()}
@@ -201,13 +242,7 @@ def export_concept(
         "bytes": {name: (out / name).stat().st_size for name in files},
         "source_concept": str(concept_dir),
         **(recorded or {}),
-        "use": (
-            "pipe = StableDiffusionPipeline.from_pretrained(BASE); "
-            f"pipe.load_textual_inversion('{out / files[0]}'); "
-            f"pipe.load_lora_weights('{out}', adapter_name='{adapter}'); "
-            f"pipe.set_adapters(['{adapter}']); "
-            f"pipe('a photo of {token}')"
-        ),
+        "use": _use_note(model.is_xl, out, files[0], token, adapter),
     }
     (out / "export.json").write_text(json.dumps(info, indent=1))
     return {**info, "folder": str(out), "base_folder": str(base)}

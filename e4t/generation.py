@@ -26,12 +26,13 @@ from diffusers import (
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
 )
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from e4t.models.concept import ConceptBank
-from e4t.models.e4t_model import E4TModel
+from e4t.models.e4t_model import E4TModel, PromptConditioning
 from e4t.models.precision import AutocastMode, autocast
 
 logger = logging.getLogger(__name__)
@@ -73,10 +74,27 @@ def clip_pixels(model: E4TModel, image: Image.Image) -> torch.Tensor:
     return pixels.pixel_values.to(model.base.device, model.image_encoder.dtype)
 
 
-def build_pipeline(model: E4TModel, scheduler: str = "ddim") -> StableDiffusionPipeline:
+def build_pipeline(
+    model: E4TModel, scheduler: str = "ddim"
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A stock pipeline on the model's base components: ``StableDiffusionXLPipeline`` for
+    the SDXL family (no watermarker), else ``StableDiffusionPipeline``."""
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
     sched = SCHEDULERS[scheduler].from_config(model.base.scheduler_config)
+    if model.is_xl:
+        xl = StableDiffusionXLPipeline(
+            vae=model.base.vae,
+            text_encoder=model.base.text_encoder,
+            text_encoder_2=model.base.text_encoder_2,
+            tokenizer=model.base.tokenizer,
+            tokenizer_2=model.base.tokenizer_2,
+            unet=model.base.unet,
+            scheduler=sched,
+            add_watermarker=False,
+        )
+        xl.set_progress_bar_config(disable=True)
+        return xl
     pipe = StableDiffusionPipeline(
         vae=model.base.vae,
         text_encoder=model.base.text_encoder,
@@ -168,6 +186,8 @@ def _cfg_rows_grouped(unet: torch.nn.Module, num_concepts: int) -> Iterator[list
     def permuted(value: Any, index: torch.Tensor, batch: int) -> Any:
         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
             return value[index.to(value.device)]
+        if isinstance(value, dict):  # SDXL's added_cond_kwargs: text_embeds, time_ids
+            return {key: permuted(v, index, batch) for key, v in value.items()}
         return value
 
     def before(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -203,9 +223,42 @@ def _cfg_rows_grouped(unet: torch.nn.Module, num_concepts: int) -> Iterator[list
             handle.remove()
 
 
+def _negative_conditioning(model: E4TModel, prompt: str, batch: int) -> PromptConditioning:
+    """CFG's unconditional rows. On SDXL no negative prompt is zero conditioning, not the
+    empty prompt's encoding, as the SDXL pipeline does (``force_zeros_for_empty_prompt``)."""
+    negative = model.condition([prompt] * batch)
+    if not (model.is_xl and not prompt):
+        return negative
+    pooled = None if negative.pooled is None else torch.zeros_like(negative.pooled)
+    return PromptConditioning(torch.zeros_like(negative.hidden), pooled)
+
+
+def _first_embeds(negative: PromptConditioning, first: PromptConditioning) -> dict[str, Any]:
+    """The pipeline call's prompt arguments (SDXL: the pooled ones too)."""
+    kwargs: dict[str, Any] = {
+        "prompt_embeds": first.hidden,
+        "negative_prompt_embeds": negative.hidden,
+    }
+    if first.pooled is not None:
+        kwargs["pooled_prompt_embeds"] = first.pooled
+        kwargs["negative_pooled_prompt_embeds"] = negative.pooled
+    return kwargs
+
+
+def _step_embeds(
+    negative: PromptConditioning, nxt: PromptConditioning, guided: bool
+) -> dict[str, torch.Tensor]:
+    """What ``callback_on_step_end`` hands the pipeline for the next step: its prompt
+    embeddings (with CFG: [uncond; cond]) and on SDXL its pooled ``add_text_embeds``."""
+    step = {"prompt_embeds": torch.cat([negative.hidden, nxt.hidden]) if guided else nxt.hidden}
+    if nxt.pooled is not None and negative.pooled is not None:
+        step["add_text_embeds"] = torch.cat([negative.pooled, nxt.pooled]) if guided else nxt.pooled
+    return step
+
+
 def _generate_chunk(
     model: E4TModel,
-    pipe: StableDiffusionPipeline,
+    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline,
     cls: torch.Tensor,
     jobs: list[tuple[str, int]],
     height: int,
@@ -247,7 +300,7 @@ def _generate_chunk(
     with grouping as regrouping:
         regroup = regrouping[0]
 
-        def prompt_embeds_at(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def prompt_embeds_at(z: torch.Tensor, t: torch.Tensor) -> PromptConditioning:
             t_b = t.reshape(1).expand(batch).to(device)
             z_in = pipe.scheduler.scale_model_input(z, t)
             if frozen_v_star is not None:
@@ -260,11 +313,11 @@ def _generate_chunk(
                     regrouping[0] = regroup
             if keep_v_star:
                 history.append(v_star.detach().float().cpu())
-            return model.encode_prompt(prompts, v_star).to(dtype)
+            return model.condition(prompts, v_star).to(dtype)
 
         pipe.scheduler.set_timesteps(config.num_steps, device=device)
         timesteps = pipe.scheduler.timesteps
-        negative = model.encode_prompt([config.negative_prompt] * batch).to(dtype)
+        negative = _negative_conditioning(model, config.negative_prompt, batch).to(dtype)
         first = prompt_embeds_at(latents * pipe.scheduler.init_noise_sigma, timesteps[0])
 
         def on_step_end(
@@ -273,11 +326,10 @@ def _generate_chunk(
             if i + 1 >= len(pipeline.scheduler.timesteps):
                 return {}
             nxt = prompt_embeds_at(kwargs["latents"], pipeline.scheduler.timesteps[i + 1])
-            return {"prompt_embeds": torch.cat([negative, nxt]) if guided else nxt}
+            return _step_embeds(negative, nxt, guided)
 
         out = pipe(
-            prompt_embeds=first,
-            negative_prompt_embeds=negative,
+            **_first_embeds(negative, first),
             latents=latents,
             num_inference_steps=config.num_steps,
             guidance_scale=config.guidance_scale,
@@ -378,6 +430,7 @@ def save_images(
     out.mkdir(parents=True, exist_ok=True)
     config = config or GenerationConfig()
     paths = []
+
     def text(value: str) -> str:  # a PNG text chunk may hold no NUL (prompts are untrusted)
         return value.replace("\x00", "\\x00")
 
@@ -454,7 +507,10 @@ def freeze_concept(
 
 @torch.no_grad()
 def apply_concept_to_pipeline(
-    pipe: StableDiffusionPipeline, model: E4TModel, cls: torch.Tensor, token: str | None = None
+    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline,
+    model: E4TModel,
+    cls: torch.Tensor,
+    token: str | None = None,
 ) -> str:
     """Freeze a loaded concept into a stock pipeline of the same base model.
 
@@ -464,7 +520,16 @@ def apply_concept_to_pipeline(
     """
     token = token or model.config.placeholder_token
     vector = frozen_word_embedding(model, cls)
-    pipe.load_textual_inversion({token: vector.to(pipe.text_encoder.dtype)}, token=token)
+    for branch, text_encoder, tokenizer in zip(
+        model.branches,
+        (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)),
+        (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)),
+        strict=False,
+    ):  # on SDXL each text encoder gets its part of v*
+        part = vector[branch.start : branch.start + branch.width].to(text_encoder.dtype)
+        pipe.load_textual_inversion(
+            part, token=token, text_encoder=text_encoder, tokenizer=tokenizer
+        )
     for path in model.offsets.paths:
         linear = pipe.unet.get_submodule(path)
         delta = model.offsets.delta_weight(path, linear.weight.detach().float())

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-ArchName = Literal["tiny", "sd15-random"]
+ArchName = Literal["tiny", "sd15-random", "tiny-xl", "sdxl-random"]
 """Model architectures with seeded random weights (:mod:`e4t.models.architectures`)."""
 
 ARCH_NAMES: tuple[ArchName, ...] = get_args(ArchName)
 
 #: the model preset (``configs/model/<preset>.yaml``: encoder, offsets) of each architecture
-MODEL_PRESETS: dict[ArchName, str] = {"tiny": "tiny", "sd15-random": "sd15"}
+MODEL_PRESETS: dict[ArchName, str] = {
+    "tiny": "tiny",
+    "sd15-random": "sd15",
+    "tiny-xl": "tiny-xl",
+    "sdxl-random": "sdxl",
+}

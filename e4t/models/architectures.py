@@ -6,15 +6,24 @@
 - ``sd15-random``: the full Stable Diffusion 1.5 UNet / VAE / CLIP ViT-L text encoder with
   an OpenCLIP ViT-H/14 vision tower (``vit-h14-random``), random weights, for memory and
   speed benchmarks where real weights cannot be downloaded.
+- ``tiny-xl``: the SDXL layout made small: two text encoders (``CLIPTextModel`` of width 32
+  and ``CLIPTextModelWithProjection`` of width 48, so the two widths differ), a UNet with
+  ``addition_embed_type="text_time"`` and 1–2 transformer layers per block, the tiny VAE
+  and vision tower; ``tokenizer_2`` pads with ``!`` as SDXL's does.
+- ``sdxl-random``: the SDXL 1.0 base UNet (2.57 B), CLIP ViT-L and OpenCLIP bigG text
+  encoders, the SDXL VAE and the ViT-H/14 vision tower, random weights, written in bf16
+  (fp32 would be 16 GB): for counts and GPU benchmarks.
 
-The folder holds ``model_index.json`` for ``StableDiffusionPipeline`` with the vision tower
-as its ``image_encoder`` component, so it loads through exactly the path a real
-checkpoint does.
+The folder holds ``model_index.json`` for ``StableDiffusionPipeline`` (or
+``StableDiffusionXLPipeline``) with the vision tower as its ``image_encoder`` component, so
+it loads through exactly the path a real checkpoint does.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +33,7 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
@@ -69,6 +79,43 @@ _UNET: dict[str, dict[str, Any]] = {
         attention_head_dim=8,
         norm_num_groups=32,
     ),
+    # the SDXL layout, small: text_time conditioning on (pooled 32 + 6 time ids × 8)
+    "tiny-xl": dict(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=32 + 48,  # the two text encoders' hidden states, concatenated
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+        norm_num_groups=8,
+    ),
+    # stabilityai/stable-diffusion-xl-base-1.0's unet/config.json (70 transformer blocks,
+    # 140 attention modules)
+    "sdxl-random": dict(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=2048,
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        norm_num_groups=32,
+    ),
 }
 _VAE: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -95,6 +142,14 @@ _VAE: dict[str, dict[str, Any]] = {
         scaling_factor=0.18215,
     ),
 }
+_VAE["tiny-xl"] = _VAE["tiny"]
+# the SDXL VAE: SD 1.5's layout, another latent scale; fp16 overflows in it (force_upcast)
+_VAE["sdxl-random"] = {
+    **_VAE["sd15-random"],
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "force_upcast": True,
+}
 _TEXT: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=32,
@@ -112,6 +167,31 @@ _TEXT: dict[str, dict[str, Any]] = {
         hidden_act="quick_gelu",
     ),
 }
+_TEXT["tiny-xl"] = _TEXT["tiny"]
+_TEXT["sdxl-random"] = _TEXT["sd15-random"]  # SDXL's text_encoder is CLIP ViT-L's
+#: SDXL's second text encoder (``text_encoder_2``, a CLIPTextModelWithProjection): the
+#: architectures that have one are the SDXL family
+_TEXT_2: dict[str, dict[str, Any]] = {
+    "tiny-xl": dict(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=32,
+        hidden_act="gelu",
+    ),
+    # OpenCLIP ViT-bigG/14's text tower
+    "sdxl-random": dict(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=20,
+        projection_dim=1280,
+        hidden_act="gelu",
+    ),
+}
+#: the dtype an architecture is built and written in (fp32 unless it would not fit the CPU)
+_BUILD_DTYPE: dict[str, torch.dtype] = {"sdxl-random": torch.bfloat16}
 _VISION: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=32,
@@ -134,7 +214,17 @@ _VISION: dict[str, dict[str, Any]] = {
         hidden_act="gelu",
     ),
 }
-_VISION_FOR = {"tiny": "tiny", "sd15-random": "vit-h14-random"}
+_VISION_FOR = {
+    "tiny": "tiny",
+    "sd15-random": "vit-h14-random",
+    "tiny-xl": "tiny",
+    "sdxl-random": "vit-h14-random",
+}
+
+
+def is_xl_arch(arch: str) -> bool:
+    """An architecture of the SDXL family (two text encoders, text_time conditioning)."""
+    return arch in _TEXT_2
 
 
 def _check(arch: str) -> None:
@@ -152,17 +242,39 @@ def build_vae(arch: str) -> AutoencoderKL:
     return AutoencoderKL(**_VAE[arch])
 
 
-def build_text_encoder(arch: str) -> CLIPTextModel:
-    _check(arch)
-    config = CLIPTextConfig(
+def _text_config(pad_token_id: int, **values: Any) -> CLIPTextConfig:
+    return CLIPTextConfig(
         vocab_size=VOCAB_SIZE,
         max_position_embeddings=MODEL_MAX_LENGTH,
         bos_token_id=49406,
         eos_token_id=49407,
-        pad_token_id=49407,
-        **_TEXT[arch],
+        pad_token_id=pad_token_id,
+        **values,
     )
-    return CLIPTextModel(config)
+
+
+def build_text_encoder(arch: str) -> CLIPTextModel:
+    _check(arch)
+    return CLIPTextModel(_text_config(49407, **_TEXT[arch]))
+
+
+def build_text_encoder_2(arch: str) -> CLIPTextModelWithProjection:
+    """SDXL's second text encoder (OpenCLIP's text tower: pads with id 0, ``!``)."""
+    _check(arch)
+    if not is_xl_arch(arch):
+        raise ValueError(f"{arch!r} has one text encoder (not an SDXL architecture)")
+    return CLIPTextModelWithProjection(_text_config(0, **_TEXT_2[arch]))
+
+
+@contextmanager
+def _building_in(arch: str) -> Iterator[None]:
+    """Modules built inside the block get ``arch``'s build dtype (bf16 for sdxl-random)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(_BUILD_DTYPE.get(arch, torch.float32))
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def build_image_encoder(name: str) -> CLIPVisionModelWithProjection:
@@ -185,7 +297,7 @@ def build_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
     )
 
 
-def pipeline_index(**components: list[str | None]) -> dict[str, object]:
+def pipeline_index(**components: Any) -> dict[str, object]:
     """A ``StableDiffusionPipeline`` folder's ``model_index.json``: the SD components, no
     safety checker, ``components`` added or replaced (e.g. an image encoder)."""
     import diffusers
@@ -206,6 +318,21 @@ def pipeline_index(**components: list[str | None]) -> dict[str, object]:
     }
 
 
+def xl_pipeline_index(**components: Any) -> dict[str, object]:
+    """A ``StableDiffusionXLPipeline`` folder's ``model_index.json`` (what recognises a base
+    model as SDXL: :func:`e4t.models.base.is_xl_source`)."""
+    index = pipeline_index(
+        text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+        tokenizer_2=["transformers", "CLIPTokenizer"],
+        force_zeros_for_empty_prompt=True,
+        **components,
+    )
+    for key in ("safety_checker", "requires_safety_checker"):  # not SDXL components
+        index.pop(key)
+    index["_class_name"] = "StableDiffusionXLPipeline"
+    return index
+
+
 def init_model(
     out_dir: str | Path,
     arch: str = "tiny",
@@ -213,27 +340,43 @@ def init_model(
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
     bpe_path: str | Path | None = None,
 ) -> Path:
-    """Write a complete diffusers-format folder with seeded random weights (safetensors)."""
+    """Write a complete diffusers-format folder with seeded random weights (safetensors):
+    a ``StableDiffusionPipeline`` folder, or a ``StableDiffusionXLPipeline`` one for the
+    SDXL family. Components are built and written one at a time (the SDXL UNet alone is
+    5 GB in bf16)."""
     _check(arch)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    build_unet(arch).save_pretrained(out / "unet")
-    build_vae(arch).save_pretrained(out / "vae")
-    build_text_encoder(arch).save_pretrained(out / "text_encoder")
-    vision = build_image_encoder(_VISION_FOR[arch])
-    vision.save_pretrained(out / "image_encoder")
-    size = vision.config.image_size
+    builders: list[tuple[str, Any]] = [
+        ("unet", lambda: build_unet(arch)),
+        ("vae", lambda: build_vae(arch)),
+        ("text_encoder", lambda: build_text_encoder(arch)),
+    ]
+    if is_xl_arch(arch):
+        builders.append(("text_encoder_2", lambda: build_text_encoder_2(arch)))
+    builders.append(("image_encoder", lambda: build_image_encoder(_VISION_FOR[arch])))
+    for name, build in builders:
+        with _building_in(arch):
+            module = build()
+        module.save_pretrained(out / name)
+        del module
+    size = _VISION[_VISION_FOR[arch]]["image_size"]
     CLIPImageProcessorPil(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     ).save_pretrained(out / "feature_extractor")
     build_scheduler(prediction_type).save_pretrained(out / "scheduler")
     tok_dir = write_clip_tokenizer(out / "tokenizer", bpe_path)
     CLIPTokenizer.from_pretrained(tok_dir, model_max_length=MODEL_MAX_LENGTH)  # fail early
-    index = pipeline_index(
+    vision_parts = dict(
         feature_extractor=["transformers", "CLIPImageProcessor"],
         image_encoder=["transformers", "CLIPVisionModelWithProjection"],
     )
+    if is_xl_arch(arch):
+        write_clip_tokenizer(out / "tokenizer_2", bpe_path, pad_token="!")
+        index = xl_pipeline_index(**vision_parts)
+    else:
+        index = pipeline_index(**vision_parts)
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     (out / "e4t_arch.json").write_text(
         json.dumps(
@@ -263,13 +406,24 @@ def build_base_models(arch: str, config: Any, seed: int = 0) -> Any:
 
     _check(arch)
     torch.manual_seed(seed)
+    xl = is_xl_arch(arch)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(
             write_clip_tokenizer(tmp), model_max_length=MODEL_MAX_LENGTH
         )
-    unet, vae = build_unet(arch), build_vae(arch)
-    text, vision = build_text_encoder(arch), build_image_encoder(_VISION_FOR[arch])
-    prepare_components(unet, vae, text, vision, config)
+        tokenizer_2 = (
+            CLIPTokenizer.from_pretrained(
+                write_clip_tokenizer(Path(tmp) / "2", pad_token="!"),
+                model_max_length=MODEL_MAX_LENGTH,
+            )
+            if xl
+            else None
+        )
+    with _building_in(arch):
+        unet, vae = build_unet(arch), build_vae(arch)
+        text, vision = build_text_encoder(arch), build_image_encoder(_VISION_FOR[arch])
+        text_2 = build_text_encoder_2(arch) if xl else None
+    prepare_components(unet, vae, text, vision, config, text_encoder_2=text_2)
     scheduler_config = dict(build_scheduler().config)
     return BaseModels(
         unet=unet,
@@ -281,6 +435,8 @@ def build_base_models(arch: str, config: Any, seed: int = 0) -> Any:
         image_encoder=vision,
         image_processor=square_image_processor(vision.config.image_size),
         source=f"arch:{arch}",
+        text_encoder_2=text_2,
+        tokenizer_2=tokenizer_2,
     )
 
 

@@ -1,11 +1,14 @@
 """Loading the frozen base models: a diffusers Stable Diffusion checkpoint + a CLIP vision tower.
 
 Hub ids and local folders load the same way (``from_pretrained`` with ``subfolder``); the
-tiny preset is an ordinary local folder, so tests run the path real checkpoints take.
+tiny preset is an ordinary local folder, so tests run the path real checkpoints take. An
+SDXL checkpoint (its ``model_index.json`` names a ``StableDiffusionXL…`` pipeline) brings its
+second text encoder and tokenizer (``text_encoder_2``, ``tokenizer_2``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from transformers import (
     CLIPImageProcessorPil,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     CLIPTokenizer,
     CLIPVisionModelWithProjection,
 )
@@ -30,7 +34,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 @dataclass
 class BaseModels:
-    """Frozen components. ``noise_scheduler`` is the training-time DDPM view of the schedule."""
+    """Frozen components. ``noise_scheduler`` is the training-time DDPM view of the schedule.
+    ``text_encoder_2``/``tokenizer_2``: SDXL's second text encoder (OpenCLIP bigG's text
+    tower, with projection: its pooled output conditions the UNet); None on SD 1.x/2.x."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
@@ -41,6 +47,13 @@ class BaseModels:
     image_encoder: CLIPVisionModelWithProjection
     image_processor: CLIPImageProcessorPil
     source: str
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+
+    @property
+    def is_xl(self) -> bool:
+        """The SDXL family: two text encoders, the UNet conditioned on text_time."""
+        return self.text_encoder_2 is not None
 
     @property
     def device(self) -> torch.device:
@@ -67,6 +80,26 @@ def is_local_source(source: str) -> bool:
     return source.startswith((".", "/", "~")) or "/" not in source or Path(source).exists()
 
 
+XL_PIPELINE_PREFIX = "StableDiffusionXL"
+
+
+def is_xl_source(source: str) -> bool:
+    """Whether a base model (folder or hub id) is SDXL: its ``model_index.json``'s
+    ``_class_name`` names a ``StableDiffusionXL…`` pipeline (as
+    stabilityai/stable-diffusion-xl-base-1.0's does). A folder without the file (only
+    ``unet/``…) is SD 1.x/2.x."""
+    if is_local_source(source):
+        index_path = Path(source).expanduser() / "model_index.json"
+        if not index_path.exists():
+            return False
+        index = json.loads(index_path.read_text())
+    else:
+        from diffusers import DiffusionPipeline
+
+        index = DiffusionPipeline.load_config(source)
+    return str(index.get("_class_name", "")).startswith(XL_PIPELINE_PREFIX)
+
+
 def check_base_model(source: str) -> None:
     """The one base-model check: a local source must be a diffusers Stable Diffusion folder
     (``model_index.json`` or ``unet/``); a hub id is left to ``from_pretrained``."""
@@ -87,17 +120,22 @@ def prepare_components(
     text_encoder: CLIPTextModel,
     image_encoder: CLIPVisionModelWithProjection,
     config: ModelConfig,
+    text_encoder_2: CLIPTextModelWithProjection | None = None,
 ) -> None:
     """The one set-up of the frozen components, loaded or built: attention kernels, frozen
     and in eval mode, on ``config.device`` in ``config.dtype``, gradient checkpointing on
     the UNet and the text encoder when asked (see :func:`enable_text_encoder_checkpointing`;
-    the image encoder stays plain: E4T reads every 2nd layer's [CLS] through hooks)."""
+    the image encoder stays plain: E4T reads every 2nd layer's [CLS] through hooks).
+    ``text_encoder_2``: SDXL's second text encoder, set up as the first."""
     dtype = DTYPES[config.dtype]
     attn = "sdpa" if config.attention == "sdpa" else "eager"
     unet.set_attn_processor(AttnProcessor2_0() if attn == "sdpa" else AttnProcessor())
-    for module in (text_encoder, image_encoder):
+    texts: list[CLIPTextModel | CLIPTextModelWithProjection] = [text_encoder]
+    if text_encoder_2 is not None:
+        texts.append(text_encoder_2)
+    for module in (*texts, image_encoder):
         module.set_attn_implementation(attn)
-    for module in (unet, vae, text_encoder, image_encoder):
+    for module in (unet, vae, *texts, image_encoder):
         module.requires_grad_(False)
         module.eval()
         module.to(config.device)
@@ -105,10 +143,13 @@ def prepare_components(
             module.to(dtype=dtype)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        enable_text_encoder_checkpointing(text_encoder)
+        for text in texts:
+            enable_text_encoder_checkpointing(text)
 
 
-def enable_text_encoder_checkpointing(text_encoder: CLIPTextModel) -> None:
+def enable_text_encoder_checkpointing(
+    text_encoder: CLIPTextModel | CLIPTextModelWithProjection,
+) -> None:
     """Recompute the frozen text encoder's layer activations in the backward pass.
 
     The encoder's weights are frozen, but v* is injected at its input embedding, so the
@@ -146,6 +187,14 @@ def load_base_models(config: ModelConfig) -> BaseModels:
         source, subfolder="text_encoder", torch_dtype=dtype, attn_implementation=attn
     )
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", model_max_length=77)
+    text_encoder_2, tokenizer_2 = None, None
+    if is_xl_source(source):
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            source, subfolder="text_encoder_2", torch_dtype=dtype, attn_implementation=attn
+        )
+        tokenizer_2 = CLIPTokenizer.from_pretrained(
+            source, subfolder="tokenizer_2", model_max_length=77
+        )
     scheduler_config = dict(DDPMScheduler.load_config(source, subfolder="scheduler"))
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
     enc_repo, enc_sub = resolve_image_encoder(config)
@@ -159,7 +208,7 @@ def load_base_models(config: ModelConfig) -> BaseModels:
         )
     except OSError:
         image_processor = square_image_processor(image_encoder.config.image_size)
-    prepare_components(unet, vae, text_encoder, image_encoder, config)
+    prepare_components(unet, vae, text_encoder, image_encoder, config, text_encoder_2)
     return BaseModels(
         unet=unet,
         vae=vae,
@@ -170,6 +219,8 @@ def load_base_models(config: ModelConfig) -> BaseModels:
         image_encoder=image_encoder,
         image_processor=image_processor,
         source=source,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
     )
 
 

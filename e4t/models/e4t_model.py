@@ -21,12 +21,14 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from e4t.config import ModelConfig
 from e4t.models.base import BaseModels, is_local_source, load_base_models, resolve_image_encoder
@@ -169,18 +171,21 @@ def base_identity(base: BaseModels, config: ModelConfig) -> str:
     digest = hashlib.sha256()
     folder = _source_folder(base.source, "model_index.json")
     if folder is None:  # built in memory: the weights themselves
-        modules = {
+        modules: dict[str, nn.Module] = {
             "unet": base.unet,
             "vae": base.vae,
             "text_encoder": base.text_encoder,
             "image_encoder": base.image_encoder,
         }
+        if base.text_encoder_2 is not None:
+            modules["text_encoder_2"] = base.text_encoder_2
         for name, module in modules.items():
             for key, value in sorted(module.state_dict().items()):
                 digest.update(f"{name}.{key}".encode())
                 digest.update(value.detach().float().cpu().numpy().tobytes())
         return digest.hexdigest()
-    names = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor")
+    names: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    names += ("feature_extractor", "text_encoder_2", "tokenizer_2")  # absent ones: skipped
     components = [(name, folder / name) for name in names]
     enc_repo, enc_sub = resolve_image_encoder(config.model_copy(update={"base_model": base.source}))
     if enc_sub:
@@ -337,6 +342,105 @@ def check_finite_float(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         )
 
 
+def word_width(base: BaseModels) -> int:
+    """The width of v* (D_word): the text encoder's token-embedding width; on SDXL both
+    encoders' (768 + 1280 = 2048), the encoder's head predicting both at once."""
+    encoders = [base.text_encoder, base.text_encoder_2]
+    return sum(e.get_input_embeddings().embedding_dim for e in encoders if e is not None)
+
+
+@dataclass
+class PromptConditioning:
+    """A prompt batch as the UNet reads it: hidden (B, 77, D_cross) and, on SDXL, pooled
+    (B, P): the second text encoder's projected pooled output (``text_embeds``)."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def expand(self, batch: int) -> PromptConditioning:
+        pooled = None if self.pooled is None else self.pooled.expand(batch, -1)
+        return PromptConditioning(self.hidden.expand(batch, -1, -1), pooled)
+
+    def to(self, dtype: torch.dtype) -> PromptConditioning:
+        pooled = None if self.pooled is None else self.pooled.to(dtype)
+        return PromptConditioning(self.hidden.to(dtype), pooled)
+
+
+class TextBranch:
+    """One text encoder with its tokenizer and its slice of v*: ``word[:, start:start+width]``
+    replaces the placeholder's row of this encoder's input embeddings (hooks on its token
+    embedding layer; the placeholder is added to its tokenizer, never to its table)."""
+
+    def __init__(
+        self,
+        text_encoder: CLIPTextModel | CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        start: int,
+        config: ModelConfig,
+    ) -> None:
+        self.text_encoder, self.tokenizer, self.start = text_encoder, tokenizer, start
+        self.width = text_encoder.get_input_embeddings().embedding_dim
+        self.class_token_id = self._single_token_id(config.class_word)
+        self.placeholder_token_id = self._add_placeholder(config.placeholder_token)
+        self.placeholder_mask: torch.Tensor | None = None
+
+    def _single_token_id(self, word: str) -> int:
+        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            pieces = self.tokenizer.convert_ids_to_tokens(ids)
+            raise ValueError(
+                f"class word {word!r} is {len(ids)} tokens {pieces}; "
+                "choose a word that is one token, e.g. 'face', 'person', 'cat'"
+            )
+        return int(ids[0])
+
+    def _add_placeholder(self, token: str) -> int:
+        self.tokenizer.add_tokens([token], special_tokens=False)
+        ids = self.tokenizer(token, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise ValueError(f"placeholder {token!r} does not tokenize to one token: {ids}")
+        return int(ids[0])
+
+    def tokenize(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+        return self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+
+    def class_embedding(self) -> torch.Tensor:
+        """e(class_word) in this encoder: (width,)"""
+        return self.text_encoder.get_input_embeddings().weight[self.class_token_id]
+
+    def swap_placeholder_ids(
+        self, module: nn.Module, inputs: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        ids = inputs[0]
+        mask = ids == self.placeholder_token_id
+        self.placeholder_mask = mask
+        # the placeholder is not in the embedding table: look up the class word instead, then
+        # overwrite those rows with v* in the forward hook (no host sync to ask whether any)
+        ids = torch.where(mask, self.class_token_id, ids)
+        return (ids, *inputs[1:])
+
+    def inject(self, output: torch.Tensor, word: torch.Tensor | None) -> torch.Tensor:
+        """The token embeddings (B, T, width) with this encoder's slice of ``word``
+        (B, D_word) at the placeholder."""
+        mask = self.placeholder_mask
+        if mask is None:
+            return output
+        if word is None:
+            if mask.any():
+                raise RuntimeError("prompt holds the placeholder but no v* was given")
+            return output
+        v_star = word[:, self.start : self.start + self.width].to(output.dtype)  # (B, width)
+        if v_star.shape[0] != output.shape[0]:
+            raise ValueError(f"{v_star.shape[0]} embeddings for {output.shape[0]} prompts")
+        return torch.where(mask[..., None], v_star[:, None, :], output)
+
+
 class E4TModel(nn.Module):
     """Base models + encoder + offsets. Only ``encoder`` and ``offsets`` hold trainable weights."""
 
@@ -352,14 +456,21 @@ class E4TModel(nn.Module):
         self.unet, self.vae = base.unet, base.vae
         self.text_encoder, self.image_encoder = base.text_encoder, base.image_encoder
         self.tokenizer = base.tokenizer
-        self.class_token_id = self._single_token_id(config.class_word)
-        self.placeholder_token_id = self._add_placeholder(config.placeholder_token)
+        self.text_encoder_2 = base.text_encoder_2  # SDXL's second one, else None
+        self.branches = [TextBranch(base.text_encoder, base.tokenizer, 0, config)]
+        if base.text_encoder_2 is not None and base.tokenizer_2 is not None:
+            width = self.branches[0].width
+            self.branches.append(TextBranch(base.text_encoder_2, base.tokenizer_2, width, config))
+        self.class_token_id = self.branches[0].class_token_id
+        self.placeholder_token_id = self.branches[0].placeholder_token_id
         self._injection: torch.Tensor | None = None
-        self._placeholder_mask: torch.Tensor | None = None
-        embedding = self.text_encoder.get_input_embeddings()
-        embedding.register_forward_pre_hook(self._swap_placeholder_ids)
-        embedding.register_forward_hook(self._inject_word_embedding)
-        self._empty_prompt: torch.Tensor | None = None
+        for branch in self.branches:
+            embedding = branch.text_encoder.get_input_embeddings()
+            embedding.register_forward_pre_hook(branch.swap_placeholder_ids)
+            embedding.register_forward_hook(
+                lambda m, i, o, branch=branch: branch.inject(o, self._injection)
+            )
+        self._empty_prompt: PromptConditioning | None = None
         self.concepts: ConceptBank | None = None
         self._groups: list[ProjectionGroup] | None = None
         self.clip_trained = False  # set_trainable(["clip"]) or a domain model with clip/
@@ -387,7 +498,7 @@ class E4TModel(nn.Module):
             clip_hidden_size=vision.hidden_size,
             clip_num_layers=vision.num_hidden_layers,
             unet_block_channels=blocks,
-            embed_dim=base.text_encoder.get_input_embeddings().embedding_dim,
+            embed_dim=word_width(base),
             hidden_dim=config.encoder.hidden_dim,
             clip_layer_stride=config.encoder.clip_layer_stride,
             leaky_relu_slope=config.encoder.leaky_relu_slope,
@@ -430,83 +541,87 @@ class E4TModel(nn.Module):
             for param, flag in trainable.items():
                 param.requires_grad_(flag)
 
-    def _single_token_id(self, word: str) -> int:
-        ids = self.tokenizer(word, add_special_tokens=False).input_ids
-        if len(ids) != 1:
-            pieces = self.tokenizer.convert_ids_to_tokens(ids)
-            raise ValueError(
-                f"class word {word!r} is {len(ids)} tokens {pieces}; "
-                "choose a word that is one token, e.g. 'face', 'person', 'cat'"
-            )
-        return int(ids[0])
-
-    def _add_placeholder(self, token: str) -> int:
-        self.tokenizer.add_tokens([token], special_tokens=False)
-        ids = self.tokenizer(token, add_special_tokens=False).input_ids
-        if len(ids) != 1:
-            raise ValueError(f"placeholder {token!r} does not tokenize to one token: {ids}")
-        return int(ids[0])
-
-    # ------------------------------------------------------------------ text side
-
-    def _swap_placeholder_ids(
-        self, module: nn.Module, inputs: tuple[torch.Tensor, ...]
-    ) -> tuple[torch.Tensor, ...]:
-        ids = inputs[0]
-        mask = ids == self.placeholder_token_id
-        self._placeholder_mask = mask
-        # the placeholder is not in the embedding table: look up the class word instead, then
-        # overwrite those rows with v* in the forward hook (no host sync to ask whether any)
-        ids = torch.where(mask, self.class_token_id, ids)
-        return (ids, *inputs[1:])
-
-    def _inject_word_embedding(
-        self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
-    ) -> torch.Tensor:
-        mask = self._placeholder_mask
-        if mask is None:
-            return output
-        if self._injection is None:
-            if mask.any():
-                raise RuntimeError("prompt holds the placeholder but no v* was given")
-            return output
-        v_star = self._injection.to(output.dtype)  # (B, D)
-        if v_star.shape[0] != output.shape[0]:
-            raise ValueError(f"{v_star.shape[0]} embeddings for {output.shape[0]} prompts")
-        return torch.where(mask[..., None], v_star[:, None, :], output)
+    @property
+    def is_xl(self) -> bool:
+        """The SDXL family: v* spans both text encoders' widths (:func:`word_width`)."""
+        return len(self.branches) > 1
 
     def format_prompts(self, prompts: list[str]) -> list[str]:
         """``{}`` in a prompt stands for the placeholder token."""
         return [p.replace("{}", self.config.placeholder_token) for p in prompts]
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        return self.tokenizer(
-            self.format_prompts(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.base.device)
+        return self.branches[0].tokenize(self.format_prompts(prompts), self.base.device)
 
     def encode_prompt(self, prompts: list[str], v_star: torch.Tensor | None = None) -> torch.Tensor:
-        """Text-encoder hidden states (B, 77, D) with v* (B, D) at the placeholder."""
-        ids = self.tokenize(prompts)
+        """Text-encoder hidden states (B, 77, D) with v* (B, D_word) at the placeholder: the
+        last layer's (SD 1.x/2.x); on SDXL both encoders' penultimate layers, concatenated
+        (B, 77, D_1 + D_2), as the SDXL pipeline gives the UNet."""
+        return self.condition(prompts, v_star).hidden
+
+    def condition(
+        self, prompts: list[str], v_star: torch.Tensor | None = None
+    ) -> PromptConditioning:
+        """What the UNet reads of ``prompts`` with v* (B, D_word) at the placeholder: the
+        hidden states and, on SDXL, the pooled embedding of the second encoder (whose
+        sequence carries v*'s second part, so the pooled vector follows from it)."""
+        formatted = self.format_prompts(prompts)
         self._injection = v_star
         try:
-            return self.text_encoder(ids)[0]
+            if not self.is_xl:
+                ids = self.branches[0].tokenize(formatted, self.base.device)
+                return PromptConditioning(self.text_encoder(ids)[0])
+            hidden, pooled = [], None
+            for branch in self.branches:
+                ids = branch.tokenize(formatted, self.base.device)
+                out = branch.text_encoder(ids, output_hidden_states=True)
+                hidden.append(out.hidden_states[-2])  # SDXL reads the penultimate layer
+                pooled = out[0]  # the last encoder's projected pooled output
+            return PromptConditioning(torch.cat(hidden, dim=-1), pooled)
         finally:
             self._injection = None
-            self._placeholder_mask = None
+            for branch in self.branches:
+                branch.placeholder_mask = None
 
     def class_embedding(self) -> torch.Tensor:
-        """e(class_word): (D,)"""
-        return self.text_encoder.get_input_embeddings().weight[self.class_token_id]
+        """e(class_word): (D_word,), each text encoder's row side by side on SDXL."""
+        rows = [b.class_embedding() for b in self.branches]
+        return rows[0] if len(rows) == 1 else torch.cat(rows)
 
-    def empty_prompt_embedding(self, batch: int) -> torch.Tensor:
+    def time_ids(self, z_t: torch.Tensor) -> torch.Tensor:
+        """SDXL's ``add_time_ids`` for latents z_t (B, 4, h, w): (B, 6), the image's original
+        size, crop corner (0, 0) and target size in pixels, as the SDXL pipeline makes them
+        for an uncropped image of the latents' size."""
+        scale = 2 ** (len(self.base.vae.config.block_out_channels) - 1)
+        h, w = z_t.shape[-2] * scale, z_t.shape[-1] * scale
+        ids = torch.tensor([h, w, 0, 0, h, w], device=z_t.device, dtype=torch.float32)
+        return ids.expand(z_t.shape[0], -1)
+
+    def unet_kwargs(self, z_t: torch.Tensor, conditioning: PromptConditioning) -> dict[str, Any]:
+        """The UNet's conditioning arguments for latents z_t: ``encoder_hidden_states`` and,
+        on SDXL, ``added_cond_kwargs`` (pooled ``text_embeds`` and ``time_ids``)."""
+        dtype = self.base.unet.dtype
+        kwargs: dict[str, Any] = {"encoder_hidden_states": conditioning.hidden.to(dtype)}
+        if conditioning.pooled is not None:
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": conditioning.pooled.to(dtype),
+                "time_ids": self.time_ids(z_t).to(dtype),
+            }
+        return kwargs
+
+    def predict_noise(
+        self, z_t: torch.Tensor, t: torch.Tensor, conditioning: PromptConditioning
+    ) -> torch.Tensor:
+        """The UNet's output (ε or v, as the scheduler says) on (z_t, t, a prompt's
+        conditioning): (B, 4, h, w)."""
+        return self.base.unet(z_t, t, **self.unet_kwargs(z_t, conditioning)).sample
+
+    def empty_prompt_embedding(self, batch: int) -> PromptConditioning:
+        """The empty prompt's conditioning, ``batch`` rows (computed once)."""
         if self._empty_prompt is None:
             with torch.no_grad():
-                self._empty_prompt = self.encode_prompt([""])
-        return self._empty_prompt.expand(batch, -1, -1)
+                self._empty_prompt = self.condition([""])
+        return self._empty_prompt.expand(batch)
 
     # ------------------------------------------------------------------ image side
 
@@ -542,9 +657,8 @@ class E4TModel(nn.Module):
             # pretraining
             concepts_off = self.concepts.disabled() if self.concepts is not None else nullcontext()
             with self.offsets.disabled(), concepts_off:
-                unet(
-                    z_t.to(unet.dtype), t, self.empty_prompt_embedding(z_t.shape[0]).to(unet.dtype)
-                )
+                z = z_t.to(unet.dtype)
+                unet(z, t, **self.unet_kwargs(z, self.empty_prompt_embedding(z_t.shape[0])))
         except _StopForward:
             stopped = True
         finally:

@@ -59,8 +59,13 @@ def clip_bpe_path() -> Path:
     return target
 
 
-def write_clip_tokenizer(out_dir: str | Path, bpe_path: str | Path | None = None) -> Path:
-    """Write a complete CLIPTokenizer folder (vocab.json, merges.txt, configs)."""
+def write_clip_tokenizer(
+    out_dir: str | Path, bpe_path: str | Path | None = None, pad_token: str = "<|endoftext|>"
+) -> Path:
+    """Write a complete CLIPTokenizer folder (vocab.json, merges.txt, configs).
+
+    pad_token: ``<|endoftext|>`` (OpenAI CLIP, SD 1.x, SDXL's first tokenizer) or ``!``
+    (OpenCLIP, SDXL's ``tokenizer_2``, which pads with id 0)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = gzip.open(bpe_path or clip_bpe_path(), "rt", encoding="utf-8").read().split("\n")
@@ -81,7 +86,7 @@ def write_clip_tokenizer(out_dir: str | Path, bpe_path: str | Path | None = None
                 "bos_token": "<|startoftext|>",
                 "eos_token": "<|endoftext|>",
                 "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
+                "pad_token": pad_token,
             }
         )
     )
@@ -93,7 +98,7 @@ def write_clip_tokenizer(out_dir: str | Path, bpe_path: str | Path | None = None
                 "bos_token": "<|startoftext|>",
                 "eos_token": "<|endoftext|>",
                 "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
+                "pad_token": pad_token,
                 "do_lower_case": True,
                 "errors": "replace",
             }

@@ -4,6 +4,7 @@ in how they draw (noise, t, prompt) and how they reduce the per-sample terms.
     z_t = add_noise(x0, ε, t)                      # the scheduler's forward process
     v*  = e(class) + s·E(x, z_t, t) (+ word_c)     # the encoder's word, per sample
     L   = w-masked ‖UNet(z_t, t, prompt(v*)) − target‖²   per sample
+          (on SDXL the UNet also reads the pooled prompt and add_time_ids)
     R   = ‖s·E (+ word_c)‖²                        per sample
 
 :func:`objective_terms` computes (L, R) per sample; :func:`compute_loss` is pretraining's
@@ -81,7 +82,7 @@ def objective_terms(
     z_t = scheduler.add_noise(latents, noise, timesteps)
     offset = model.predict_offset(cls, z_t, timesteps)
     v_star = model.word_embedding(offset)
-    prediction = model.base.unet(z_t, timesteps, model.encode_prompt(prompts, v_star)).sample
+    prediction = model.predict_noise(z_t, timesteps, model.condition(prompts, v_star))
     target = diffusion_target(scheduler, latents, noise, timesteps)
     scaled = model.config.embedding_scale * offset
     if model.concepts is not None:
