@@ -50,10 +50,9 @@ def evaluate(
         seeds: Image seeds per prompt (default: the preset's).
         steps: Tuning budgets reported (tuning steps), e.g. [0, 5, 15, 50] (default: the
             preset's).
-        baselines: Methods beside e4t, any of e4t-frozen (the concepts as their
-            stock-diffusers export runs them), e4t-full (the paper's per-concept full
-            tuning, the reference), textual-inversion, no-pretraining (default: the
-            preset's).
+        baselines: Methods beside e4t, from the registry e4t.evaluation.methods (the
+            choices this form lists; `e4t evaluate --help` says what each is; default:
+            the preset's).
         device: Torch device, e.g. cpu or cuda.
         experiment: MLflow experiment of the evaluation run.
         track: Log the MLflow run and apply the promotion rule.

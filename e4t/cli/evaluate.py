@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from e4t.cli.common import add_config_args
-from e4t.evaluation.methods import baseline_names
+from e4t.evaluation.methods import METHODS, baseline_names
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,8 +41,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         nargs="*",
         choices=baseline_names(),  # the method registry, e4t.evaluation.methods
         default=None,
-        help="methods beside e4t (e4t-full: the paper's per-concept full tuning; "
-        "e4t-frozen: the concepts as their stock-diffusers export runs them)",
+        help="methods beside e4t: "
+        + "; ".join(f"{name}: {METHODS[name].label}" for name in baseline_names()),
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-track", action="store_true", help="no MLflow run, no promotion")
