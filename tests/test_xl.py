@@ -284,3 +284,76 @@ def test_an_exported_xl_concept_gives_the_frozen_concepts_images_in_a_stock_sdxl
         assert a.shape == b.shape
         assert np.abs(a - b).max() <= 2 / 255, np.abs(a - b).max()
     assert np.abs(stock[0] - stock[1]).mean() > 0.01  # seeds still differ
+
+
+@pytest.mark.slow
+def test_pretraining_under_torchrun_on_tiny_xl(
+    curated_shards: Path, tiny_xl_dir: Path, tmp_path: Path
+) -> None:
+    """Two processes (gloo) pretrain the tiny SDXL layout with the tiny-xl preset; the
+    domain model they write loads and carries v* of both encoders' widths."""
+    from e4t.config import LaunchConfig, PretrainConfig, load_config
+    from e4t.training.launch import run_pretraining
+
+    sets = {
+        "data.shards": str(curated_shards),
+        "model.base_model": str(tiny_xl_dir),
+        "train.num_steps": 6,
+        "train.checkpoint_every": 0,
+        "train.preview_every": 0,
+        "data.num_preview": 0,
+    }
+    config = load_config(PretrainConfig, "pretrain", "tiny-xl", sets)
+    events: list[dict] = []
+    result = run_pretraining(
+        config,
+        str(tmp_path / "out"),
+        LaunchConfig(nproc_per_node=2),
+        track=False,
+        on_event=events.append,
+    )
+    losses = [e["loss"] for e in events if e.get("event") == "step"]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "ranks").glob("*.json"))]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["fingerprint"] == ranks[1]["fingerprint"] == result["result"]["fingerprint"]
+    trained = E4TModel.from_pretrained(tmp_path / "out" / "model")
+    assert trained.is_xl and trained.encoder.output_layer.out_features == 80
+    assert trained.encoder.output_layer.weight.abs().sum() > 0  # it trained
+
+
+@pytest.mark.slow
+def test_personalize_and_evaluate_commands_on_tiny_xl(
+    photos_dir: Path, tiny_xl_dir: Path, tmp_path: Path
+) -> None:
+    """The CLI's personalize and evaluate (with the baselines) on an SDXL-family model."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder = make_model(tiny_xl_dir, seed=3).save_pretrained(tmp_path / "domain")
+    images = tmp_path / "faces"
+    images.mkdir()
+    shutil.copyfile(photos_dir / "obama.jpg", images / "obama.jpg")
+    common = ["--model", str(folder), "--preset", "tiny", "--no-track"]
+    personalize = [
+        sys.executable, "-m", "e4t.cli", "personalize", str(images), *common,
+        "--out", str(tmp_path / "concepts"),
+    ]  # fmt: skip
+    done = subprocess.run(personalize, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (concept,) = [p.parent for p in (tmp_path / "concepts").rglob("concept.json")]
+    loaded = E4TModel.from_pretrained(folder)
+    tensors, _ = loaded.read_concept(concept)
+    assert tensors["word"].shape == (80,)
+    evaluate = [
+        sys.executable, "-m", "e4t.cli", "evaluate", str(images), *common,
+        "--out", str(tmp_path / "eval"), "--tune-steps", "0", "1", "--seeds", "0",
+        "--prompt", "a photo of {}", "--baselines", "textual-inversion", "no-pretraining",
+        "e4t-frozen",
+    ]  # fmt: skip
+    done = subprocess.run(evaluate, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["summary"]) == {"e4t", "textual-inversion", "no-pretraining", "e4t-frozen"}
+    assert (tmp_path / "eval" / "report.html").exists()

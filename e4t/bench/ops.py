@@ -78,17 +78,27 @@ def count_tuning_step_ops(model: Any, faces: list[Any], tune: Any) -> OpCounter:
 
 
 def count_unet_ops(model: Any, batch: int, resolution_px: int) -> tuple[int, int]:
-    """(forward + backward to the text input, forward alone) non-view ops of the bare UNet."""
+    """(forward + backward to the text input, forward alone) non-view ops of the bare UNet
+    (on SDXL with its pooled text embedding and time ids, as a step gives them)."""
+    from e4t.models.e4t_model import PromptConditioning
+
     unet = model.base.unet
+    device, dtype = model.base.device, unet.dtype
     latent = resolution_px // 8
-    z = torch.randn(batch, unet.config.in_channels, latent, latent, device=model.base.device)
-    t = torch.full((batch,), 500, device=model.base.device)
-    text = torch.randn(
-        batch, 77, unet.config.cross_attention_dim, device=model.base.device, requires_grad=True
-    )
+    z = torch.randn(batch, unet.config.in_channels, latent, latent, device=device, dtype=dtype)
+    t = torch.full((batch,), 500, device=device)
+    width = unet.config.cross_attention_dim
+    text = torch.randn(batch, 77, width, device=device, dtype=dtype, requires_grad=True)
+    pooled = None
+    if model.is_xl:  # the pooled width: what text_time's projection reads beside 6 time ids
+        config = unet.config
+        num = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        pooled = torch.randn(batch, num, device=device, dtype=dtype)
     with model.offsets.disabled():  # bare: the offsets' hooks return at once
+        kwargs = model.unet_kwargs(z, PromptConditioning(text, pooled))
         with OpCounter() as both:
-            unet(z, t, text).sample.float().pow(2).mean().backward()
+            unet(z, t, **kwargs).sample.float().pow(2).mean().backward()
+        kwargs = model.unet_kwargs(z, PromptConditioning(text.detach(), pooled))
         with torch.no_grad(), OpCounter() as forward:
-            unet(z, t, text.detach())
+            unet(z, t, **kwargs)
     return both.total, forward.total
