@@ -117,6 +117,37 @@ def test_crops_become_shards_that_pretraining_reads(tmp_path: Path) -> None:
     assert dataset_identity(str(tmp_path / "shards"))["num_samples"] == "2"
 
 
+def test_e2e_stages_after_a_missing_input_are_skipped_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine without the face models cannot curate: curation says so, and the stages
+    that need its shards say which stage did not finish (nothing runs, nothing fails)."""
+    from e4t.bench import e2e
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    monkeypatch.setattr(e2e, "face_models_available", lambda: False)
+    settings = e2e.E2ESettings(work_dir=tmp_path / "w", arch="tiny", photos_dir=photos)
+    results = list(e2e.run_e2e(settings))
+    assert [(r.stage, r.status) for r in results] == [
+        ("curate", "skipped"), ("pretrain", "skipped"), ("personalize", "skipped"),
+        ("evaluate", "skipped"),
+    ]  # fmt: skip
+    assert results[0].detail == e2e.NO_FACE_MODELS
+    assert {r.detail for r in results[1:]} == {"curate did not finish"}
+    line = json.loads(results[1].to_json())
+    assert line["device"] == "cuda" and line["arch"] == "tiny" and line["wall_s"] == 0.0
+
+    # crops that are not there: the shard stage fails, and the exit status says so
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    settings = e2e.E2ESettings(work_dir=tmp_path / "w2", faces_dir=empty)
+    results = list(e2e.run_e2e(settings))
+    assert [r.status for r in results] == ["failed", "skipped", "skipped", "skipped"]
+    assert "no aligned face crops" in (results[0].detail or "")
+    assert e2e.print_stages(iter(results)) == 1
+
+
 def test_faces_come_from_a_folder_of_aligned_crops(tmp_path: Path) -> None:
     """The GPU machine has no face models: aligned crops (+ NAME.mask.png) are read as is."""
     from PIL import Image
