@@ -22,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the jobs run as subprocesses, torchrun too
 common=(--arch "${ARCH:-sd15-random}" --device "${DEVICE:-cuda}" --dtype "${DTYPE:-bf16}"
         --resolution-px "${RES:-512}")
 status=0
