@@ -326,6 +326,11 @@ class TuneConfig(StrictModel):
         "auto",
         description="auto: bf16 autocast on CUDA (trainable tensors stay fp32), none on a CPU",
     )
+    compile: Literal["off", "default", "reduce-overhead"] = Field(
+        "off",
+        description="torch.compile the whole tuning step (fullgraph; reduce-overhead: CUDA "
+        "graphs); a job's short last pass is padded to concepts_per_pass",
+    )
 
 
 class PersonalizeConfig(StrictModel):
@@ -517,9 +522,10 @@ def _parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
     return out
 
 
-def config_hash(config: BaseModel) -> str:
-    """A short, stable hash of a resolved config (for cache keys and run tags)."""
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+def config_hash(config: BaseModel, exclude: Any = None) -> str:
+    """A short, stable hash of a resolved config (for cache keys and run tags); ``exclude``:
+    fields left out, as pydantic's ``model_dump`` takes them."""
+    blob = json.dumps(config.model_dump(mode="json", exclude=exclude), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

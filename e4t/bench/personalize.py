@@ -7,7 +7,7 @@ import contextlib
 import io
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +28,24 @@ class PersonalizeBench:
     seconds_per_concept: dict[str, float]
     concept_bytes: int
     unet_bytes: int
+    compile: str = "off"
+    # per pass size: the first pass's seconds beyond a steady pass's (compilation)
+    compile_seconds: dict[str, float] = field(default_factory=dict)
 
     def report(self) -> str:
         seq = self.seconds_per_concept["sequential"]
         lines = [
             f"personalize bench: arch={self.arch}, {self.num_steps} steps, "
-            f"{self.draws} draws per concept per step, {self.resolution_px} px"
+            f"{self.draws} draws per concept per step, {self.resolution_px} px, "
+            f"compile={self.compile}"
         ]
         for name, seconds in self.seconds_per_concept.items():
             lines.append(
                 f"  {name:<12} {seconds:7.3f} s per concept "
                 f"(throughput × {seq / seconds:.2f} vs sequential)"
             )
+        for name, seconds in self.compile_seconds.items():
+            lines.append(f"  compile, {name}: {seconds:.1f} s (once per pass size, not above)")
         lines.append(
             f"  concept artifact: {self.concept_bytes:,} bytes = "
             f"{100 * self.concept_bytes / self.unet_bytes:.3f} % of the base UNet's "
@@ -57,10 +63,12 @@ def bench_personalize(
     device: str = "cpu",
     dtype: str = "fp32",
     faces_dir: str | None = None,
+    compile: str = "off",
 ) -> PersonalizeBench:
     """Seconds per concept tuning 8 concepts one at a time and K at a time. Faces: a folder
     of aligned crops (``faces_dir``: no face models needed, as on a GPU machine) or the
-    sample photos curated here."""
+    sample photos curated here. ``compile`` (``tune.compile``): the warm-up pass of each
+    size compiles; its seconds beyond a steady pass are reported apart."""
     import torch
 
     from e4t.config import TuneConfig
@@ -70,7 +78,9 @@ def bench_personalize(
 
     config = model_config(arch, dtype=dtype, device=device, gradient_checkpointing=False)
     model = E4TModel.from_config(config, base=build_base_models(arch, config))
-    tune = TuneConfig(num_steps=num_steps, draws_per_concept=draws, resolution_px=resolution_px)
+    tune = TuneConfig(
+        num_steps=num_steps, draws_per_concept=draws, resolution_px=resolution_px, compile=compile
+    )
     if faces_dir:
         from e4t.bench.gpu import load_faces
 
@@ -80,16 +90,22 @@ def bench_personalize(
     total = max(passes)
     faces = [faces[i % len(faces)] for i in range(total)]
     seconds: dict[str, float] = {}
+    compile_seconds: dict[str, float] = {}
 
     def timed(k: int) -> float:
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        tune_concepts(model, faces[:k], list(range(k)), tune)  # warm-up at this size
+        start = time.perf_counter()
+        tune_concepts(model, faces[:k], list(range(k)), tune, pad_to=k)  # warm-up: compiles
         sync()
+        warm_up = time.perf_counter() - start
         start = time.perf_counter()
         for i in range(0, total, k):
-            tune_concepts(model, faces[i : i + k], list(range(i, i + k)), tune)
+            tune_concepts(model, faces[i : i + k], list(range(i, i + k)), tune, pad_to=k)
         sync()
-        return (time.perf_counter() - start) / total
+        steady = time.perf_counter() - start
+        if compile != "off":
+            compile_seconds[f"K = {k}"] = max(0.0, warm_up - steady * k / total)
+        return steady / total
 
     for k in passes:
         seconds["sequential" if k == 1 else f"K = {k}"] = timed(k)
@@ -106,6 +122,76 @@ def bench_personalize(
         seconds_per_concept=seconds,
         concept_bytes=concept_bytes,
         unet_bytes=unet_bytes,
+        compile=compile,
+        compile_seconds=compile_seconds,
+    )
+
+
+@dataclass
+class GraphBreakBench:
+    arch: str
+    resolution_px: int
+    draws: int
+    concepts: int
+    graphs: dict[str, int]  # per compiled region: graphs over a full pass and a padded one
+    reasons: list[str]
+    seconds: float
+
+    @property
+    def graph_breaks(self) -> int:
+        """Over two passes: extra graphs are breaks (or recompilations: either fails)."""
+        return sum(n - 1 for n in self.graphs.values()) + len(self.reasons)
+
+    def report(self) -> str:
+        lines = [
+            f"personalize graph breaks: arch={self.arch}, {self.resolution_px} px, "
+            f"{self.draws} draws, K = {self.concepts}, a full pass then a padded short one "
+            f"(dynamo tracing {self.seconds:.1f} s, no code generation)",
+            "  graphs per region: " + ", ".join(f"{k} {v}" for k, v in self.graphs.items()),
+            f"graph breaks: {self.graph_breaks}",
+        ]
+        lines += [f"  break: {reason.splitlines()[0]}" for reason in self.reasons]
+        return "\n".join(lines)
+
+
+def bench_graph_breaks(
+    arch: str = "tiny",
+    resolution_px: int = 64,
+    draws: int = 2,
+    concepts: int = 2,
+    dtype: str = "fp32",
+) -> GraphBreakBench:
+    """The compiled tuning step's graphs, counted (not compiled: a counting backend) over
+    a pass of ``concepts`` synthetic faces and a short pass padded to it, one step each."""
+    from e4t.bench.ops import synthetic_faces
+    from e4t.config import TuneConfig
+    from e4t.models.architectures import build_base_models
+    from e4t.models.e4t_model import E4TModel
+    from e4t.training import compile as compiling
+    from e4t.training.tune import step_objective, tune_concepts
+
+    config = model_config(arch, dtype=dtype, device="cpu", gradient_checkpointing=False)
+    model = E4TModel.from_config(config, base=build_base_models(arch, config))
+    tune = TuneConfig(
+        num_steps=1,
+        draws_per_concept=draws,
+        resolution_px=resolution_px,
+        autocast="off",
+        compile="default",
+    )
+    faces = synthetic_faces(model, concepts + 1, resolution_px)
+    compiling.clear_compiled()
+    start = time.perf_counter()
+    with compiling.graph_break_reasons() as reasons:
+        for batch in (faces[:concepts], faces[concepts:]):
+            seeds = list(range(len(batch)))
+            tune_concepts(model, batch, seeds, tune, pad_to=concepts, compile_backend="count")
+    seconds = time.perf_counter() - start
+    counted = compiling.compiled(step_objective, "default", "count").counters
+    graphs = {name: counter.graphs for name, counter in counted.items()}
+    compiling.clear_compiled()
+    return GraphBreakBench(
+        arch, resolution_px, draws, concepts, graphs, list(reasons.elements()), seconds
     )
 
 

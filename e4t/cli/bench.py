@@ -67,6 +67,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="personalize: count the non-view ATen ops of one tuning step (K = 1, 4) and of "
         "the bare UNet instead of timing (device-independent: the launch-cost proxy)",
     )
+    p.add_argument(
+        "--compile",
+        choices=["off", "default", "reduce-overhead"],
+        default="off",
+        help="personalize: tune.compile for the timed tuning (compile seconds reported apart)",
+    )
+    p.add_argument(
+        "--count-graph-breaks",
+        action="store_true",
+        help="personalize: count the compiled tuning step's graph breaks (prints 'graph "
+        "breaks: N'; a counting backend, no code generation) instead of timing",
+    )
     p.set_defaults(func=run)
 
 
@@ -162,6 +174,14 @@ def _bench_personalize(args: argparse.Namespace) -> int:
         return _print_report(
             bench_personalize_runner(args.runner, workers=args.workers, num_steps=args.tune_steps)
         )
+    if args.count_graph_breaks:
+        from e4t.bench.personalize import bench_graph_breaks
+
+        result = bench_graph_breaks(
+            arch=arch, resolution_px=args.resolution_px, draws=args.draws, dtype=args.dtype
+        )
+        _print_report(result)
+        return 1 if result.graph_breaks else 0
     if args.count_ops:
         return _print_report(
             bench.bench_personalize_ops(
@@ -177,6 +197,7 @@ def _bench_personalize(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             faces_dir=args.faces,
+            compile=args.compile,
         )
     )
 

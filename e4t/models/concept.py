@@ -218,6 +218,11 @@ class ConceptBank(nn.Module):
             )
         self._refresh()
 
+    def refresh(self) -> None:
+        """What the UNet's forward pre-hook does (a compiled feature pass calls the UNet's
+        blocks without its forward, so without the hook)."""
+        self._before_forward()
+
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
         """The deltas off inside the block: the encoder's UNet-feature pass reads the base
@@ -273,8 +278,10 @@ class ConceptBank(nn.Module):
         stacks = self._base_stacks(folded, dtype)
         deltas = self.delta_weights() if self._enabled else None
         made_of = (stacks, deltas, dtype)
-        if self._current is not None and all(
-            a is b for a, b in zip(self._made_of, made_of, strict=True)
+        if (
+            not torch.compiler.is_compiling()  # a compiled step builds them in its graph
+            and self._current is not None
+            and all(a is b for a, b in zip(self._made_of, made_of, strict=True))
         ):
             return
         fold = dtype == torch.float32  # W0 + B·A rounds at 2^-24 of W0: exact enough
@@ -299,6 +306,10 @@ class ConceptBank(nn.Module):
         """Per class the UNet's weights (n, Σout, in) and biases (n, Σout) or None, with the
         domain offsets folded in when ``folded``; rebuilt when a weight or offset changed."""
         offsets = self._offsets if folded else None
+        if torch.compiler.is_compiling():
+            # the frozen stacks are the compiled step's inputs, built eagerly beforehand
+            # (e4t.training.compile.warm_bank): data_ptr and _version do not trace
+            return self._stacks[folded][1]
         key: tuple[Any, ...] = (
             self._generation,
             dtype,
@@ -344,6 +355,11 @@ class ConceptBank(nn.Module):
     def delta_weights(self) -> dict[str, torch.Tensor]:
         """Per class every concept's B·A: (K, n, Σout, in), one matmul each; shared by the
         UNet forward and the regulariser while the deltas are unchanged."""
+        if torch.compiler.is_compiling():  # in a compiled step: once per step, in its graph
+            return {
+                key: torch.matmul(self.up[key], self.down[key]).flatten(2, 3)
+                for key in self.classes
+            }
         device = self.word.device.type
         key = (
             torch.is_grad_enabled(),

@@ -36,6 +36,7 @@ from e4t.models.concept import CONCEPT_CONFIG, CONCEPT_TENSORS, ConceptBank
 from e4t.models.encoder import E4TEncoder
 from e4t.models.fused import ProjectionGroup, group_projections
 from e4t.models.offsets import WeightOffsets
+from e4t.models.unet_features import down_and_mid_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -349,6 +350,10 @@ def word_width(base: BaseModels) -> int:
     return sum(e.get_input_embeddings().embedding_dim for e in encoders if e is not None)
 
 
+# one (B, 77) token-id tensor per text encoder: prompts tokenized (E4TModel.prompt_ids)
+PromptIds = tuple[torch.Tensor, ...]
+
+
 @dataclass
 class PromptConditioning:
     """A prompt batch as the UNet reads it: hidden (B, 77, D_cross) and, on SDXL, pooled
@@ -559,21 +564,26 @@ class E4TModel(nn.Module):
         (B, 77, D_1 + D_2), as the SDXL pipeline gives the UNet."""
         return self.condition(prompts, v_star).hidden
 
-    def condition(
-        self, prompts: list[str], v_star: torch.Tensor | None = None
-    ) -> PromptConditioning:
-        """What the UNet reads of ``prompts`` with v* (B, D_word) at the placeholder: the
-        hidden states and, on SDXL, the pooled embedding of the second encoder (whose
-        sequence carries v*'s second part, so the pooled vector follows from it)."""
+    def prompt_ids(self, prompts: list[str]) -> PromptIds:
+        """``prompts`` tokenized for each text encoder: one (B, 77) tensor per encoder (what
+        :meth:`condition` reads in place of strings: a compiled step tokenizes outside)."""
         formatted = self.format_prompts(prompts)
+        return tuple(b.tokenize(formatted, self.base.device) for b in self.branches)
+
+    def condition(
+        self, prompts: list[str] | PromptIds, v_star: torch.Tensor | None = None
+    ) -> PromptConditioning:
+        """What the UNet reads of ``prompts`` (strings, or :meth:`prompt_ids`) with v*
+        (B, D_word) at the placeholder: the hidden states and, on SDXL, the pooled embedding
+        of the second encoder (whose sequence carries v*'s second part, so the pooled
+        vector follows from it)."""
+        all_ids = prompts if isinstance(prompts, tuple) else self.prompt_ids(prompts)
         self._injection = v_star
         try:
             if not self.is_xl:
-                ids = self.branches[0].tokenize(formatted, self.base.device)
-                return PromptConditioning(self.text_encoder(ids)[0])
+                return PromptConditioning(self.text_encoder(all_ids[0])[0])
             hidden, pooled = [], None
-            for branch in self.branches:
-                ids = branch.tokenize(formatted, self.base.device)
+            for branch, ids in zip(self.branches, all_ids, strict=True):
                 out = branch.text_encoder(ids, output_hidden_states=True)
                 hidden.append(out.hidden_states[-2])  # SDXL reads the penultimate layer
                 pooled = out[0]  # the last encoder's projected pooled output
@@ -638,9 +648,18 @@ class E4TModel(nn.Module):
         """Down- and mid-block outputs of the base UNet on (z_t, t, empty prompt).
 
         Captured by forward hooks; the forward stops after the mid block (no up path).
+        While compiling, the same blocks called in order (hooks do not trace).
         """
         captured: list[torch.Tensor] = []
         unet = self.base.unet
+        if torch.compiler.is_compiling():
+            concepts_off = self.concepts.disabled() if self.concepts is not None else nullcontext()
+            with self.offsets.disabled(), concepts_off:
+                if self.concepts is not None:
+                    self.concepts.refresh()  # what the UNet's pre-hook does
+                z = z_t.to(unet.dtype)
+                kwargs = self.unet_kwargs(z, self.empty_prompt_embedding(z_t.shape[0]))
+                return down_and_mid_outputs(unet, z, t, **kwargs)
 
         def grab(module: nn.Module, inputs: Any, output: Any) -> None:
             captured.append(output[0] if isinstance(output, tuple) else output)

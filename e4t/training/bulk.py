@@ -35,8 +35,10 @@ def concept_url(output_url: str, concept_id: str) -> str:
 
 
 def tuning_hash(config: PersonalizeConfig) -> str:
-    """What makes a concept: the tuning and face-preparation settings and the seed."""
-    return config_hash(PersonalizeConfig(tune=config.tune, curate=config.curate, seed=config.seed))
+    """What makes a concept: the tuning and face-preparation settings and the seed (not
+    ``tune.compile``: compiled and eager tuning give the same concept)."""
+    made = PersonalizeConfig(tune=config.tune, curate=config.curate, seed=config.seed)
+    return config_hash(made, exclude={"tune": {"compile"}})
 
 
 def finished_meta(
@@ -202,7 +204,10 @@ def _tune(run: _Pass, ready: list[_Ready]) -> list[ConceptResult]:
     concept that breaks tuning fails alone: a failed row with the error)."""
     seeds = [run.config.seed + stable_seed(item.spec.concept_id) for item in ready]
     try:
-        tuned = tune_concepts(run.model, [item.face for item in ready], seeds, run.config.tune)
+        faces = [item.face for item in ready]
+        # compiled: a short pass padded to the job's K (one compilation serves every pass)
+        pad_to = run.config.concepts_per_pass
+        tuned = tune_concepts(run.model, faces, seeds, run.config.tune, pad_to=pad_to)
     except Exception as err:
         if len(ready) == 1:
             reason = f"{type(err).__name__}: {err}"

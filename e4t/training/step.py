@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from e4t.config import LossConfig
-from e4t.models.e4t_model import E4TModel
+from e4t.models.e4t_model import E4TModel, PromptIds
 from e4t.training.losses import (
     diffusion_target,
     embedding_penalty,
@@ -70,11 +70,12 @@ def objective_terms(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     cls: torch.Tensor,
-    prompts: list[str],
+    prompts: list[str] | PromptIds,
     weights: torch.Tensor | None = None,
 ) -> ObjectiveTerms:
     """The objective on B draws. latents, noise: (B, 4, h, w); timesteps: (B,); cls: the
-    image's [CLS] tokens (B, L, C); weights: (B, 1, h, w) latent-size mask weights or None.
+    image's [CLS] tokens (B, L, C); prompts: B strings or their ids
+    (:meth:`E4TModel.prompt_ids`); weights: (B, 1, h, w) latent-size mask weights or None.
 
     With concepts attached, each draw's word correction joins the penalty, so a concept's
     v* stays near what the domain encoder predicts (the paper's λ_emb term)."""

@@ -21,8 +21,9 @@ import torch
 from e4t.config import FP16_REFUSAL, TuneConfig
 from e4t.data.transforms import FaceInput
 from e4t.models.concept import ConceptBank
-from e4t.models.e4t_model import E4TModel
+from e4t.models.e4t_model import E4TModel, PromptIds
 from e4t.models.precision import autocast
+from e4t.training.compile import TuningStep, narrow
 from e4t.training.losses import latent_mask
 from e4t.training.step import objective_terms
 
@@ -69,8 +70,22 @@ def concept_losses(
     """Per-concept masked diffusion loss (K,) and embedding penalty (K,): the shared
     objective (:func:`e4t.training.step.objective_terms`) on n draws per concept, each
     concept's terms the mean of its own draws."""
-    k = latents.shape[0]
     noise, t = _draws(model, latents, gens, n)
+    return draw_losses(model, latents, noise, t, cls, weights, prompts)
+
+
+def draw_losses(
+    model: E4TModel,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    cls: torch.Tensor,
+    weights: torch.Tensor,
+    prompts: list[str] | PromptIds,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`concept_losses` on given draws: noise (K·n, ...), t (K·n,), grouped by concept."""
+    k = latents.shape[0]
+    n = noise.shape[0] // k
     terms = objective_terms(
         model,
         latents.repeat_interleave(n, dim=0),
@@ -81,6 +96,27 @@ def concept_losses(
         weights.repeat_interleave(n, dim=0),
     )
     return terms.diffusion.reshape(k, n).mean(dim=1), terms.embedding.reshape(k, n).mean(dim=1)
+
+
+def step_objective(
+    model: E4TModel,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    cls: torch.Tensor,
+    ids: PromptIds,
+    weights: torch.Tensor,
+    live: torch.Tensor | None,
+    lambda_emb: float,
+    lambda_w: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's objective per concept (K,) and its embedding penalty (K,); ``live`` (K,)
+    zeroes the objective of a padded pass's dummy concepts. What ``tune.compile``
+    compiles (:mod:`e4t.training.compile`)."""
+    assert model.concepts is not None
+    diff, emb = draw_losses(model, latents, noise, t, cls, weights, ids)
+    objective = diff + lambda_emb * emb + lambda_w * model.concepts.squared_norms()
+    return (objective if live is None else objective * live), emb
 
 
 def _prompts(templates: list[str], seeds: list[int], step: int, n: int) -> list[str]:
@@ -116,6 +152,8 @@ def tune_concepts(
     config: TuneConfig,
     on_step: Callable[[int, ConceptBank, float], None] | None = None,
     use_encoder: bool = True,
+    pad_to: int | None = None,
+    compile_backend: str | None = None,
 ) -> TuneResult:
     """Tune one concept per face, all in the same passes. The bank stays attached.
 
@@ -123,11 +161,22 @@ def tune_concepts(
     with the tuning seconds so far (its own time excluded). ``use_encoder=False`` zeroes
     each concept's encoder output layer, so v* = e(class word) + word: with
     ``trainable=["word"]`` that is Textual Inversion started from the class word.
+
+    With ``config.compile`` on, a pass of fewer faces than ``pad_to`` is padded with dummy
+    concepts (copies of the first, their objective masked to zero, dropped from the
+    result), so every pass of a job has one shape and one compilation;
+    ``compile_backend``: see :func:`e4t.training.compile.compiled`.
     """
     if len(faces) != len(seeds):
         raise ValueError(f"{len(faces)} faces but {len(seeds)} seeds")
     if model.base.dtype == torch.float16:
         raise ValueError(FP16_REFUSAL)
+    real = len(faces)
+    live = None
+    if config.compile != "off":
+        dummies = max(0, (pad_to or real) - real)
+        faces, seeds = faces + faces[:1] * dummies, seeds + seeds[:1] * dummies
+        live = torch.tensor([1.0] * real + [0.0] * dummies, device=model.base.device)
     start = time.perf_counter()
     latents, cls, weights = _prepare(model, faces, config)
     bank = model.attach_concepts(model.new_concepts(cls, config.rank, seeds))
@@ -161,37 +210,38 @@ def tune_concepts(
     )
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     history: list[torch.Tensor] = []  # per step: (2, K) objective and ‖v* − e(class)‖
+    run_step = TuningStep(
+        model,
+        bank,
+        optimizer,
+        step_objective,
+        config.max_grad_norm,
+        config.lambda_emb,
+        config.lambda_w,
+        config.autocast,
+        config.compile,
+        compile_backend,
+    )
     report(0)
     n = config.draws_per_concept
     for step in range(config.num_steps):
-        with autocast(model.base.device, config.autocast):  # the forward; backward after
-            diff, emb = concept_losses(
-                model,
-                latents,
-                cls,
-                weights,
-                gens,
-                n,
-                _prompts(config.templates, seeds, step, n),
-            )
-            squared = bank.squared_norms()
-            objective = diff + config.lambda_emb * emb + config.lambda_w * squared
-        objective.sum().backward()  # a sum: each concept's gradient is its own
-        bank.clip_grad_norm_(config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        noise, t = _draws(model, latents, gens, n)
+        ids = model.prompt_ids(_prompts(config.templates, seeds, step, n))
+        objective, emb = run_step(latents, noise, t, cls, ids, weights, live)
         # kept on the device: no host sync inside the step loop
-        history.append(torch.stack([objective.detach(), emb.detach().sqrt()]))
+        history.append(torch.stack([objective, emb.sqrt()]))
         report(step + 1)
     for p in params:
         p.requires_grad_(False)
+    if len(faces) > real:  # a padded pass: its dummies dropped
+        bank = model.attach_concepts(narrow(bank, real))
     per_step = torch.stack(history).cpu().tolist() if history else []  # (steps, 2, K)
     return TuneResult(
         bank=bank,
-        losses=[[row[0][c] for row in per_step] for c in range(len(faces))],
+        losses=[[row[0][c] for row in per_step] for c in range(real)],
         seconds=time.perf_counter() - start - excluded,
         num_steps=config.num_steps,
-        v_star_distances=[[row[1][c] for row in per_step] for c in range(len(faces))],
+        v_star_distances=[[row[1][c] for row in per_step] for c in range(real)],
     )
 
 
