@@ -357,3 +357,21 @@ def test_personalize_and_evaluate_commands_on_tiny_xl(
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(results["summary"]) == {"e4t", "textual-inversion", "no-pretraining", "e4t-frozen"}
     assert (tmp_path / "eval" / "report.html").exists()
+
+
+def test_tuning_flops_are_counted_on_the_meta_device() -> None:
+    """No weights are made: the count is what a step would compute (SDXL at 1024 px in
+    docs/benchmarks.md comes from this function)."""
+    from e4t.bench.flops import count_tuning_flops
+
+    flops = count_tuning_flops("tiny-xl", resolution_px=64, draws=4)
+    # the step is the UNet's forward + backward, plus the encoder's feature pass (down and
+    # mid blocks) and the text encoders: more than the bare UNet, less than twice it
+    assert flops.unet_forward_backward < flops.tuning_step < 2 * flops.unet_forward_backward
+    assert 1.8 < flops.unet_forward_backward / flops.unet_forward < 2.5
+    assert flops.per_draw == flops.tuning_step / 4
+    assert (
+        flops.unet_forward_backward_ops
+        < flops.tuning_step_ops
+        < 2 * (flops.unet_forward_backward_ops)
+    )  # the goal: a tuning step dispatches at most twice the bare UNet's ops

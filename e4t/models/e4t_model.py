@@ -437,7 +437,7 @@ class TextBranch:
         if mask is None:
             return output
         if word is None:
-            if mask.any():
+            if not mask.is_meta and mask.any():  # (meta: FLOP counts hold no values)
                 raise RuntimeError("prompt holds the placeholder but no v* was given")
             return output
         v_star = word[:, self.start : self.start + self.width].to(output.dtype)  # (B, width)
