@@ -375,3 +375,29 @@ def test_tuning_flops_are_counted_on_the_meta_device() -> None:
         < flops.tuning_step_ops
         < 2 * (flops.unet_forward_backward_ops)
     )  # the goal: a tuning step dispatches at most twice the bare UNet's ops
+
+
+@pytest.mark.slow
+def test_the_pipeline_flow_runs_on_tiny_xl(
+    prefect_server: None, photos_dir: Path, tmp_path: Path
+) -> None:
+    """e4t-pipeline on the tiny SDXL layout: curate → pretrain (torchrun) → personalize →
+    evaluate, the base written by init_arch."""
+    from flows.pipeline import e4t_pipeline
+
+    base = tmp_path / "tiny-xl"
+    result = e4t_pipeline(
+        photos_url=str(photos_dir),
+        work_url=str(tmp_path / "work"),
+        base_model=str(base),
+        init_arch="tiny-xl",
+        pretrain_steps=4,
+        domain="faces-xl",
+    )
+    assert is_xl_source(str(base))
+    assert result["num_evaluated"] and result["report_url"]
+    (concept,) = [p.parent for p in Path(result["concepts_url"]).rglob("concept.json")][:1]
+    from e4t.tracking import cached_domain_model
+
+    model = cached_domain_model(result["model_uri"], "cpu")
+    assert model.is_xl and model.read_concept(concept)[0]["word"].shape == (80,)
