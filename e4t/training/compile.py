@@ -1,10 +1,10 @@
-"""One compiled tuning step (``tune.compile``): the whole step in two graphs, no breaks.
+"""One compiled tuning step (``tune.compile``): the whole step in three graphs, no breaks.
 
 The step is the forward — the encoder's UNet-feature pass, the encoder and each concept's
 output layer, the text encoder with v* at the placeholder, the UNet with the concept bank,
 the per-concept objective — compiled with ``fullgraph=True``; its backward is the graph
 AOT autograd derives from it (``.backward()`` itself does not trace); then the per-concept
-gradient clip and the fused AdamW step, a second ``fullgraph=True`` graph. What cannot be
+gradient clip, then the AdamW update, two more ``fullgraph=True`` graphs. What cannot be
 traced stays outside, as inputs: the (noise, t) draws from each concept's generator, the
 prompts' token ids, the frozen UNet weights stacked per class (:func:`warm_bank`).
 
@@ -13,7 +13,7 @@ dummy concepts whose objective is masked to zero (``live``), so one compilation 
 every pass (:func:`e4t.training.tune.tune_concepts`, ``pad_to``). Compilation is cached
 per process (the worker); inductor's on-disk cache is ``TORCHINDUCTOR_CACHE_DIR``.
 
-``off`` runs the same functions eagerly: the eager and compiled steps are one code path.
+``off`` runs the same objective eagerly, then the clip and the fused AdamW's own step.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Compiled:
     """The step's two compiled regions and what compiling them took."""
 
     objective: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    update: Callable[[E4TModel, list[AdamWGroup], float], None]
+    clip: Callable[[E4TModel, float], None]
+    update: Callable[[list[AdamWGroup]], None]
     counters: dict[str, GraphCounter] = field(default_factory=dict)
 
 
@@ -71,14 +72,20 @@ def update(bank: ConceptBank, optimizer: torch.optim.Optimizer, max_norm: float)
     optimizer.step()
 
 
-def adamw_update(model: E4TModel, groups: list[AdamWGroup], max_norm: float) -> None:
-    """:func:`update` as one graph: ``Optimizer.step`` breaks the graph on purpose (before
-    and after itself) and its fused kernel does not trace, so the AdamW update is the
-    functional one on the optimizer's own state (:func:`adamw_groups`), each group with
-    its rate; the step counts on the device (``capturable``: CUDA graphs). The optimizer
-    and the bank are not arguments: a new one per pass would invalidate the compilation."""
+def clip(model: E4TModel, max_norm: float) -> None:
+    """Each concept's gradient clipped on its own: the attached bank's, reached through the
+    model (a new bank per pass as an argument would invalidate the compilation)."""
     assert model.concepts is not None
     model.concepts.clip_grad_norm_(max_norm)
+
+
+def adamw_update(groups: list[AdamWGroup]) -> None:
+    """The optimizer's step as one graph: ``Optimizer.step`` breaks the graph on purpose
+    (before and after itself) and its fused kernel does not trace, so the AdamW update is
+    the functional one on the optimizer's own state (:func:`adamw_groups`), each group with
+    its rate; the step counts on the device (``capturable``: CUDA graphs). A graph apart
+    from :func:`clip`: inductor's C++ code generation fails on the two fused together
+    (torch 2.13, CPU: ``KeyError: 'bufN'`` in its outer-loop fusion)."""
     with torch.no_grad():
         for params, exp_avgs, exp_avg_sqs, steps, hyper in groups:
             adamw(
@@ -148,23 +155,36 @@ def init_adamw_state(optimizer: torch.optim.Optimizer) -> None:
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
-def compiled(objective: Objective, mode: CompileMode, backend: str | None = None) -> Compiled:
-    """``objective`` and :func:`update` compiled with ``fullgraph=True``; ``backend``:
-    inductor unless given (``aot_eager`` traces without code generation), or ``count``:
-    each region's graphs counted and run eagerly, breaks allowed (so they can be counted)."""
-    key = (objective, mode, backend)
+# inductor's C++ (CPU) code fused wrongly here (torch 2.13): the tiny model's compiled
+# backward lost whole gradients (every up-factor gradient of one shape class zero) while
+# aot_eager with inductor's decompositions matched eager; without fusion it matches. The
+# CPU only checks correctness and counts breaks: speed is the GPU's (Triton, fused).
+CPU_INDUCTOR_OPTIONS: dict[str, Any] = {"max_fusion_size": 1}
+
+
+def compiled(
+    objective: Objective, mode: CompileMode, backend: str | None = None, device_type: str = "cpu"
+) -> Compiled:
+    """``objective``, :func:`clip` and :func:`adamw_update` compiled with ``fullgraph=True``;
+    ``backend``: inductor unless given (``aot_eager`` traces without code generation), or
+    ``count``: each region's graphs counted and run eagerly, breaks allowed (so they can
+    be counted)."""
+    key = (objective, mode, backend, device_type)
     if key not in _COMPILED:
-        counters = {"objective": GraphCounter(), "update": GraphCounter()}
+        counters = {"objective": GraphCounter(), "clip": GraphCounter(), "update": GraphCounter()}
 
         def options(region: str) -> dict[str, Any]:
             if backend == "count":
                 return {"backend": counters[region], "fullgraph": False}
             if backend not in (None, "inductor"):
                 return {"backend": backend, "fullgraph": True}
+            if device_type == "cpu":  # (mode and options exclude each other)
+                return {"backend": "inductor", "options": CPU_INDUCTOR_OPTIONS, "fullgraph": True}
             return {"backend": "inductor", "mode": mode, "fullgraph": True}
 
         _COMPILED[key] = Compiled(
             objective=torch.compile(objective, **options("objective")),
+            clip=torch.compile(clip, **options("clip")),
             update=torch.compile(adamw_update, **options("update")),
             counters=counters,
         )
@@ -204,7 +224,8 @@ class TuningStep:
             self.model.empty_prompt_embedding(1)  # computed once, eagerly
             warm_bank(self.bank, self.model.base.device, self.autocast)
             init_adamw_state(self.optimizer)
-            self._compiled = compiled(self.objective, self.mode, self.backend)
+            device_type = self.model.base.device.type
+            self._compiled = compiled(self.objective, self.mode, self.backend, device_type)
 
     def __call__(
         self,
@@ -237,7 +258,8 @@ class TuningStep:
         if self._compiled is None:
             update(self.bank, self.optimizer, self.max_norm)
         else:
-            self._compiled.update(self.model, adamw_groups(self.optimizer), self.max_norm)
+            self._compiled.clip(self.model, self.max_norm)
+            self._compiled.update(adamw_groups(self.optimizer))
         self.optimizer.zero_grad(set_to_none=True)
         return total.detach(), penalty.detach()
 
