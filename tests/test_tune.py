@@ -124,6 +124,7 @@ def test_the_encoder_feature_pass_reads_the_base_unet_with_a_concept_attached(
     """Concept deltas act on the denoising UNet, never inside the encoder's feature pass."""
     import torch
 
+    model.set_trainable([])  # as tuning does: concepts fold the frozen offsets in (any order)
     gen = torch.Generator().manual_seed(0)
     z_t = torch.randn(1, 4, 16, 16, generator=gen)
     t = torch.tensor([500])
