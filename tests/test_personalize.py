@@ -308,6 +308,27 @@ def test_a_concept_done_against_another_base_model_is_redone_not_skipped(
     assert finished_meta(str(tmp_path / "out"), "ada", after.fingerprint(), "h") is None
 
 
+def test_a_pass_refuses_a_model_copy_other_than_the_one_pinned(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """The fingerprint pinned at the job's start is checked against the copy each pass runs
+    on (another worker loads its own): a different one tunes nothing and writes nothing."""
+    from e4t.config import ModelConfig, PersonalizeConfig
+    from e4t.data.concepts import list_concepts
+    from e4t.models.e4t_model import E4TModel
+    from e4t.training.bulk import personalize_pass
+
+    model = E4TModel.from_config(ModelConfig(base_model=str(tiny_dir), encoder={"hidden_dim": 32}))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "ada.jpg").write_bytes(b"not read: the pass stops first")
+    specs = list_concepts(str(images), 1 << 20, 8).concepts
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="job pinned 0123"):
+        personalize_pass(model, specs, str(out), PersonalizeConfig(), "m", "m/1", "0123")
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- the job's request
 # Fast: the request is made from flat parameters; nothing is loaded until the job runs.
 

@@ -154,7 +154,13 @@ def tune_pass(request: PersonalizeRequest, specs: list[ConceptSpec]) -> list[Con
     model = cached_domain_model(pinned.version_uri, request.device)
     with model_lock(model):  # threads of one worker share its model: one pass at a time
         results = personalize_pass(
-            model, specs, request.output_url, request.config, pinned.uri, pinned.version_uri
+            model,
+            specs,
+            request.output_url,
+            request.config,
+            pinned.uri,
+            pinned.version_uri,
+            pinned.fingerprint,  # checked against this worker's copy, not taken on trust
         )
     done = sum(r.status == "done" for r in results)
     logger.info("pass of %d concepts: %d done", len(specs), done)

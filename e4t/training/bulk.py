@@ -151,16 +151,25 @@ def personalize_pass(
     config: PersonalizeConfig,
     model_uri: str = "",
     model_version_uri: str = "",
+    pinned_fingerprint: str = "",
 ) -> list[ConceptResult]:
     """Tune the unfinished concepts of ``specs`` together; one result per concept: finished
     ones skipped, faces prepared (a concept without one is a rejected row), the rest tuned
     together, each written with its previews.
 
     ``model_version_uri``: the pinned form of ``model_uri`` the job resolved once
-    (:func:`e4t.tracking.registry.resolve_model_version_uri`), recorded beside it."""
+    (:func:`e4t.tracking.registry.resolve_model_version_uri`), recorded beside it;
+    ``pinned_fingerprint``: that version's fingerprint when the job pinned it. This pass's
+    copy of the model (another worker's, perhaps) must have it, or nothing is tuned."""
     from e4t.generation import model_provenance
 
-    fingerprint = model.fingerprint()  # once per pass
+    fingerprint = model.fingerprint()  # once per pass: what this worker actually loaded
+    if pinned_fingerprint and fingerprint != pinned_fingerprint:
+        raise ValueError(  # permanent: a retry of the pass meets the same files
+            f"{model_version_uri or model_uri}: this worker's copy has fingerprint "
+            f"{fingerprint}, the job pinned {pinned_fingerprint} at its start; the version's "
+            "files changed under the job: rerun it"
+        )
     origin = model_provenance(model_uri, fingerprint, model_version_uri or None)
     run = _Pass(model, output_url, config, model_uri, fingerprint, tuning_hash(config), origin)
     results: list[ConceptResult] = []
