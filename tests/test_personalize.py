@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -439,3 +440,54 @@ def test_a_concept_json_is_written_once_whole_and_a_rerun_gives_its_row_back(
     again = job.run(request)
     assert again.summary["num_skipped"] == 1
     assert again.rows == [{**row, "skipped": True}]
+
+
+@pytest.mark.slow
+def test_a_pass_renders_its_concepts_previews_in_one_sampling_loop(
+    domain_dir: Path, photos_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two concepts sharing the config's prompts: one generate call renders both previews,
+    and they are the images each concept gets in a pass of its own."""
+    import numpy as np
+    from PIL import Image
+
+    import e4t.generation
+    from e4t.jobs import personalize as job
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("obama.jpg", "biden.jpg"):
+        shutil.copyfile(photos_dir / name, images / name)
+    calls: list[int] = []
+    real = e4t.generation.generate
+
+    def counted(model: Any, cls: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(int(cls.shape[0]))
+        return real(model, cls, *args, **kwargs)
+
+    monkeypatch.setattr(e4t.generation, "generate", counted)
+
+    def previews(per_pass: int) -> dict[str, list[np.ndarray]]:
+        out = tmp_path / f"out{per_pass}"
+        request = job.request(
+            str(images), str(out), str(domain_dir), preset="tiny", track=False, steps=1,
+            concepts_per_pass=per_pass, overrides={"preview_steps": 2},
+        )  # fmt: skip
+        assert job.run(request).summary["num_done"] == 2
+        return {
+            folder.name: [np.asarray(Image.open(p), dtype=np.float32)
+                          for p in sorted(folder.glob("*.png"))]
+            for folder in sorted((out / "previews").iterdir())
+        }  # fmt: skip
+
+    together = previews(2)
+    assert calls == [2]  # both concepts in one sampling loop
+    calls.clear()
+    alone = previews(1)
+    assert calls == [1, 1]
+    assert together.keys() == alone.keys() and len(together) == 2
+    for concept, pngs in together.items():
+        assert len(pngs) == len(alone[concept]) >= 1
+        for a, b in zip(pngs, alone[concept], strict=True):
+            # the same images up to the bank-vs-alone tuning tolerance (test_tune)
+            assert np.abs(a - b).mean() < 2.0, concept

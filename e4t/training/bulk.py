@@ -223,12 +223,13 @@ def _tune(run: _Pass, ready: list[_Ready]) -> list[ConceptResult]:
             return [run.result(ready[0].spec, "failed", fields={"reason": reason})]
         return [result for item in ready for result in _tune(run, [item])]
     results = []
+    rendered = _render_previews(run, tuned.bank, [item.spec for item in ready])
     for index, item in enumerate(ready):
         done = run.result(item.spec, "done", fields=_tuning_fields(run, tuned, index, item.source))
         with tempfile.TemporaryDirectory() as tmp:
             concept, previews = Path(tmp) / "concept", Path(tmp) / "previews"
             size = _write_concept(run, tuned.bank, index, done, concept)
-            _write_previews(run, tuned.bank, index, item.spec, previews)
+            _save_previews(run, item.spec, rendered[index], previews)
             _upload(run.output_url, item.spec.concept_id, concept, previews)
         results.append(replace(done, fields={**done.fields, "artifact_bytes": size}))
     return results
@@ -288,19 +289,33 @@ def concept_json_bytes(info: dict[str, Any], tensor_bytes: int) -> tuple[bytes, 
         size = tensor_bytes + len(encoded)
 
 
-def _write_previews(
-    run: _Pass, bank: ConceptBank, index: int, spec: ConceptSpec, folder: Path
-) -> None:
-    """One preview image per prompt of the concept alone (its provenance in the PNGs), then
-    the pass's bank attached again."""
-    from e4t.generation import GenerationConfig, generate, provenance, save_images
+def _render_previews(run: _Pass, bank: ConceptBank, specs: list[ConceptSpec]) -> list[Any]:
+    """Each tuned concept's preview images (one per prompt). Concepts that share their prompts
+    (the config's templates: the usual case) are rendered in one sampling loop with the
+    pass's bank, K concepts at once; the same images as one at a time for the same seeds
+    (:func:`e4t.generation.generate`). Otherwise each concept is rendered alone."""
+    from e4t.generation import GenerationConfig, generate
 
-    single = run.model.attach_concepts(bank.subset(index))
-    preview_config = GenerationConfig(num_steps=run.config.preview_steps, batch_size=4)
-    images = generate(run.model, single.cls, spec.prompts, 1, run.config.seed, preview_config)
-    url = concept_url(run.output_url, spec.concept_id)
-    save_images(images, folder, preview_config, provenance(spec.concept_id, url, run.origin))
+    config = GenerationConfig(num_steps=run.config.preview_steps, batch_size=4)
+    shared = len({tuple(spec.prompts) for spec in specs}) == 1
+    if shared and run.model.concepts is bank and bank.num_concepts == len(specs):
+        images = generate(run.model, bank.cls, specs[0].prompts, 1, run.config.seed, config)
+        return [[im for im in images if im.concept_index == k] for k in range(len(specs))]
+    rendered = []
+    for index, spec in enumerate(specs):
+        single = run.model.attach_concepts(bank.subset(index))
+        rendered.append(generate(run.model, single.cls, spec.prompts, 1, run.config.seed, config))
     run.model.attach_concepts(bank)
+    return rendered
+
+
+def _save_previews(run: _Pass, spec: ConceptSpec, images: list[Any], folder: Path) -> None:
+    """A concept's preview PNGs with their provenance (concept, domain model) in text chunks."""
+    from e4t.generation import GenerationConfig, provenance, save_images
+
+    config = GenerationConfig(num_steps=run.config.preview_steps, batch_size=4)
+    url = concept_url(run.output_url, spec.concept_id)
+    save_images(images, folder, config, provenance(spec.concept_id, url, run.origin))
 
 
 def _upload(output_url: str, concept_id: str, concept: Path, previews: Path) -> None:
