@@ -289,14 +289,21 @@ def concept_json_bytes(info: dict[str, Any], tensor_bytes: int) -> tuple[bytes, 
         size = tensor_bytes + len(encoded)
 
 
+def _preview_config(run: _Pass) -> Any:
+    """The previews' sampling settings (a :class:`e4t.generation.GenerationConfig`)."""
+    from e4t.generation import GenerationConfig
+
+    return GenerationConfig(num_steps=run.config.preview_steps, batch_size=4)
+
+
 def _render_previews(run: _Pass, bank: ConceptBank, specs: list[ConceptSpec]) -> list[Any]:
     """Each tuned concept's preview images (one per prompt). Concepts that share their prompts
     (the config's templates: the usual case) are rendered in one sampling loop with the
     pass's bank, K concepts at once; the same images as one at a time for the same seeds
     (:func:`e4t.generation.generate`). Otherwise each concept is rendered alone."""
-    from e4t.generation import GenerationConfig, generate
+    from e4t.generation import generate
 
-    config = GenerationConfig(num_steps=run.config.preview_steps, batch_size=4)
+    config = _preview_config(run)
     shared = len({tuple(spec.prompts) for spec in specs}) == 1
     if shared and run.model.concepts is bank and bank.num_concepts == len(specs):
         images = generate(run.model, bank.cls, specs[0].prompts, 1, run.config.seed, config)
@@ -311,9 +318,9 @@ def _render_previews(run: _Pass, bank: ConceptBank, specs: list[ConceptSpec]) ->
 
 def _save_previews(run: _Pass, spec: ConceptSpec, images: list[Any], folder: Path) -> None:
     """A concept's preview PNGs with their provenance (concept, domain model) in text chunks."""
-    from e4t.generation import GenerationConfig, provenance, save_images
+    from e4t.generation import provenance, save_images
 
-    config = GenerationConfig(num_steps=run.config.preview_steps, batch_size=4)
+    config = _preview_config(run)  # the settings the PNGs record are the ones rendered with
     url = concept_url(run.output_url, spec.concept_id)
     save_images(images, folder, config, provenance(spec.concept_id, url, run.origin))
 
