@@ -198,3 +198,28 @@ def test_mfu_uses_the_cards_bf16_peak() -> None:
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("cpu") is None
+
+
+def test_a_bad_crop_is_a_rejected_row_and_the_other_crops_are_written(tmp_path: Path) -> None:
+    """Each crop is guarded on its own: a truncated file and a crop whose mask is not an
+    image are rows with their reason in manifest.jsonl; the readable crop is the shard."""
+    import json
+
+    from PIL import Image
+
+    from e4t.bench.e2e import write_crop_shards
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(crops / "ada.png")
+    (crops / "cut.jpg").write_bytes((crops / "ada.png").read_bytes()[:40])
+    Image.new("RGB", (64, 64), (90, 60, 40)).save(crops / "bo.png")
+    (crops / "bo.mask.png").write_bytes(b"not a png")
+    stats = write_crop_shards(crops, tmp_path / "shards")
+    assert stats["num_inputs"] == 3 and stats["num_samples"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "shards" / "manifest.jsonl").open()]
+    by_key = {row["key"]: row for row in rows}
+    assert by_key["ada"]["status"] == "accepted"
+    assert by_key["cut"]["status"] == by_key["bo"]["status"] == "rejected"
+    assert by_key["cut"]["reason"] == "undecodable" and by_key["cut"]["source"] == "cut.jpg"
+    assert "UnidentifiedImageError" in by_key["bo"]["detail"]

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from e4t.data.decode import is_image_name
+from e4t.config import DecodeConfig
+from e4t.data.decode import Decoded, decode_image, describe_error, is_image_name
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -94,14 +95,36 @@ def aligned_crops(folder: Path) -> list[Path]:
     ]
 
 
+def _crop_sample(path: Path, key: str) -> dict[str, bytes | str] | Decoded:
+    """One crop as a shard sample, decoded within the decode caps (or the decoder's
+    rejection); its ``NAME.mask.png`` or an all-face mask."""
+    from PIL import Image
+
+    decoded = decode_image(path.read_bytes(), DecodeConfig())
+    if decoded.image is None:
+        return decoded
+    image = Image.fromarray(decoded.image)
+    mask_path = path.with_name(path.stem + ".mask.png")
+    mask = (
+        Image.open(mask_path).convert("L").resize(image.size)
+        if mask_path.exists()
+        else Image.new("L", image.size, 255)
+    )
+    jpg, png = io.BytesIO(), io.BytesIO()
+    image.save(jpg, "JPEG", quality=95)
+    mask.save(png, "PNG")
+    meta = {"key": key, "source": path.name, "resolution_px": image.width, "backend": "none"}
+    return {"__key__": key, "jpg": jpg.getvalue(), "mask.png": png.getvalue(),
+            "json": json.dumps(meta)}  # fmt: skip
+
+
 def write_crop_shards(faces_dir: Path, output_dir: Path, name: str = "faces") -> dict[str, object]:
     """Aligned crops → one shard + ``stats.json``, the layout pretraining reads from curation.
 
     Each crop is one sample (``jpg``, ``mask.png``: its ``NAME.mask.png`` or all face,
     ``json``); for inputs that are already aligned, where curation (which detects and aligns
-    with the face models) has nothing to do. Returns the stats written."""
-    from PIL import Image
-
+    with the face models) has nothing to do. A crop that cannot be read is a rejected row
+    of ``manifest.jsonl`` with its reason. Returns the stats written."""
     from e4t import io as eio
     from e4t.data.shards import shard_name, slugify, write_shard
 
@@ -109,36 +132,35 @@ def write_crop_shards(faces_dir: Path, output_dir: Path, name: str = "faces") ->
     if not crops:
         raise FileNotFoundError(f"{faces_dir}: no aligned face crops (.png, .jpg)")
     samples: list[dict[str, bytes | str]] = []
+    rows: list[dict[str, str]] = []
+    keys: set[str] = set()
     for path in crops:
-        image = Image.open(path).convert("RGB")
-        mask_path = path.with_name(path.stem + ".mask.png")
-        mask = (
-            Image.open(mask_path).convert("L").resize(image.size)
-            if mask_path.exists()
-            else Image.new("L", image.size, 255)
-        )
-        jpg, png = io.BytesIO(), io.BytesIO()
-        image.save(jpg, "JPEG", quality=95)
-        mask.save(png, "PNG")
         key = slugify(path.stem)
-        if any(s["__key__"] == key for s in samples):  # a.png and a.jpg: one slug
-            key = f"{key}-{len(samples)}"
-        meta = {"key": key, "source": path.name, "resolution_px": image.width, "backend": "none"}
-        samples.append(
-            {
-                "__key__": key,
-                "jpg": jpg.getvalue(),
-                "mask.png": png.getvalue(),
-                "json": json.dumps(meta),
-            }
+        if key in keys:  # a.png and a.jpg: one slug
+            key = f"{key}-{len(keys)}"
+        keys.add(key)
+        try:  # each crop on its own: a bad one is its manifest row, never a stopped run
+            sample = _crop_sample(path, key)
+        except Exception as err:
+            rows.append({"key": key, "source": path.name, "status": "rejected",
+                         "reason": "undecodable", "detail": describe_error(err)})  # fmt: skip
+            continue
+        if isinstance(sample, Decoded):  # the decoder's own rejection (too large, …)
+            rows.append({"key": key, "source": path.name, "status": "rejected",
+                         "reason": str(sample.reason), "detail": str(sample.detail)})  # fmt: skip
+            continue
+        samples.append(sample)
+        rows.append({"key": key, "status": "accepted"})
+    if not samples:
+        first = rows[0]
+        raise FileNotFoundError(
+            f"{faces_dir}: no crop could be read ({first['source']}: {first['reason']}, "
+            f"{first['detail']})"
         )
     shard = shard_name(name, 0)
     output_dir.mkdir(parents=True, exist_ok=True)
     num_samples = write_shard(str(output_dir / shard), samples)
-    manifest = "".join(
-        json.dumps({"key": s["__key__"], "status": "accepted"}, sort_keys=True) + "\n"
-        for s in samples
-    )
+    manifest = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
     stats: dict[str, object] = {
         "name": name,
         "source_url": str(faces_dir),
