@@ -223,3 +223,24 @@ def test_a_bad_crop_is_a_rejected_row_and_the_other_crops_are_written(tmp_path: 
     assert by_key["cut"]["status"] == by_key["bo"]["status"] == "rejected"
     assert by_key["cut"]["reason"] == "undecodable" and by_key["cut"]["source"] == "cut.jpg"
     assert "UnidentifiedImageError" in by_key["bo"]["detail"]
+
+
+def test_the_gpu_bench_skips_a_crop_it_cannot_read_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`e4t bench gpu --faces DIR`: a truncated crop is skipped with one line naming it; the
+    readable crops are the faces."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from e4t.bench.gpu import load_faces
+
+    Image.new("RGB", (96, 96), (200, 150, 120)).save(tmp_path / "a.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "a.png").read_bytes()[:30])
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    faces = load_faces(tmp_path, 64, processor)
+    assert len(faces) == 1
+    err = capsys.readouterr().err
+    assert "cut.png: undecodable" in err and "a.png" not in err.replace("cut.png", "")

@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from e4t.config import DecodeConfig
-from e4t.data.decode import Decoded, decode_image, describe_error, is_image_name
+from e4t.bench.common import CropError, aligned_crops, read_crop
+from e4t.data.decode import describe_error
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -86,30 +86,13 @@ def face_models_available() -> bool:
     return all(importlib.util.find_spec(m) for m in ("dlib", "face_recognition_models"))
 
 
-def aligned_crops(folder: Path) -> list[Path]:
-    """The crops of a folder of aligned faces (``NAME.mask.png`` are masks, not crops)."""
-    return [
-        p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and is_image_name(p.name) and not p.name.endswith(".mask.png")
-    ]
-
-
-def _crop_sample(path: Path, key: str) -> dict[str, bytes | str] | Decoded:
-    """One crop as a shard sample, decoded within the decode caps (or the decoder's
-    rejection); its ``NAME.mask.png`` or an all-face mask."""
+def _crop_sample(path: Path, key: str) -> dict[str, bytes | str]:
+    """One crop as a shard sample (:func:`e4t.bench.common.read_crop`: within the decode
+    caps), with its ``NAME.mask.png`` or an all-face mask."""
     from PIL import Image
 
-    decoded = decode_image(path.read_bytes(), DecodeConfig())
-    if decoded.image is None:
-        return decoded
-    image = Image.fromarray(decoded.image)
-    mask_path = path.with_name(path.stem + ".mask.png")
-    mask = (
-        Image.open(mask_path).convert("L").resize(image.size)
-        if mask_path.exists()
-        else Image.new("L", image.size, 255)
-    )
+    image, mask = read_crop(path)
+    mask = mask.resize(image.size) if mask is not None else Image.new("L", image.size, 255)
     jpg, png = io.BytesIO(), io.BytesIO()
     image.save(jpg, "JPEG", quality=95)
     mask.save(png, "PNG")
@@ -142,12 +125,13 @@ def write_crop_shards(faces_dir: Path, output_dir: Path, name: str = "faces") ->
         try:  # each crop on its own: a bad one is its manifest row, never a stopped run
             sample = _crop_sample(path, key)
         except Exception as err:
+            reason, detail = (
+                (err.reason, err.detail)
+                if isinstance(err, CropError)
+                else ("undecodable", describe_error(err))
+            )
             rows.append({"key": key, "source": path.name, "status": "rejected",
-                         "reason": "undecodable", "detail": describe_error(err)})  # fmt: skip
-            continue
-        if isinstance(sample, Decoded):  # the decoder's own rejection (too large, …)
-            rows.append({"key": key, "source": path.name, "status": "rejected",
-                         "reason": str(sample.reason), "detail": str(sample.detail)})  # fmt: skip
+                         "reason": reason, "detail": detail})  # fmt: skip
             continue
         samples.append(sample)
         rows.append({"key": key, "status": "accepted"})

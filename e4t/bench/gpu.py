@@ -13,29 +13,38 @@ peak memory at batch 16 with and without gradient checkpointing, and the ops per
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from e4t.bench.common import model_config, peak_bytes, reset_peak, timed
+from e4t.bench.common import (
+    CropError,
+    aligned_crops,
+    model_config,
+    peak_bytes,
+    read_crop,
+    reset_peak,
+    timed,
+)
+from e4t.data.decode import describe_error
 
 
 def load_faces(folder: str | Path, resolution_px: int, image_processor: Any) -> list[Any]:
-    """Aligned crops of a folder (``*.png``/``*.jpg``; ``NAME.mask.png`` is NAME's mask)."""
-    from PIL import Image
-
+    """Aligned crops of a folder (``*.png``/``*.jpg``; ``NAME.mask.png`` is NAME's mask),
+    each read on its own: a crop that cannot be read is skipped with a line naming it."""
     from e4t.data.transforms import face_tensors
 
-    root = Path(folder)
     faces = []
-    for path in sorted(root.iterdir()):
-        if path.name.endswith(".mask.png") or path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+    for path in aligned_crops(Path(folder)):
+        try:
+            image, mask = read_crop(path)
+        except CropError as err:
+            print(f"skipped: {describe_error(err)}", file=sys.stderr)  # escaped, capped
             continue
-        mask_path = path.with_name(path.stem + ".mask.png")
-        mask = Image.open(mask_path) if mask_path.exists() else None
-        faces.append(face_tensors(Image.open(path), mask, resolution_px, image_processor))
+        faces.append(face_tensors(image, mask, resolution_px, image_processor))
     if not faces:
         raise FileNotFoundError(f"{folder}: no aligned face crops (.png, .jpg)")
     return faces
