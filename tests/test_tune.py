@@ -380,3 +380,38 @@ def test_small_deltas_keep_their_precision_on_a_bf16_base(tiny_dir: Path) -> Non
     effective = torch.linalg.solve(xtx, xtd).T.float()
     error = (effective - want).norm() / want.norm()
     assert error < 0.01, float(error)
+
+
+def test_bf16_bank_never_makes_b_a_and_matches_it(tiny_dir: Path) -> None:
+    """In reduced precision the bank keeps each concept's factors apart: its projection is
+    (x·Aᵀ)·Bᵀ beside W0 and its regulariser comes from the rank × rank Gram matrices. Both
+    agree with the materialized B·A (the fp32 formulas on the same factors), and no tensor
+    of the deltas' (K, Σout, in) size is made in the forward."""
+    model = _tiny(tiny_dir, dtype="bf16")
+    bank = model.new_concepts(torch.randn(2, 2, 32), rank=4, seeds=[0, 1])
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for up in bank.up.values():
+            up.copy_(torch.randn(up.shape, generator=gen) * 0.05)
+    deltas = bank.delta_weights()  # fp32, before attaching: the reference
+    want_norms = torch.stack(
+        [sum((d[c].double() ** 2).sum() for d in deltas.values()) for c in range(2)]
+    )
+    index = next(i for i, g in enumerate(bank.groups) if len(g.names) == 3)  # q, k, v
+    group = bank.groups[index]
+    key, m = group.shape_class, bank.classes[group.shape_class].index(index)
+    w0 = torch.cat([model.base.unet.get_submodule(p).weight for p in group.paths]).double()
+    model.attach_concepts(bank)  # (attaching forgets every cached delta)
+    try:
+        x = torch.randn(2, 16, group.in_features, generator=gen).bfloat16()
+        with torch.no_grad():
+            y = bank.project(index, x)
+        assert bank._current is not None and bank._current[index][2] is not None  # A, B apart
+        norms = bank.squared_norms()
+        assert bank._deltas is None  # no B·A was made, for the forward or the regulariser
+    finally:
+        model.detach_concepts()
+    want = torch.stack([x[c].double() @ (w0 + deltas[key][c, m].double()).T for c in range(2)])
+    error = (y.double() - want).norm() / (want - x.double() @ w0.T).norm()
+    assert error < 0.05, float(error)  # of the deltas' own term: bf16 rounding only
+    torch.testing.assert_close(norms.double(), want_norms, rtol=1e-4, atol=1e-8)

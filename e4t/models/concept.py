@@ -33,6 +33,12 @@ CONCEPT_TENSORS = "concept.safetensors"
 CONCEPT_CONFIG = "concept.json"
 FORMAT = "e4t-concept-v1"
 
+# a concept's low-rank factors of one group in the compute dtype: A (K, j, r, in), B (K, j, out, r)
+LowRank = tuple[torch.Tensor, torch.Tensor]
+# one group's weights for a UNet forward: W0 (Σout, in) or W0 + B·A folded (K, Σout, in), its
+# bias, and the factors when they are kept apart (reduced precision)
+Projection = tuple[torch.Tensor, torch.Tensor | None, LowRank | None]
+
 
 class ConceptBank(nn.Module):
     """Stacked state of K concepts. cls: (K, L, C); head: (D, H) weight + (D,) bias to start
@@ -120,9 +126,7 @@ class ConceptBank(nn.Module):
         ] = {}
         self._deltas: tuple[Any, dict[str, torch.Tensor]] | None = None
         # per group (weight, bias, delta): see _refresh
-        self._current: (
-            dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] | None
-        ) = None
+        self._current: dict[int, Projection] | None = None
         self._made_of: tuple[Any, ...] = ()
 
     # ------------------------------------------------------------------ grouping
@@ -234,7 +238,7 @@ class ConceptBank(nn.Module):
             self._enabled = previous
 
     def project(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Group ``index``'s projections of x (B, T, in) → (B, T, Σout), one matmul (two in
+        """Group ``index``'s projections of x (B, T, in) → (B, T, Σout), one matmul (three in
         reduced precision); with the deltas on, each concept's contiguous share of the batch
         meets its own weights."""
         if self._current is None:
@@ -251,32 +255,46 @@ class ConceptBank(nn.Module):
                 y = torch.baddbmm(bias, grouped, weight.transpose(1, 2))
             return y.reshape(*x.shape[:-1], -1)
         # bf16/fp16: rounding W0 + B·A to W0's precision would zero most small deltas, so
-        # each concept's term x·(B·A)ᵀ is computed beside W0 and summed inside W0's matmul,
-        # which accumulates in fp32 and rounds the output once
-        x = x.to(delta.dtype)  # once: under autocast each matmul would cast it again
-        grouped = x.reshape(delta.shape[0], -1, x.shape[-1])  # (K, n·T, in)
-        if bias is None:
-            low = torch.bmm(grouped, delta.transpose(1, 2))
-        else:  # the bias rides in the small term: its rounding is the output's own scale
-            low = torch.baddbmm(bias, grouped, delta.transpose(1, 2))
-        y = torch.addmm(low.flatten(0, 1), x.reshape(-1, x.shape[-1]), weight.t())
+        # each concept's term (x·Aᵀ)·Bᵀ is computed beside W0 — low rank, B·A is never
+        # made — and summed inside W0's matmul, which accumulates in fp32 and rounds once
+        down, up = delta  # (K, j, r, in), (K, j, out, r)
+        k, j, r, width = down.shape
+        x = x.to(down.dtype)  # once: under autocast each matmul would cast it again
+        grouped = x.reshape(k, -1, width)  # (K, n·T, in)
+        h = torch.bmm(grouped, down.reshape(k, j * r, width).transpose(1, 2))  # (K, n·T, j·r)
+        h = h.reshape(k, -1, j, r).transpose(1, 2)  # (K, j, n·T, r)
+        low = torch.matmul(h, up.transpose(2, 3)).transpose(1, 2)  # (K, n·T, j, out)
+        low = low.reshape(-1, weight.shape[0])
+        if bias is not None:  # the bias rides in the small term: its rounding is its own
+            low = low + bias
+        y = torch.addmm(low, x.reshape(-1, width), weight.t())
         return y.reshape(*x.shape[:-1], -1)
+
+    def _compute_dtype(self) -> torch.dtype:
+        """The dtype the UNet's projections compute in: autocast's, else the weights'."""
+        device = self.word.device.type
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+        return next(iter(self._linears.values())).weight.dtype
+
+    def _low_rank(self, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per class every concept's (A, B) in the compute dtype: (K, n, j, r, in) and
+        (K, n, j, out, r)."""
+        return {key: (self.down[key].to(dtype), self.up[key].to(dtype)) for key in self.classes}
 
     def _refresh(self) -> None:
         """The weights of this UNet forward: per group (weight, bias, delta) — deltas off:
         W0 (Σout, in), no delta; fp32: W0 + B·A folded, (K, Σout, in), no delta; reduced
-        precision: W0 (Σout, in) and B·A (K, Σout, in) apart, in the compute dtype. Rebuilt
+        precision: W0 (Σout, in) and the factors A, B apart, in the compute dtype. Rebuilt
         only when something they are made of changed."""
         assert self._unet is not None
-        device = self.word.device.type
-        dtype = (
-            torch.get_autocast_dtype(device)
-            if torch.is_autocast_enabled(device)
-            else next(iter(self._linears.values())).weight.dtype
-        )
+        dtype = self._compute_dtype()
         folded = self._offsets is not None and self._offsets.enabled
         stacks = self._base_stacks(folded, dtype)
-        deltas = self.delta_weights() if self._enabled else None
+        fold = dtype == torch.float32  # W0 + B·A rounds at 2^-24 of W0: exact enough
+        deltas: dict[str, Any] | None = None
+        if self._enabled:
+            deltas = self.delta_weights() if fold else self._low_rank(dtype)
         made_of = (stacks, deltas, dtype)
         if (
             not torch.compiler.is_compiling()  # a compiled step builds them in its graph
@@ -284,18 +302,18 @@ class ConceptBank(nn.Module):
             and all(a is b for a, b in zip(self._made_of, made_of, strict=True))
         ):
             return
-        fold = dtype == torch.float32  # W0 + B·A rounds at 2^-24 of W0: exact enough
-        current: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = {}
+        current: dict[int, Projection] = {}
         for key, members in self.classes.items():
             weight, bias = stacks[key]
             bases = weight.unbind(0)  # (Σout, in) each
             if deltas is None:
-                pieces: tuple[torch.Tensor | None, ...] = (None,) * len(members)
+                pieces: tuple[LowRank | None, ...] = (None,) * len(members)
             elif fold:
                 bases = (weight + deltas[key]).unbind(1)  # (K, Σout, in) each
                 pieces = (None,) * len(members)
             else:
-                pieces = deltas[key].to(dtype).unbind(1)  # (K, Σout, in) each
+                down, up = deltas[key]  # per group: (K, j, r, in), (K, j, out, r)
+                pieces = tuple(zip(down.unbind(1), up.unbind(1), strict=True))
             for m, index in enumerate(members):
                 current[index] = (bases[m], None if bias is None else bias[m], pieces[m])
         self._current, self._made_of = current, made_of
@@ -388,11 +406,21 @@ class ConceptBank(nn.Module):
         return self.up[key][index, m, j] @ self.down[key][index, m, j]
 
     def squared_norms(self) -> torch.Tensor:
-        """Σ‖B_c A_c‖² per concept, (K,): one norm over every delta weight of the concept."""
+        """Σ‖B_c A_c‖² per concept, (K,). In fp32, one norm over the delta weights the
+        forward folds; in reduced precision, where B·A is never made, from the rank × rank
+        Gram matrices: ‖B A‖² = Σ (BᵀB) ⊙ (A Aᵀ) (under autocast, its matmuls are bf16 too:
+        a regulariser needs no more)."""
         k = self.num_concepts
-        deltas = self.delta_weights()
-        if not deltas:
+        if not self.classes:
             return torch.zeros(k, device=self.word.device)
+        if self._linears and self._compute_dtype() != torch.float32:
+            grams = [
+                (self.up[key].transpose(-1, -2) @ self.up[key])
+                * (self.down[key] @ self.down[key].transpose(-1, -2))
+                for key in self.classes
+            ]  # (K, n, j, r, r) each
+            return torch.cat([g.reshape(k, -1) for g in grams], dim=1).sum(1, dtype=torch.float32)
+        deltas = self.delta_weights()
         flat = torch.cat([d.reshape(k, -1) for d in deltas.values()], dim=1)
         return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32).square()
 
