@@ -34,6 +34,7 @@ from PIL.PngImagePlugin import PngInfo
 from e4t.models.concept import ConceptBank
 from e4t.models.e4t_model import E4TModel, PromptConditioning
 from e4t.models.precision import AutocastMode, autocast
+from e4t.training.compile import CompileMode
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ class GenerationConfig:
     width: int | None = None
     batch_size: int = 4
     autocast: AutocastMode = "auto"  # bf16 on CUDA (e4t.models.precision)
+    # the sampling loop's UNet compiled (tune.compile's switch: e4t.training.compile);
+    # compile_backend: inductor unless given ("count": graphs counted, run eagerly)
+    compile: CompileMode = "off"
+    compile_backend: str | None = None
 
 
 @dataclass
@@ -148,6 +153,8 @@ def generate(
         )
     config = config or GenerationConfig()
     pipe = build_pipeline(model, config.scheduler)
+    if config.compile != "off":
+        _compile_sampling(model, pipe, config)
     unet = model.base.unet
     height = config.height or unet.config.sample_size * pipe.vae_scale_factor
     width = config.width or unet.config.sample_size * pipe.vae_scale_factor
@@ -163,6 +170,19 @@ def generate(
         for k in range(num_concepts):
             by_concept[k] += images[k * len(chunk) : (k + 1) * len(chunk)]
     return [item for items in by_concept for item in items]
+
+
+def _compile_sampling(model: E4TModel, pipe: Any, config: GenerationConfig) -> None:
+    """The pipeline's UNet calls go through the compiled UNet (compiled once per process
+    and shape); the encoder's feature pass stays eager. An attached bank's frozen weight
+    stacks are built first, as for the compiled tuning step."""
+    from e4t.training.compile import compiled_unet, warm_bank
+
+    if model.concepts is not None:
+        warm_bank(model.concepts, model.base.device, config.autocast)
+    device_type = model.base.device.type
+    unet = compiled_unet(model.base.unet, config.compile, config.compile_backend, device_type)
+    pipe.unet = unet.module
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,60 @@ def test_compiled_tuning_gives_the_eager_concept(model: E4TModel, faces: list, f
     eager = tune_concepts(model, faces[:2], [3, 4], CONFIG.model_copy(update={"compile": "off"}))
     assert compiled.losses[0][-1] != compiled.losses[0][0]  # it tuned
     _assert_same_concept(compiled, eager)
+
+
+def _previews(model: E4TModel, faces: list, seeds: list[int], **settings: object) -> list:
+    """Two concepts' images in one sampling loop (CFG, 2 steps, 32 px), their deltas made
+    non-zero so the bank shows."""
+    from e4t.generation import GenerationConfig, generate
+
+    cls = model.clip_cls(torch.stack([f.clip_pixel_values for f in faces[:2]]))
+    bank = model.attach_concepts(model.new_concepts(cls, rank=4, seeds=seeds))
+    with torch.no_grad():
+        for up in bank.up.values():
+            up.normal_(0, 0.05, generator=torch.Generator().manual_seed(seeds[0]))
+    config = GenerationConfig(num_steps=2, batch_size=4, height=32, width=32, **settings)  # type: ignore[arg-type]
+    try:
+        return generate(model, bank.cls, ["a photo of {}"], 1, 0, config)
+    finally:
+        model.detach_concepts()
+
+
+def _max_pixel_difference(a: list, b: list) -> float:
+    assert len(a) == len(b) == 2 and [x.concept_index for x in a] == [0, 1]
+    return max(
+        float(np.abs(np.asarray(x.image, dtype=float) - np.asarray(y.image, dtype=float)).max())
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_the_sampling_unet_compiles_once_without_breaks(
+    model: E4TModel, faces: list, fresh: None
+) -> None:
+    """``generate`` with ``compile`` on runs the pipeline's UNet calls through one compiled
+    UNet (its forward and, as frames of their own, its hooks: the bank's and the CFG
+    regrouping of two concepts): no graph break, and a second call with another bank
+    compiles nothing more. The counting backend runs the graphs eagerly: the eager images."""
+    eager = _previews(model, faces, [0, 1])
+    with compiling.graph_break_reasons() as reasons:
+        compiled = _previews(model, faces, [0, 1], compile="default", compile_backend="count")
+        counter = compiling.compiled_unet(model.base.unet, "default", "count").counter
+        graphs = counter.graphs
+        assert graphs >= 1
+        _previews(model, faces, [2, 3], compile="default", compile_backend="count")
+    assert not reasons, list(reasons)
+    assert counter.graphs == graphs
+    assert _max_pixel_difference(compiled, eager) == 0.0
+    assert model.base.unet.__class__.__name__ == "UNet2DConditionModel"  # still the model's own
+
+
+@pytest.mark.slow
+def test_compiled_sampling_draws_the_eager_images(
+    model: E4TModel, faces: list, fresh: None
+) -> None:
+    """Inductor (C++ code generated with gcc): the same images as eager sampling, to a
+    level of 8-bit rounding."""
+    eager = _previews(model, faces, [0, 1])
+    compiled = _previews(model, faces, [0, 1], compile="default")
+    assert compiling.compiled_unet(model.base.unet, "default").counter.graphs == 0  # inductor
+    assert _max_pixel_difference(compiled, eager) <= 2.0

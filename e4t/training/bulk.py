@@ -293,7 +293,10 @@ def _preview_config(run: _Pass) -> Any:
     """The previews' sampling settings (a :class:`e4t.generation.GenerationConfig`)."""
     from e4t.generation import GenerationConfig
 
-    return GenerationConfig(num_steps=run.config.preview_steps, batch_size=4)
+    # tune.compile's switch compiles the sampling loop's UNet too (once per shape)
+    return GenerationConfig(
+        num_steps=run.config.preview_steps, batch_size=4, compile=run.config.tune.compile
+    )
 
 
 def _render_previews(run: _Pass, bank: ConceptBank, specs: list[ConceptSpec]) -> list[Any]:

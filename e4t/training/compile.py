@@ -18,6 +18,7 @@ per process (the worker); inductor's on-disk cache is ``TORCHINDUCTOR_CACHE_DIR`
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import torch
+from torch import nn
 from torch.optim.adamw import adamw
 
 from e4t.models.concept import ConceptBank
@@ -162,25 +164,38 @@ def init_adamw_state(optimizer: torch.optim.Optimizer) -> None:
 CPU_INDUCTOR_OPTIONS: dict[str, Any] = {"max_fusion_size": 1}
 
 
+def compile_options(
+    mode: CompileMode, backend: str | None, device_type: str, counter: GraphCounter
+) -> dict[str, Any]:
+    """``torch.compile``'s arguments for one region: inductor unless ``backend`` is given
+    (``aot_eager`` traces without code generation), or ``count``: the region's graphs
+    counted by ``counter`` and run eagerly, breaks allowed (so they can be counted).
+    Shapes are static per job (``dynamic=False``): a new shape is a new compilation."""
+    if backend == "count":
+        return {"backend": counter, "fullgraph": False, "dynamic": False}
+    if backend not in (None, "inductor"):
+        return {"backend": backend, "fullgraph": True, "dynamic": False}
+    if device_type == "cpu":  # (mode and options exclude each other)
+        return {
+            "backend": "inductor",
+            "options": CPU_INDUCTOR_OPTIONS,
+            "fullgraph": True,
+            "dynamic": False,
+        }
+    return {"backend": "inductor", "mode": mode, "fullgraph": True, "dynamic": False}
+
+
 def compiled(
     objective: Objective, mode: CompileMode, backend: str | None = None, device_type: str = "cpu"
 ) -> Compiled:
-    """``objective``, :func:`clip` and :func:`adamw_update` compiled with ``fullgraph=True``;
-    ``backend``: inductor unless given (``aot_eager`` traces without code generation), or
-    ``count``: each region's graphs counted and run eagerly, breaks allowed (so they can
-    be counted)."""
+    """``objective``, :func:`clip` and :func:`adamw_update` compiled with ``fullgraph=True``
+    (:func:`compile_options`)."""
     key = (objective, mode, backend, device_type)
     if key not in _COMPILED:
         counters = {"objective": GraphCounter(), "clip": GraphCounter(), "update": GraphCounter()}
 
         def options(region: str) -> dict[str, Any]:
-            if backend == "count":
-                return {"backend": counters[region], "fullgraph": False}
-            if backend not in (None, "inductor"):
-                return {"backend": backend, "fullgraph": True}
-            if device_type == "cpu":  # (mode and options exclude each other)
-                return {"backend": "inductor", "options": CPU_INDUCTOR_OPTIONS, "fullgraph": True}
-            return {"backend": "inductor", "mode": mode, "fullgraph": True}
+            return compile_options(mode, backend, device_type, counters[region])
 
         _COMPILED[key] = Compiled(
             objective=torch.compile(objective, **options("objective")),
@@ -189,6 +204,37 @@ def compiled(
             counters=counters,
         )
     return _COMPILED[key]
+
+
+@dataclass
+class CompiledUNet:
+    """A UNet's forward compiled for sampling: ``module`` goes where the pipeline calls
+    the UNet; ``counter`` counts its graphs under the ``count`` backend."""
+
+    module: nn.Module
+    counter: GraphCounter
+
+
+# per UNet, then (mode, backend): compiled once per process, reused by every generate call
+_SAMPLING: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], CompiledUNet]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compiled_unet(
+    unet: nn.Module, mode: CompileMode, backend: str | None = None, device_type: str = "cpu"
+) -> CompiledUNet:
+    """``unet`` compiled for the sampling loop (:func:`compile_options`). Its forward hooks
+    (an attached concept bank's, the CFG regrouping of several concepts) run outside the
+    graph, eagerly, as ``torch.compile`` runs a module's hooks; the fused processors read
+    the bank's weights the hook made."""
+    per_unet = _SAMPLING.setdefault(unet, {})
+    key = (mode, backend, device_type)
+    if key not in per_unet:
+        counter = GraphCounter()
+        module = torch.compile(unet, **compile_options(mode, backend, device_type, counter))
+        per_unet[key] = CompiledUNet(cast(nn.Module, module), counter)
+    return per_unet[key]
 
 
 def warm_bank(bank: ConceptBank, device: torch.device, mode: AutocastMode) -> None:
@@ -287,6 +333,8 @@ def narrow(bank: ConceptBank, k: int) -> ConceptBank:
 
 
 def clear_compiled() -> None:
-    """Forget every compiled step (and dynamo's caches): the next one compiles afresh."""
+    """Forget every compiled step and sampling UNet (and dynamo's caches): the next one
+    compiles afresh."""
     _COMPILED.clear()
+    _SAMPLING.clear()
     torch._dynamo.reset()
