@@ -8,7 +8,8 @@
 #    the crops written as shards) → pretrain under torchrun → personalize → evaluate, with a
 #    handful of steps each on DEVICE, one line per stage with its status and wall seconds.
 #
-# Under 5 minutes on one H100 plus model init. Needs no face models and no photos for the
+# Under 5 minutes on one H100 plus model init and compilation (COMPILE=off: eager figures).
+# Needs no face models and no photos for the
 # figures: FACES=DIR takes aligned crops (+ NAME.mask.png), else the faces are synthetic.
 # The end-to-end run takes FACES=DIR (written as shards: no curation) or PHOTOS=DIR (curated);
 # personalize and evaluate find the face in each input with dlib + face-recognition-models,
@@ -23,12 +24,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the jobs run as subprocesses, torchrun too
-common=(--arch "${ARCH:-sd15-random}" --device "${DEVICE:-cuda}" --dtype "${DTYPE:-bf16}"
+DEVICE=${DEVICE:-cuda}
+# the figures' tuning and sampling compiled on a GPU (compile seconds reported apart), eager
+# elsewhere; COMPILE=off|default|reduce-overhead chooses
+COMPILE=${COMPILE:-$([[ $DEVICE == cuda* ]] && echo default || echo off)}
+common=(--arch "${ARCH:-sd15-random}" --device "$DEVICE" --dtype "${DTYPE:-bf16}"
         --resolution-px "${RES:-512}")
 status=0
 
 if [ "${BENCH:-1}" != 0 ]; then
-  args=("${common[@]}" --tune-steps "${STEPS:-15}")
+  args=("${common[@]}" --tune-steps "${STEPS:-15}" --compile "$COMPILE")
   [ -n "${FACES:-}" ] && args+=(--faces "$FACES")
   [ -n "${SKIP:-}" ] && args+=(--skip $SKIP)
   "$PYTHON" -m e4t.cli bench gpu "${args[@]}" || status=1

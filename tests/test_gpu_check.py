@@ -45,12 +45,49 @@ def test_gpu_check_prints_one_json_line_per_figure() -> None:
         "pretrain_samples_per_second",
     ]
     assert all(f["value"] > 0 and f["arch"] == "tiny" and f["device"] == "cpu" for f in figures)
+    # eager off a GPU unless COMPILE says otherwise: no compile seconds
+    assert all(f["compile"] == "off" and "compile_s" not in f for f in figures)
     assert [f["draws"] for f in figures if f["figure"] == "tune_seconds_per_concept"] == [16, 4]
     rates = [f for f in figures if f["figure"] == "pretrain_samples_per_second"]
     assert {f["gradient_checkpointing"] for f in rates} == {
         False,
         True,
     }
+
+
+@pytest.mark.slow
+def test_compiled_gpu_figures_give_their_compile_seconds_apart() -> None:
+    """With ``compile`` on (a GPU's default), tuning runs the compiled step and sampling the
+    compiled UNet (traced by ``aot_eager`` here: inductor's code generation is the slow
+    test of test_compile), and each timed figure gives its compilation apart."""
+    from e4t.bench.gpu import bench_gpu
+    from e4t.training import compile as compiling
+    from e4t.training.tune import step_objective
+
+    compiling.clear_compiled()
+    try:
+        figures = list(
+            bench_gpu(
+                "tiny", "cpu", "fp32", 32, tune_steps=1, best_k=(), compile="default",
+                compile_backend="aot_eager", draws=(2, 1), skip=("ops", "pretrain"),
+                generation_steps=2,
+            )
+        )  # fmt: skip
+        # the step and the sampling UNet that ran were the compiled ones
+        assert (step_objective, "default", "aot_eager", "cpu") in compiling._COMPILED
+        assert compiling._SAMPLING
+    finally:
+        compiling.clear_compiled()
+    timed = [f for f in figures if f["figure"] in TIMED]
+    assert [(f["figure"], f.get("draws")) for f in timed] == [
+        ("tune_seconds_per_concept", 2),
+        ("tune_seconds_per_concept", 1),
+        ("generate_seconds_per_image", None),
+    ]
+    assert all(f["compile"] == "default" and f["compile_s"] >= 0 for f in timed)
+
+
+TIMED = ("tune_seconds_per_concept", "generate_seconds_per_image")
 
 
 @pytest.mark.slow

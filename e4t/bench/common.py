@@ -50,13 +50,21 @@ def reset_peak(device: str) -> None:
 
 
 def timed(device: str, fn: Callable[[], Any], repeats: int = 1) -> float:
-    fn()  # warm-up: allocator, kernels, lazy init
+    return timed_apart(device, fn, repeats)[1]
+
+
+def timed_apart(device: str, fn: Callable[[], Any], repeats: int = 1) -> tuple[float, float]:
+    """(the first call's seconds, the mean of ``repeats`` calls after it): the first pays
+    the warm-up (allocator, kernels, lazy init, compilation)."""
+    start = time.perf_counter()
+    fn()
     sync(device)
+    first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
     sync(device)
-    return (time.perf_counter() - start) / repeats
+    return first, (time.perf_counter() - start) / repeats
 
 
 class CropError(ValueError):

@@ -27,7 +27,7 @@ from e4t.bench.common import (
     peak_bytes,
     read_crop,
     reset_peak,
-    timed,
+    timed_apart,
 )
 from e4t.data.decode import describe_error
 
@@ -61,8 +61,15 @@ def bench_gpu(
     best_k: tuple[int, ...] = (2, 4),
     pretrain_batch: int = 16,
     skip: tuple[str, ...] = (),
+    compile: str = "off",
+    compile_backend: str | None = None,
+    draws: tuple[int, ...] = (16, 4),
 ) -> Iterator[dict[str, Any]]:
-    """Yield one figure at a time: ``{"figure", "value", "unit", ...context}``."""
+    """Yield one figure at a time: ``{"figure", "value", "unit", ...context}``. ``compile``:
+    tune.compile for the tuning and the sampling UNet; each timed figure then also gives
+    ``compile_s``, its first call's seconds beyond a steady one (compilation, per shape);
+    ``compile_backend``: inductor unless given (``aot_eager``: traced, no code generated).
+    ``draws``: the K = 1 figures' draws per step (the first also gives the peak memory)."""
     from e4t.bench.ops import count_tuning_step_ops, synthetic_faces
     from e4t.config import TuneConfig
     from e4t.generation import GenerationConfig, generate
@@ -70,7 +77,13 @@ def bench_gpu(
     from e4t.models.e4t_model import E4TModel
     from e4t.training.tune import tune_concepts
 
-    context = {"arch": arch, "device": device, "dtype": dtype, "resolution_px": resolution_px}
+    context = {
+        "arch": arch,
+        "device": device,
+        "dtype": dtype,
+        "resolution_px": resolution_px,
+        "compile": compile,
+    }
     if device.startswith("cuda"):
         context["card"] = torch.cuda.get_device_name()
     config = model_config(arch, dtype=dtype, device=device, gradient_checkpointing=False)
@@ -87,23 +100,38 @@ def bench_gpu(
         return {"figure": name, "value": round(float(value), 4), "unit": unit, **context, **extra}
 
     def tune(k: int, draws: int) -> Callable[[], Any]:
-        cfg = TuneConfig(num_steps=tune_steps, draws_per_concept=draws, resolution_px=resolution_px)
-        return lambda: tune_concepts(model, faces[:k], list(range(k)), cfg)
+        cfg = TuneConfig(
+            num_steps=tune_steps,
+            draws_per_concept=draws,
+            resolution_px=resolution_px,
+            compile=compile,
+        )
+        seeds = list(range(k))
+        return lambda: tune_concepts(
+            model, faces[:k], seeds, cfg, pad_to=k, compile_backend=compile_backend
+        )
+
+    def measured(fn: Callable[[], Any]) -> tuple[float, dict[str, Any]]:
+        first, steady = timed_apart(device, fn)
+        extra = {"compile_s": round(max(0.0, first - steady), 2)} if compile != "off" else {}
+        return steady, extra
 
     if "tune" not in skip:
-        for draws in (16, 4):
+        for n in draws:
             reset_peak(device)
-            seconds = timed(device, tune(1, draws))
+            seconds, extra = measured(tune(1, n))
             yield figure(
-                "tune_seconds_per_concept", seconds, "s", k=1, draws=draws, steps=tune_steps
-            )
-            if draws == 16:
-                yield figure("tune_peak_memory", peak_bytes(device) / 2**30, "GiB", k=1, draws=16)
-        best = min(((timed(device, tune(k, 16)) / k, k) for k in best_k), default=None)
+                "tune_seconds_per_concept", seconds, "s", k=1, draws=n, steps=tune_steps,
+                **extra,
+            )  # fmt: skip
+            if n == draws[0]:
+                yield figure("tune_peak_memory", peak_bytes(device) / 2**30, "GiB", k=1, draws=n)
+        per_k = [(*measured(tune(k, 16)), k) for k in best_k]
+        best = min(((s / k, extra, k) for s, extra, k in per_k), default=None, key=lambda b: b[0])
         if best is not None:
             yield figure(
-                "tune_seconds_per_concept_best_k", best[0], "s", k=best[1], draws=16,
-                concepts_per_gpu_hour=round(3600 / best[0]),
+                "tune_seconds_per_concept_best_k", best[0], "s", k=best[2], draws=16,
+                concepts_per_gpu_hour=round(3600 / best[0]), **best[1],
             )  # fmt: skip
         model.detach_concepts()
     if "ops" not in skip:
@@ -112,11 +140,18 @@ def bench_gpu(
         yield figure("tune_step_ops", ops, "non-view ATen ops", k=1, draws=16, count_px=64)
     if "generate" not in skip:
         cls = model.clip_cls(faces[0].clip_pixel_values[None].to(model.base.device))
-        gen = GenerationConfig(num_steps=generation_steps, guidance_scale=7.5, batch_size=8)
-        seconds = timed(device, lambda: generate(model, cls, ["a photo of {}"], 8, 0, gen))
-        yield figure(
-            "generate_seconds_per_image", seconds / 8, "s", steps=generation_steps, batch=8
+        gen = GenerationConfig(
+            num_steps=generation_steps,
+            guidance_scale=7.5,
+            batch_size=8,
+            compile=compile,  # type: ignore[arg-type]
+            compile_backend=compile_backend,
         )
+        seconds, extra = measured(lambda: generate(model, cls, ["a photo of {}"], 8, 0, gen))
+        yield figure(
+            "generate_seconds_per_image", seconds / 8, "s", steps=generation_steps, batch=8,
+            **extra,
+        )  # fmt: skip
     if "pretrain" not in skip:
         from e4t.bench.pretrain import bench_pretrain_steps
 

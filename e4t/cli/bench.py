@@ -43,6 +43,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--tune-steps", type=int, default=5, help="personalize: tuning steps")
     p.add_argument("--draws", type=int, default=4, help="personalize: draws per concept")
     p.add_argument(
+        "--passes",
+        type=_pass_sizes,
+        default=(1, 4, 8),
+        help="personalize: the concepts per pass to time, comma-separated (1: one at a time; "
+        "default 1,4,8); the most is how many concepts each size tunes",
+    )
+    p.add_argument(
         "--faces",
         help="personalize, gpu, e2e: a folder of aligned crops (+ NAME.mask.png) to tune",
     )
@@ -71,7 +78,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--compile",
         choices=["off", "default", "reduce-overhead"],
         default="off",
-        help="personalize: tune.compile for the timed tuning (compile seconds reported apart)",
+        help="personalize, gpu: tune.compile for the timed tuning (and gpu's sampling UNet; "
+        "compile seconds reported apart)",
     )
     p.add_argument(
         "--count-graph-breaks",
@@ -134,6 +142,7 @@ def _bench_gpu(args: argparse.Namespace) -> int:
         faces_dir=args.faces,
         tune_steps=args.tune_steps,
         skip=tuple(args.skip or ()),
+        compile=args.compile,
     )
     return 0 if print_json_lines(figures) else 1
 
@@ -160,6 +169,19 @@ def _bench_e2e(args: argparse.Namespace) -> int:
         nproc_per_node=args.nproc_per_node,
     )
     return print_stages(run_e2e(settings))
+
+
+def _pass_sizes(text: str) -> tuple[int, ...]:
+    """``--passes``: "1,4,8" → (1, 4, 8); each a whole number ≥ 1."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give concepts per pass as whole numbers ≥ 1, comma-separated (1,4,8)"
+        )
+    return sizes
 
 
 def _bench_personalize(args: argparse.Namespace) -> int:
@@ -198,6 +220,7 @@ def _bench_personalize(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             faces_dir=args.faces,
             compile=args.compile,
+            passes=args.passes,
         )
     )
 
