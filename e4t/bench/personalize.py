@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from e4t.bench.common import model_config
+from e4t.bench.common import model_config, peak_bytes
 from e4t.config import load_config
 from e4t.jobs import curate as curate_job
 from e4t.samples import fetch_sample_photos
@@ -31,25 +31,28 @@ class PersonalizeBench:
     compile: str = "off"
     # per pass size: the first pass's seconds beyond a steady pass's (compilation)
     compile_seconds: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int = 0  # the process's peak RSS (CPU) or CUDA memory allocated
 
     def report(self) -> str:
-        seq = self.seconds_per_concept["sequential"]
+        seq = self.seconds_per_concept.get("sequential")
         lines = [
             f"personalize bench: arch={self.arch}, {self.num_steps} steps, "
             f"{self.draws} draws per concept per step, {self.resolution_px} px, "
             f"compile={self.compile}"
         ]
         for name, seconds in self.seconds_per_concept.items():
-            lines.append(
-                f"  {name:<12} {seconds:7.3f} s per concept "
-                f"(throughput × {seq / seconds:.2f} vs sequential)"
-            )
+            ratio = f" (throughput × {seq / seconds:.2f} vs sequential)" if seq else ""
+            lines.append(f"  {name:<12} {seconds:7.3f} s per concept{ratio}")
         for name, seconds in self.compile_seconds.items():
             lines.append(f"  compile, {name}: {seconds:.1f} s (once per pass size, not above)")
         lines.append(
             f"  concept artifact: {self.concept_bytes:,} bytes = "
             f"{100 * self.concept_bytes / self.unet_bytes:.3f} % of the base UNet's "
             f"{self.unet_bytes:,} bytes"
+        )
+        lines.append(
+            f"  peak memory: {self.peak_memory_bytes / 2**30:.2f} GiB "
+            "(the process's RSS, model included; on CUDA: memory allocated)"
         )
         return "\n".join(lines)
 
@@ -124,6 +127,7 @@ def bench_personalize(
         unet_bytes=unet_bytes,
         compile=compile,
         compile_seconds=compile_seconds,
+        peak_memory_bytes=peak_bytes(device),
     )
 
 
