@@ -33,7 +33,8 @@ CONCEPT_TENSORS = "concept.safetensors"
 CONCEPT_CONFIG = "concept.json"
 FORMAT = "e4t-concept-v1"
 
-# a concept's low-rank factors of one group in the compute dtype: A (K, j, r, in), B (K, j, out, r)
+# one group's low-rank factors in the compute dtype (K concepts): its j projections' A
+# stacked, (K, j·r, in), and their Bᵀ as one block-diagonal matrix, (K, j·r, Σout)
 LowRank = tuple[torch.Tensor, torch.Tensor]
 # one group's weights for a UNet forward: W0 (Σout, in) or W0 + B·A folded (K, Σout, in), its
 # bias, and the factors when they are kept apart (reduced precision)
@@ -257,17 +258,15 @@ class ConceptBank(nn.Module):
         # bf16/fp16: rounding W0 + B·A to W0's precision would zero most small deltas, so
         # each concept's term (x·Aᵀ)·Bᵀ is computed beside W0 — low rank, B·A is never
         # made — and summed inside W0's matmul, which accumulates in fp32 and rounds once
-        down, up = delta  # (K, j, r, in), (K, j, out, r)
-        k, j, r, width = down.shape
+        down, up = delta  # (K, j·r, in), (K, j·r, Σout): the group's Bᵀ block-diagonal
         x = x.to(down.dtype)  # once: under autocast each matmul would cast it again
-        grouped = x.reshape(k, -1, width)  # (K, n·T, in)
-        h = torch.bmm(grouped, down.reshape(k, j * r, width).transpose(1, 2))  # (K, n·T, j·r)
-        h = h.reshape(k, -1, j, r).transpose(1, 2)  # (K, j, n·T, r)
-        low = torch.matmul(h, up.transpose(2, 3)).transpose(1, 2)  # (K, n·T, j, out)
-        low = low.reshape(-1, weight.shape[0])
-        if bias is not None:  # the bias rides in the small term: its rounding is its own
-            low = low + bias
-        y = torch.addmm(low, x.reshape(-1, width), weight.t())
+        grouped = x.reshape(down.shape[0], -1, x.shape[-1])  # (K, n·T, in)
+        h = torch.bmm(grouped, down.transpose(1, 2))  # (K, n·T, j·r)
+        if bias is None:
+            low = torch.bmm(h, up)
+        else:  # the bias rides in the small term: its rounding is the output's own scale
+            low = torch.baddbmm(bias, h, up)
+        y = torch.addmm(low.flatten(0, 1), x.reshape(-1, x.shape[-1]), weight.t())
         return y.reshape(*x.shape[:-1], -1)
 
     def _compute_dtype(self) -> torch.dtype:
@@ -277,10 +276,20 @@ class ConceptBank(nn.Module):
             return torch.get_autocast_dtype(device)
         return next(iter(self._linears.values())).weight.dtype
 
-    def _low_rank(self, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per class every concept's (A, B) in the compute dtype: (K, n, j, r, in) and
-        (K, n, j, out, r)."""
-        return {key: (self.down[key].to(dtype), self.up[key].to(dtype)) for key in self.classes}
+    def _low_rank(self, dtype: torch.dtype) -> dict[str, LowRank]:
+        """Per class every concept's factors in the compute dtype, as one matmul each reads
+        them: A of a group's j projections stacked, (K, n, j·r, in), and their Bᵀ as one
+        block-diagonal matrix, (K, n, j·r, j·out) — (x·Aᵀ)·Bᵀ of every projection of the
+        group in two matmuls (the zero blocks cost j·r/in of W0's matmul)."""
+        out = {}
+        for key in self.classes:
+            down, up = self.down[key], self.up[key]  # (K, n, j, r, in), (K, n, j, out, r)
+            j = up.shape[2]
+            eye = torch.eye(j, dtype=dtype, device=up.device).reshape(j, 1, j, 1)
+            # (K, n, j, r, 1, out) · δ(j, j') → (K, n, j, r, j', out)
+            block = up.transpose(3, 4).to(dtype).unsqueeze(4) * eye
+            out[key] = (down.to(dtype).flatten(2, 3), block.flatten(4, 5).flatten(2, 3))
+        return out
 
     def _refresh(self) -> None:
         """The weights of this UNet forward: per group (weight, bias, delta) — deltas off:
@@ -312,7 +321,7 @@ class ConceptBank(nn.Module):
                 bases = (weight + deltas[key]).unbind(1)  # (K, Σout, in) each
                 pieces = (None,) * len(members)
             else:
-                down, up = deltas[key]  # per group: (K, j, r, in), (K, j, out, r)
+                down, up = deltas[key]  # per group: (K, j·r, in), (K, j·r, Σout)
                 pieces = tuple(zip(down.unbind(1), up.unbind(1), strict=True))
             for m, index in enumerate(members):
                 current[index] = (bases[m], None if bias is None else bias[m], pieces[m])
