@@ -205,7 +205,8 @@ def test_sdxl_presets_load_and_sdxl_faces_says_its_batch() -> None:
         assert stated == 16 == on.train.batch_size * on.optim.grad_accum * gpus
         assert on.optim.grad_accum == accum
     assert load_config(PretrainConfig, "pretrain", "tiny-xl").model.base_model.endswith("tiny-xl")
-    assert load_config(PersonalizeConfig, "personalize", "sdxl").tune.resolution_px == 1024
+    xl = load_config(PersonalizeConfig, "personalize", "sdxl")
+    assert xl.tune.resolution_px == 1024 and xl.tune.compile == "default"  # a GPU job
     assert load_config(CurateConfig, "curate", "sdxl-1024").align.resolution_px == 1024
     model = load_config(ModelConfig, "model", "sdxl")
     assert model.base_model == "stabilityai/stable-diffusion-xl-base-1.0"
