@@ -334,3 +334,23 @@ def test_bench_pretrain_prints_both_rates_and_the_ratio() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 process:" in done.stdout and "2 processes:" in done.stdout
     assert "ratio (2 processes / 1 process):" in done.stdout
+
+
+def test_the_loader_pins_its_batches_only_for_a_gpu() -> None:
+    """Batches bound for a GPU come from pinned host memory (asynchronous copies); on a CPU
+    pinning would only cost: the DataLoader's options say which."""
+    import torch
+
+    from e4t.training.pretrain import loader_options, to_batch
+
+    assert loader_options(torch.device("cuda", 0), 2)["pin_memory"] is True
+    cpu = loader_options(torch.device("cpu"), 3)
+    assert cpu == {"batch_size": None, "num_workers": 3, "pin_memory": False}
+    raw = {
+        "pixel_values": torch.ones(1, 3, 4, 4),
+        "clip_pixel_values": torch.zeros(1, 3, 2, 2),
+        "prompts": ["a photo of {}"],
+        "mask": torch.ones(1, 1, 4, 4),
+    }
+    batch = to_batch(raw, torch.device("cpu"))
+    assert batch.prompts == ["a photo of {}"] and torch.equal(batch.mask, raw["mask"])

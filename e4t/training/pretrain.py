@@ -81,12 +81,20 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def to_batch(raw: dict[str, Any], device: torch.device) -> Batch:
+    """A loader's batch on ``device``; from pinned memory (:func:`loader_options`) the
+    copies to a GPU are asynchronous (the step's kernels queue behind them)."""
     return Batch(
-        pixel_values=raw["pixel_values"].to(device),
-        clip_pixel_values=raw["clip_pixel_values"].to(device),
+        pixel_values=raw["pixel_values"].to(device, non_blocking=True),
+        clip_pixel_values=raw["clip_pixel_values"].to(device, non_blocking=True),
         prompts=raw["prompts"],
-        mask=raw["mask"].to(device),
+        mask=raw["mask"].to(device, non_blocking=True),
     )
+
+
+def loader_options(device: torch.device, num_workers: int) -> dict[str, Any]:
+    """The pretraining DataLoader's options: batches in pinned (page-locked) host memory
+    when they go to a GPU, so their copies overlap the step."""
+    return {"batch_size": None, "num_workers": num_workers, "pin_memory": device.type == "cuda"}
 
 
 def trained_state(model: E4TModel) -> dict[str, torch.Tensor]:
@@ -229,8 +237,7 @@ def build_data(config: PretrainConfig, model: E4TModel, world: World, start: int
     # a DataPipeline is an IterableDataset at run time; its stubs do not say so
     loader: torch.utils.data.DataLoader[dict[str, Any]] = torch.utils.data.DataLoader(
         cast(torch.utils.data.IterableDataset, pipeline),
-        batch_size=None,
-        num_workers=config.data.num_workers,
+        **loader_options(world.device, config.data.num_workers),
     )
     stream = iter(loader)
     held_batch = None
