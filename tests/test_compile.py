@@ -71,6 +71,8 @@ def test_the_bench_prints_zero_graph_breaks_on_tiny(fresh: None) -> None:
     result = bench_graph_breaks("tiny", resolution_px=32, draws=1, concepts=2)
     assert result.graph_breaks == 0
     assert "graph breaks: 0" in result.report()
+    # the sampling UNet was compiled too, and another bank recompiled nothing
+    assert result.sampling_frames >= 1 and result.sampling_recompiled == 0
 
 
 def _assert_same_concept(a: TuneResult, b: TuneResult) -> None:

@@ -140,11 +140,17 @@ class GraphBreakBench:
     graphs: dict[str, int]  # per compiled region: graphs over a full pass and a padded one
     reasons: list[str]
     seconds: float
+    # the sampling UNet: its frames (the forward and its hooks, each one graph) in a first
+    # generate call, and the graphs a second call with another bank added (recompilations)
+    sampling_frames: int = 0
+    sampling_recompiled: int = 0
 
     @property
     def graph_breaks(self) -> int:
-        """Over two passes: extra graphs are breaks (or recompilations: either fails)."""
-        return sum(n - 1 for n in self.graphs.values()) + len(self.reasons)
+        """Over two passes: extra graphs are breaks (or recompilations: either fails); the
+        sampling UNet's breaks are among the reasons, its recompilations counted too."""
+        extra = sum(n - 1 for n in self.graphs.values())
+        return extra + self.sampling_recompiled + len(self.reasons)
 
     def report(self) -> str:
         lines = [
@@ -152,6 +158,8 @@ class GraphBreakBench:
             f"{self.draws} draws, K = {self.concepts}, a full pass then a padded short one "
             f"(dynamo tracing {self.seconds:.1f} s, no code generation)",
             "  graphs per region: " + ", ".join(f"{k} {v}" for k, v in self.graphs.items()),
+            f"  sampling UNet (2 steps, CFG): {self.sampling_frames} frames compiled (the "
+            f"forward and its hooks), {self.sampling_recompiled} more for another bank",
             f"graph breaks: {self.graph_breaks}",
         ]
         lines += [f"  break: {reason.splitlines()[0]}" for reason in self.reasons]
@@ -190,13 +198,52 @@ def bench_graph_breaks(
         for batch in (faces[:concepts], faces[concepts:]):
             seeds = list(range(len(batch)))
             tune_concepts(model, batch, seeds, tune, pad_to=concepts, compile_backend="count")
+        frames, recompiled = _count_sampling_graphs(model, faces[:concepts], resolution_px)
     seconds = time.perf_counter() - start
     counted = compiling.compiled(step_objective, "default", "count").counters
     graphs = {name: counter.graphs for name, counter in counted.items()}
     compiling.clear_compiled()
     return GraphBreakBench(
-        arch, resolution_px, draws, concepts, graphs, list(reasons.elements()), seconds
+        arch,
+        resolution_px,
+        draws,
+        concepts,
+        graphs,
+        list(reasons.elements()),
+        seconds,
+        frames,
+        recompiled,
     )
+
+
+def _count_sampling_graphs(model: Any, faces: list[Any], resolution_px: int) -> tuple[int, int]:
+    """The compiled sampling UNet's graphs (counting backend) over a generate call of the
+    faces' concepts together (2 steps, CFG), then the graphs a second call with another
+    bank of the same size added."""
+    import torch
+
+    from e4t.generation import GenerationConfig, generate
+    from e4t.training import compile as compiling
+
+    config = GenerationConfig(
+        num_steps=2,
+        batch_size=2 * len(faces),
+        height=resolution_px,
+        width=resolution_px,
+        autocast="off",
+        compile="default",
+        compile_backend="count",
+    )
+    cls = model.clip_cls(torch.stack([f.clip_pixel_values for f in faces]).to(model.base.device))
+    counter = compiling.compiled_unet(model.base.unet, "default", "count").counter
+    counts = []
+    for first_seed in (0, len(faces)):
+        seeds = list(range(first_seed, first_seed + len(faces)))
+        bank = model.attach_concepts(model.new_concepts(cls, rank=4, seeds=seeds))
+        generate(model, bank.cls, ["a photo of {}"], 2, 0, config)
+        counts.append(counter.graphs)
+    model.detach_concepts()
+    return counts[0], counts[1] - counts[0]
 
 
 @dataclass
