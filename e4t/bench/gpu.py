@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,88 @@ def load_faces(folder: str | Path, resolution_px: int, image_processor: Any) -> 
     return faces
 
 
+@dataclass
+class _Bench:
+    """What every figure of one GPU check shares: the model, the faces, the device and
+    the compile switch, and how a figure is timed and written."""
+
+    model: Any
+    faces: list[Any]
+    device: str
+    context: dict[str, Any]
+    compile: str
+    compile_backend: str | None
+
+    def figure(self, name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+        rounded = round(float(value), 4)
+        return {"figure": name, "value": rounded, "unit": unit, **self.context, **extra}
+
+    def measured(self, fn: Callable[[], Any]) -> tuple[float, dict[str, Any]]:
+        """(steady seconds, ``compile_s`` when compiling: the first call's extra seconds)."""
+        first, steady = timed_apart(self.device, fn)
+        if self.compile == "off":
+            return steady, {}
+        return steady, {"compile_s": round(max(0.0, first - steady), 2)}
+
+    def tune(self, k: int, draws: int, steps: int, resolution_px: int) -> Callable[[], Any]:
+        from e4t.config import TuneConfig
+        from e4t.training.tune import tune_concepts
+
+        cfg = TuneConfig(
+            num_steps=steps,
+            draws_per_concept=draws,
+            resolution_px=resolution_px,
+            compile=self.compile,
+        )
+        faces, seeds, backend = self.faces[:k], list(range(k)), self.compile_backend
+        return lambda: tune_concepts(
+            self.model, faces, seeds, cfg, pad_to=k, compile_backend=backend
+        )
+
+
+def _tune_figures(
+    bench: _Bench, draws: tuple[int, ...], best_k: tuple[int, ...], steps: int, px: int
+) -> Iterator[dict[str, Any]]:
+    """Seconds per concept at K = 1 for each draws count (the first with its peak memory),
+    then the best K with the first draws count."""
+    for n in draws:
+        reset_peak(bench.device)
+        seconds, extra = bench.measured(bench.tune(1, n, steps, px))
+        yield bench.figure(
+            "tune_seconds_per_concept", seconds, "s", k=1, draws=n, steps=steps, **extra
+        )
+        if n == draws[0]:
+            peak = peak_bytes(bench.device) / 2**30
+            yield bench.figure("tune_peak_memory", peak, "GiB", k=1, draws=n)
+    per_k = [(*bench.measured(bench.tune(k, draws[0], steps, px)), k) for k in best_k]
+    best = min(((s / k, extra, k) for s, extra, k in per_k), default=None, key=lambda b: b[0])
+    if best is not None:
+        yield bench.figure(
+            "tune_seconds_per_concept_best_k", best[0], "s", k=best[2], draws=draws[0],
+            concepts_per_gpu_hour=round(3600 / best[0]), **best[1],
+        )  # fmt: skip
+    bench.model.detach_concepts()
+
+
+def _generate_figure(bench: _Bench, steps: int) -> dict[str, Any]:
+    """Seconds per image of 8 images with CFG, one sampling loop."""
+    from e4t.generation import GenerationConfig, generate
+
+    model = bench.model
+    cls = model.clip_cls(bench.faces[0].clip_pixel_values[None].to(model.base.device))
+    gen = GenerationConfig(
+        num_steps=steps,
+        guidance_scale=7.5,
+        batch_size=8,
+        compile=bench.compile,  # type: ignore[arg-type]
+        compile_backend=bench.compile_backend,
+    )
+    seconds, extra = bench.measured(lambda: generate(model, cls, ["a photo of {}"], 8, 0, gen))
+    return bench.figure(
+        "generate_seconds_per_image", seconds / 8, "s", steps=steps, batch=8, **extra
+    )
+
+
 def bench_gpu(
     arch: str = "sd15-random",
     device: str = "cuda",
@@ -69,13 +152,12 @@ def bench_gpu(
     tune.compile for the tuning and the sampling UNet; each timed figure then also gives
     ``compile_s``, its first call's seconds beyond a steady one (compilation, per shape);
     ``compile_backend``: inductor unless given (``aot_eager``: traced, no code generated).
-    ``draws``: the K = 1 figures' draws per step (the first also gives the peak memory)."""
+    ``draws``: the K = 1 figures' draws per step (the first also gives the peak memory and
+    is the best K's)."""
     from e4t.bench.ops import count_tuning_step_ops, synthetic_faces
     from e4t.config import TuneConfig
-    from e4t.generation import GenerationConfig, generate
     from e4t.models.architectures import build_base_models
     from e4t.models.e4t_model import E4TModel
-    from e4t.training.tune import tune_concepts
 
     context = {
         "arch": arch,
@@ -95,63 +177,15 @@ def bench_gpu(
         else synthetic_faces(model, k_max, resolution_px)
     )
     faces = [faces[i % len(faces)] for i in range(k_max)]
-
-    def figure(name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
-        return {"figure": name, "value": round(float(value), 4), "unit": unit, **context, **extra}
-
-    def tune(k: int, draws: int) -> Callable[[], Any]:
-        cfg = TuneConfig(
-            num_steps=tune_steps,
-            draws_per_concept=draws,
-            resolution_px=resolution_px,
-            compile=compile,
-        )
-        seeds = list(range(k))
-        return lambda: tune_concepts(
-            model, faces[:k], seeds, cfg, pad_to=k, compile_backend=compile_backend
-        )
-
-    def measured(fn: Callable[[], Any]) -> tuple[float, dict[str, Any]]:
-        first, steady = timed_apart(device, fn)
-        extra = {"compile_s": round(max(0.0, first - steady), 2)} if compile != "off" else {}
-        return steady, extra
-
+    bench = _Bench(model, faces, device, context, compile, compile_backend)
     if "tune" not in skip:
-        for n in draws:
-            reset_peak(device)
-            seconds, extra = measured(tune(1, n))
-            yield figure(
-                "tune_seconds_per_concept", seconds, "s", k=1, draws=n, steps=tune_steps,
-                **extra,
-            )  # fmt: skip
-            if n == draws[0]:
-                yield figure("tune_peak_memory", peak_bytes(device) / 2**30, "GiB", k=1, draws=n)
-        per_k = [(*measured(tune(k, 16)), k) for k in best_k]
-        best = min(((s / k, extra, k) for s, extra, k in per_k), default=None, key=lambda b: b[0])
-        if best is not None:
-            yield figure(
-                "tune_seconds_per_concept_best_k", best[0], "s", k=best[2], draws=16,
-                concepts_per_gpu_hour=round(3600 / best[0]), **best[1],
-            )  # fmt: skip
-        model.detach_concepts()
+        yield from _tune_figures(bench, draws, best_k, tune_steps, resolution_px)
     if "ops" not in skip:
         cfg = TuneConfig(draws_per_concept=16, resolution_px=min(resolution_px, 64))
         ops = count_tuning_step_ops(model, faces[:1], cfg).total
-        yield figure("tune_step_ops", ops, "non-view ATen ops", k=1, draws=16, count_px=64)
+        yield bench.figure("tune_step_ops", ops, "non-view ATen ops", k=1, draws=16, count_px=64)
     if "generate" not in skip:
-        cls = model.clip_cls(faces[0].clip_pixel_values[None].to(model.base.device))
-        gen = GenerationConfig(
-            num_steps=generation_steps,
-            guidance_scale=7.5,
-            batch_size=8,
-            compile=compile,  # type: ignore[arg-type]
-            compile_backend=compile_backend,
-        )
-        seconds, extra = measured(lambda: generate(model, cls, ["a photo of {}"], 8, 0, gen))
-        yield figure(
-            "generate_seconds_per_image", seconds / 8, "s", steps=generation_steps, batch=8,
-            **extra,
-        )  # fmt: skip
+        yield _generate_figure(bench, generation_steps)
     if "pretrain" not in skip:
         from e4t.bench.pretrain import bench_pretrain_steps
 
