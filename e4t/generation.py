@@ -175,7 +175,8 @@ def generate(
 def _compile_sampling(model: E4TModel, pipe: Any, config: GenerationConfig) -> None:
     """The pipeline's UNet calls go through the compiled UNet (compiled once per process
     and shape); the encoder's feature pass stays eager. An attached bank's frozen weight
-    stacks are built first, as for the compiled tuning step."""
+    stacks are built first, as for the compiled tuning step: its pre-hook, traced with the
+    UNet, reads them without rebuilding them."""
     from e4t.training.compile import compiled_unet, warm_bank
 
     if model.concepts is not None:

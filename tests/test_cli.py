@@ -535,3 +535,17 @@ def test_each_architecture_name_has_its_builders_and_its_model_preset() -> None:
     for command, flag in flags.items():
         action = next(a for a in commands.choices[command]._actions if flag in a.option_strings)
         assert list(action.choices or ()) == list(ARCH_NAMES), command
+
+
+def test_bench_passes_must_each_divide_the_largest_and_be_given_once() -> None:
+    """Every pass size is timed on the same max(passes) concepts: a size that does not
+    divide it would end on a short pass (or fail minutes in), so the parser refuses it."""
+    import argparse
+
+    from e4t.cli.bench import _pass_sizes
+
+    assert _pass_sizes("1,4,8") == (1, 4, 8)
+    assert _pass_sizes("2") == (2,)
+    for bad in ("3,8", "1,4,4", "0,2", "x", "", "1,,2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="1,"):
+            _pass_sizes(bad)

@@ -34,10 +34,10 @@ def faces(model: E4TModel) -> list:
 
 
 @pytest.fixture
-def fresh() -> Iterator[None]:
-    compiling.clear_compiled()
+def fresh(model: E4TModel) -> Iterator[None]:
+    compiling.clear_compiled(model.base.unet)
     yield
-    compiling.clear_compiled()
+    compiling.clear_compiled(model.base.unet)
 
 
 def _counted() -> dict[str, int]:
@@ -149,3 +149,20 @@ def test_compiled_sampling_draws_the_eager_images(
     compiled = _previews(model, faces, [0, 1], compile="default")
     assert compiling.compiled_unet(model.base.unet, "default").counter.graphs == 0  # inductor
     assert _max_pixel_difference(compiled, eager) <= 2.0
+
+
+def test_a_compiled_sampling_unet_does_not_outlive_its_unet() -> None:
+    """The compiled module refers to its UNet; kept on the UNet (not in a process-wide
+    map) the pair is freed with it: a worker that loads model after model holds none."""
+    import gc
+    import weakref
+
+    unet = torch.nn.Linear(2, 2)
+    compiled = compiling.compiled_unet(unet, "default", "count")
+    assert compiling.compiled_unet(unet, "default", "count") is compiled  # cached
+    compiled.module(torch.ones(1, 2))
+    assert compiled.counter.graphs == 1
+    alive = weakref.ref(unet)
+    del unet, compiled
+    gc.collect()
+    assert alive() is None

@@ -73,9 +73,8 @@ def test_compiled_gpu_figures_give_their_compile_seconds_apart() -> None:
                 generation_steps=2,
             )
         )  # fmt: skip
-        # the step and the sampling UNet that ran were the compiled ones
+        # the step that ran was the compiled one (the sampling UNet's: tests/test_compile)
         assert (step_objective, "default", "aot_eager", "cpu") in compiling._COMPILED
-        assert compiling._SAMPLING
     finally:
         compiling.clear_compiled()
     timed = [f for f in figures if f["figure"] in TIMED]

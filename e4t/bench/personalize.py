@@ -68,10 +68,10 @@ def bench_personalize(
     faces_dir: str | None = None,
     compile: str = "off",
 ) -> PersonalizeBench:
-    """Seconds per concept tuning 8 concepts one at a time and K at a time. Faces: a folder
-    of aligned crops (``faces_dir``: no face models needed, as on a GPU machine) or the
-    sample photos curated here. ``compile`` (``tune.compile``): the warm-up pass of each
-    size compiles; its seconds beyond a steady pass are reported apart."""
+    """Seconds per concept tuning max(passes) concepts one at a time and K at a time.
+    Faces: a folder of aligned crops (``faces_dir``: no face models needed, as on a GPU
+    machine) or the sample photos curated here. ``compile`` (``tune.compile``): the warm-up
+    pass of each size compiles; its seconds beyond a steady pass are reported apart."""
     import torch
 
     from e4t.config import TuneConfig
@@ -202,7 +202,7 @@ def bench_graph_breaks(
     seconds = time.perf_counter() - start
     counted = compiling.compiled(step_objective, "default", "count").counters
     graphs = {name: counter.graphs for name, counter in counted.items()}
-    compiling.clear_compiled()
+    compiling.clear_compiled(model.base.unet)
     return GraphBreakBench(
         arch,
         resolution_px,
@@ -235,7 +235,8 @@ def _count_sampling_graphs(model: Any, faces: list[Any], resolution_px: int) -> 
         compile_backend="count",
     )
     cls = model.clip_cls(torch.stack([f.clip_pixel_values for f in faces]).to(model.base.device))
-    counter = compiling.compiled_unet(model.base.unet, "default", "count").counter
+    device_type = model.base.device.type
+    counter = compiling.compiled_unet(model.base.unet, "default", "count", device_type).counter
     counts = []
     for first_seed in (0, len(faces)):
         seeds = list(range(first_seed, first_seed + len(faces)))

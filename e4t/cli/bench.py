@@ -181,6 +181,12 @@ def _pass_sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give concepts per pass as whole numbers ≥ 1, comma-separated (1,4,8)"
         )
+    uneven = [k for k in sizes if max(sizes) % k]
+    if uneven or len(set(sizes)) < len(sizes):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: each size is timed on the same {max(sizes)} concepts, so each must "
+            f"divide the largest and appear once (e.g. 1,2,4,8)"
+        )
     return sizes
 
 

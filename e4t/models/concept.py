@@ -294,8 +294,9 @@ class ConceptBank(nn.Module):
     def _refresh(self) -> None:
         """The weights of this UNet forward: per group (weight, bias, delta) — deltas off:
         W0 (Σout, in), no delta; fp32: W0 + B·A folded, (K, Σout, in), no delta; reduced
-        precision: W0 (Σout, in) and the factors A, B apart, in the compute dtype. Rebuilt
-        only when something they are made of changed."""
+        precision: W0 (Σout, in) and the factors A, B apart, in the compute dtype. In fp32
+        rebuilt only when something they are made of changed; in reduced precision at each
+        forward (casting the factors: a few small ops per shape class)."""
         assert self._unet is not None
         dtype = self._compute_dtype()
         folded = self._offsets is not None and self._offsets.enabled
@@ -380,8 +381,9 @@ class ConceptBank(nn.Module):
         return stacks
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
-        """Per class every concept's B·A: (K, n, Σout, in), one matmul each; shared by the
-        UNet forward and the regulariser while the deltas are unchanged."""
+        """Per class every concept's B·A: (K, n, Σout, in), one matmul each; in fp32 shared
+        by the UNet forward's fold and the regulariser while the deltas are unchanged
+        (reduced precision never makes it: see :meth:`project`)."""
         if torch.compiler.is_compiling():  # in a compiled step: once per step, in its graph
             return {
                 key: torch.matmul(self.up[key], self.down[key]).flatten(2, 3)

@@ -18,7 +18,6 @@ per process (the worker); inductor's on-disk cache is ``TORCHINDUCTOR_CACHE_DIR`
 
 from __future__ import annotations
 
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -215,26 +214,32 @@ class CompiledUNet:
     counter: GraphCounter
 
 
-# per UNet, then (mode, backend): compiled once per process, reused by every generate call
-_SAMPLING: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], CompiledUNet]] = (
-    weakref.WeakKeyDictionary()
-)
+# on the UNet itself, per (mode, backend, device type): compiled once per process, reused
+# by every generate call. Not a module-level map: the compiled module refers to its UNet, so
+# a map would keep every UNet alive; on the UNet the two make a cycle the collector frees.
+_SAMPLING_ATTR = "_e4t_compiled_sampling"
 
 
 def compiled_unet(
     unet: nn.Module, mode: CompileMode, backend: str | None = None, device_type: str = "cpu"
 ) -> CompiledUNet:
-    """``unet`` compiled for the sampling loop (:func:`compile_options`). Its forward hooks
-    (an attached concept bank's, the CFG regrouping of several concepts) run outside the
-    graph, eagerly, as ``torch.compile`` runs a module's hooks; the fused processors read
-    the bank's weights the hook made."""
-    per_unet = _SAMPLING.setdefault(unet, {})
+    """``unet`` compiled for the sampling loop (:func:`compile_options`). Dynamo compiles
+    its forward and, as frames of their own, its hooks (an attached bank's pre-hook, the
+    CFG regrouping of several concepts). The bank's hook, traced, reads the frozen weight
+    stacks it finds and does not rebuild them: build them first
+    (:func:`warm_bank`, as :func:`e4t.generation.generate` does)."""
+    per_unet: dict[tuple[Any, ...], CompiledUNet] = unet.__dict__.setdefault(_SAMPLING_ATTR, {})
     key = (mode, backend, device_type)
     if key not in per_unet:
         counter = GraphCounter()
         module = torch.compile(unet, **compile_options(mode, backend, device_type, counter))
         per_unet[key] = CompiledUNet(cast(nn.Module, module), counter)
     return per_unet[key]
+
+
+def forget_compiled_unet(unet: nn.Module) -> None:
+    """Drop ``unet``'s compiled sampling modules (the next generate call compiles anew)."""
+    unet.__dict__.pop(_SAMPLING_ATTR, None)
 
 
 def warm_bank(bank: ConceptBank, device: torch.device, mode: AutocastMode) -> None:
@@ -332,9 +337,10 @@ def narrow(bank: ConceptBank, k: int) -> ConceptBank:
     return out.to(bank.word.device)
 
 
-def clear_compiled() -> None:
-    """Forget every compiled step and sampling UNet (and dynamo's caches): the next one
-    compiles afresh."""
+def clear_compiled(*unets: nn.Module) -> None:
+    """Forget every compiled step, the sampling modules of ``unets``, and dynamo's caches:
+    the next one compiles afresh."""
     _COMPILED.clear()
-    _SAMPLING.clear()
+    for unet in unets:
+        forget_compiled_unet(unet)
     torch._dynamo.reset()
