@@ -38,8 +38,8 @@ demo: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The fast tier: every test not marked `slow` (no servers, no browser, no whole job): 2 min 20 s
-# in a clean clone on 2 cores; `make test` took 31 min there.
+# The fast tier: every test not marked `slow` (no servers, no browser, no whole job): 2 min 28 s
+# in a clean clone on 2 cores; `make test` took 33 min there.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
